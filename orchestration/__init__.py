@@ -1,0 +1,1 @@
+"""progress-refresh: Bible progress coverage read models kept fresh per changed version."""

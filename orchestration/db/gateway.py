@@ -1,0 +1,194 @@
+"""The SQL gateway: the only Python that issues product SQL. Every call maps
+to one SQL function installed by sql/; Python decides when and what, the
+functions decide how."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from orchestration.errors import ProgressError
+from orchestration.read_models import KINDS, READ_MODELS
+
+
+@dataclass(frozen=True)
+class Claim:
+    kind: str
+    version_id: uuid.UUID
+    generation: int
+
+
+@dataclass(frozen=True)
+class ReadModelCounts:
+    read_model: str
+    inserted: int
+    updated: int
+    deleted: int
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated + self.deleted
+
+
+@dataclass
+class VersionOutcome:
+    kind: str
+    version_id: uuid.UUID
+    counts: list[ReadModelCounts] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_version(text: str) -> tuple[str, uuid.UUID]:
+    """'audio:UUID' or 'text:UUID' → (kind, id); ProgressError on anything else."""
+    kind, sep, raw_id = text.partition(":")
+    if not sep or kind not in KINDS:
+        raise ProgressError(f"invalid version {text!r}: expected audio:UUID or text:UUID")
+    try:
+        return kind, uuid.UUID(raw_id)
+    except ValueError:
+        raise ProgressError(f"invalid version id {raw_id!r}: not a UUID") from None
+
+
+def _translate(exc: psycopg.Error) -> ProgressError:
+    diag = exc.diag.message_primary if exc.diag else None
+    return ProgressError(diag or " ".join(str(exc).split()))
+
+
+def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
+    """A stuck lock or a runaway statement fails one version instead of hanging a run."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                 [lock_timeout, statement_timeout])
+
+
+def claim_batch(conn: psycopg.Connection, worker: str, limit: int, lease_seconds: float) -> list[Claim]:
+    """Claims up to limit queued versions in a short transaction of its own."""
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT kind, version_id, generation FROM progress_claim_batch(%s, %s, make_interval(secs => %s))",
+            [worker, limit, lease_seconds],
+        ).fetchall()
+    return [Claim(kind, version_id, generation) for kind, version_id, generation in rows]
+
+
+def refresh_claimed(conn: psycopg.Connection, claim: Claim) -> VersionOutcome:
+    """Refreshes one claimed version in its own transaction and settles its queue entry."""
+    outcome = VersionOutcome(claim.kind, claim.version_id)
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT read_model, inserted, updated, deleted, error FROM progress_refresh_claimed(%s, %s, %s)",
+                [claim.kind, claim.version_id, claim.generation],
+            ).fetchall()
+    except psycopg.Error as exc:
+        # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
+        outcome.error = " ".join(str(exc).split())
+        record_failure(conn, claim.kind, claim.version_id, outcome.error)
+        return outcome
+    for read_model, inserted, updated, deleted, error in rows:
+        if error is not None:
+            outcome.error = error
+        else:
+            outcome.counts.append(ReadModelCounts(read_model, inserted, updated, deleted))
+    return outcome
+
+
+def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str) -> None:
+    with conn.transaction():
+        conn.execute("SELECT progress_record_failure(%s, %s, %s)", [kind, version_id, error])
+
+
+def refresh_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> VersionOutcome:
+    """Refreshes one version now, whether queued or not."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT read_model, inserted, updated, deleted FROM refresh_progress_version(%s, %s)",
+                [kind, version_id],
+            ).fetchall()
+    except psycopg.Error as exc:
+        raise _translate(exc) from None
+    return VersionOutcome(kind, version_id, [ReadModelCounts(*row) for row in rows])
+
+
+def enqueue(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> None:
+    try:
+        conn.execute("SELECT enqueue_progress_refresh(%s, %s)", [kind, version_id])
+    except psycopg.Error as exc:
+        raise _translate(exc) from None
+
+
+def enqueue_all_versions(conn: psycopg.Connection) -> int:
+    """Queues every version that exists or still has stored rows; returns how many."""
+    row = conn.execute("SELECT progress_enqueue_all_versions()").fetchone()
+    return int(row[0]) if row else 0
+
+
+def drain_sql_batch(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]]:
+    """One call of the SQL API's drain (one batch, in one transaction)."""
+    return [(k, v) for k, v in conn.execute("SELECT kind, version_id FROM drain_progress_refresh_queue()")]
+
+
+def rebuild_all(conn: psycopg.Connection, mode: str) -> None:
+    """mode: full | concurrently | safe (SPEC section 5)."""
+    if mode not in ("full", "concurrently", "safe"):
+        raise ProgressError(f"unknown rebuild mode {mode!r}: expected full, concurrently or safe")
+    try:
+        conn.execute(f"SELECT refresh_progress_materialized_views_{mode}()")
+    except psycopg.Error as exc:
+        raise _translate(exc) from None
+
+
+def requeue_dead_letters(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]]:
+    return [(k, v) for k, v in conn.execute("SELECT kind, version_id FROM requeue_progress_dead_letters()")]
+
+
+def queue_state(conn: psycopg.Connection) -> dict[str, Any]:
+    """Depth, ready entries, oldest entry's age in seconds, dead letters."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM progress_queue_state()").fetchone()
+    return dict(row) if row else {}
+
+
+def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(
+            "SELECT kind, version_id, attempts, last_error, first_queued_at, failed_at"
+            "  FROM progress_refresh_dead_letter ORDER BY failed_at DESC LIMIT %s", [limit]))
+
+
+def read_model_sizes(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
+    """Rows and bytes per read model (rows exact; they are indexed tables)."""
+    sizes = {}
+    for model in READ_MODELS:
+        rows, size = conn.execute(
+            sql.SQL("SELECT (SELECT count(*) FROM {}), pg_total_relation_size({})").format(
+                sql.Identifier(model.name), sql.Literal(model.name)
+            )
+        ).fetchone() or (0, 0)
+        sizes[model.name] = {"rows": int(rows), "bytes": int(size)}
+    return sizes
+
+
+def mismatches(conn: psycopg.Connection, read_model: str, logical_view: str,
+               scope_column: str | None = None, scope_ids: list[uuid.UUID] | None = None) -> int:
+    """Rows in which a read model and its logical view differ (both directions),
+    optionally only for some versions."""
+    row = conn.execute(
+        "SELECT progress_count_mismatches(%s, %s, %s, %s)", [read_model, logical_view, scope_column, scope_ids]
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def last_populated(conn: psycopg.Connection) -> datetime | None:
+    row = conn.execute("SELECT progress_setting('populated_at')::timestamptz").fetchone()
+    return row[0] if row else None

@@ -1,0 +1,263 @@
+-- Change capture: statement-level triggers with transition tables queue, in
+-- the writer's own transaction, every version whose read models the
+-- statement can alter (SPEC section 4). One queue upsert per statement, never
+-- one per row; updates that change nothing relevant queue nothing.
+
+-- Queues versions; a version already queued gets its generation bumped so a
+-- refresh that claimed the older generation leaves it queued.
+CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO progress_refresh_queue AS q (kind, version_id)
+    SELECT DISTINCT p_kind, v FROM unnest(p_versions) AS v WHERE v IS NOT NULL ORDER BY 2
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now()
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_media_files() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT n.audio_version_id FROM new_rows n
+             WHERE progress_is_live_bible_audio(n.media_type, n.is_bible_audio, n.upload_status,
+                                                n.publish_status, n.deleted_at)));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT o.audio_version_id FROM old_rows o
+             WHERE progress_is_live_bible_audio(o.media_type, o.is_bible_audio, o.upload_status,
+                                                o.publish_status, o.deleted_at)));
+    ELSE
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT affected.version_id
+              FROM old_rows o
+              FULL JOIN new_rows n ON n.id = o.id
+             CROSS JOIN LATERAL (VALUES
+                   (CASE WHEN progress_is_live_bible_audio(o.media_type, o.is_bible_audio,
+                              o.upload_status, o.publish_status, o.deleted_at)
+                         THEN o.audio_version_id END),
+                   (CASE WHEN progress_is_live_bible_audio(n.media_type, n.is_bible_audio,
+                              n.upload_status, n.publish_status, n.deleted_at)
+                         THEN n.audio_version_id END)) AS affected (version_id)
+             WHERE (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
+                    o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)
+                   IS DISTINCT FROM
+                   (n.audio_version_id, n.media_type, n.is_bible_audio, n.upload_status,
+                    n.publish_status, n.chapter_id, n.start_verse_id, n.end_verse_id, n.deleted_at)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A mapping matters while its file is live bible audio (the file's own
+-- trigger covers the file changing state).
+CREATE OR REPLACE FUNCTION progress_capture_media_files_verses() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT f.audio_version_id FROM new_rows n JOIN progress_live_bible_audio_files f
+                ON f.id = n.media_file_id WHERE n.deleted_at IS NULL));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT f.audio_version_id FROM old_rows o JOIN progress_live_bible_audio_files f
+                ON f.id = o.media_file_id WHERE o.deleted_at IS NULL));
+    ELSE
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT f.audio_version_id
+              FROM old_rows o
+              FULL JOIN new_rows n ON n.id = o.id
+              JOIN progress_live_bible_audio_files f ON f.id IN (o.media_file_id, n.media_file_id)
+             WHERE (o.media_file_id, o.verse_id, o.deleted_at)
+                   IS DISTINCT FROM (n.media_file_id, n.verse_id, n.deleted_at)
+               AND (o.deleted_at IS NULL OR n.deleted_at IS NULL)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_verse_texts() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_versions('text', ARRAY(
+            SELECT DISTINCT n.text_version_id FROM new_rows n WHERE n.deleted_at IS NULL));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_versions('text', ARRAY(
+            SELECT DISTINCT o.text_version_id FROM old_rows o WHERE o.deleted_at IS NULL));
+    ELSE
+        PERFORM progress_enqueue_versions('text', ARRAY(
+            SELECT affected.version_id
+              FROM old_rows o
+              FULL JOIN new_rows n ON n.id = o.id
+             CROSS JOIN LATERAL (VALUES
+                   (CASE WHEN o.deleted_at IS NULL THEN o.text_version_id END),
+                   (CASE WHEN n.deleted_at IS NULL THEN n.text_version_id END)) AS affected (version_id)
+             WHERE (o.text_version_id, o.verse_id, o.deleted_at)
+                   IS DISTINCT FROM (n.text_version_id, n.verse_id, n.deleted_at)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Shared by audio_versions and text_versions: TG_ARGV[0] is the kind.
+CREATE OR REPLACE FUNCTION progress_capture_versions() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT n.id FROM new_rows n));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT o.id FROM old_rows o));
+    ELSE
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(
+            SELECT affected.version_id
+              FROM old_rows o
+              FULL JOIN new_rows n ON n.id = o.id
+             CROSS JOIN LATERAL (VALUES (o.id), (n.id)) AS affected (version_id)
+             WHERE (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
+                   IS DISTINCT FROM
+                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Versions a structure change can alter: every live version of the affected
+-- bible versions, plus versions of any bible version whose coverage reaches
+-- into the affected chapters (chapter files, mappings, texts, ranges starting
+-- there, or stored chapter rows).
+CREATE OR REPLACE FUNCTION progress_enqueue_structure_change(p_bible_versions text[], p_chapters text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM progress_enqueue_versions('audio', ARRAY(
+        SELECT av.id FROM audio_versions av
+         WHERE av.bible_version_id = ANY (p_bible_versions) AND av.deleted_at IS NULL
+        UNION
+        SELECT mf.audio_version_id FROM media_files mf WHERE mf.chapter_id = ANY (p_chapters)
+        UNION
+        SELECT mf.audio_version_id FROM media_files mf
+          JOIN progress_verse_structure s ON s.verse_id = mf.start_verse_id
+         WHERE s.bible_version_id = ANY (p_bible_versions)
+        UNION
+        SELECT mf.audio_version_id FROM verses v
+          JOIN media_files_verses mfv ON mfv.verse_id = v.id
+          JOIN media_files mf ON mf.id = mfv.media_file_id
+         WHERE v.chapter_id = ANY (p_chapters)
+        UNION
+        SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc
+         WHERE cc.chapter_id = ANY (p_chapters)));
+    PERFORM progress_enqueue_versions('text', ARRAY(
+        SELECT tv.id FROM text_versions tv
+         WHERE tv.bible_version_id = ANY (p_bible_versions) AND tv.deleted_at IS NULL
+        UNION
+        SELECT vt.text_version_id FROM verses v JOIN verse_texts vt ON vt.verse_id = v.id
+         WHERE v.chapter_id = ANY (p_chapters)
+        UNION
+        SELECT cc.text_version_id FROM mv_text_chapter_coverage cc
+         WHERE cc.chapter_id = ANY (p_chapters)));
+END
+$$;
+
+-- Structure triggers reduce the touched rows to (bible versions, chapters);
+-- on update only rows whose relevant columns changed count, on both sides.
+CREATE OR REPLACE FUNCTION progress_capture_books() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_books text[];
+    touched_bibles text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(id), array_agg(bible_version_id) INTO touched_books, touched_bibles FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(id), array_agg(bible_version_id) INTO touched_books, touched_bibles FROM old_rows;
+    ELSE
+        SELECT array_agg(t.id), array_agg(t.bible_version_id) INTO touched_books, touched_bibles
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.id, o.bible_version_id), (n.id, n.bible_version_id)) AS t (id, bible_version_id)
+         WHERE (o.id, o.bible_version_id) IS DISTINCT FROM (n.id, n.bible_version_id);
+    END IF;
+    IF touched_books IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            touched_bibles, ARRAY(SELECT c.id FROM chapters c WHERE c.book_id = ANY (touched_books)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_chapters() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_chapters text[];
+    touched_books text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(id), array_agg(book_id) INTO touched_chapters, touched_books FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(id), array_agg(book_id) INTO touched_chapters, touched_books FROM old_rows;
+    ELSE
+        SELECT array_agg(t.id), array_agg(t.book_id) INTO touched_chapters, touched_books
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.id, o.book_id), (n.id, n.book_id)) AS t (id, book_id)
+         WHERE (o.id, o.book_id, o.total_verses) IS DISTINCT FROM (n.id, n.book_id, n.total_verses);
+    END IF;
+    IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)),
+            touched_chapters);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_verses() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_chapters text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM old_rows;
+    ELSE
+        SELECT array_agg(DISTINCT t.chapter_id) INTO touched_chapters
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.chapter_id), (n.chapter_id)) AS t (chapter_id)
+         WHERE (o.id, o.chapter_id, o.global_order) IS DISTINCT FROM (n.id, n.chapter_id, n.global_order);
+    END IF;
+    IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            ARRAY(SELECT DISTINCT b.bible_version_id FROM chapters c JOIN books b ON b.id = c.book_id
+                   WHERE c.id = ANY (touched_chapters)),
+            touched_chapters);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- (Re)creates the three statement triggers of a table; idempotent.
+CREATE OR REPLACE FUNCTION progress_install_capture(p_table text, p_function text, p_args text DEFAULT '')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_insert ON %1$I;
+        CREATE TRIGGER progress_capture_insert AFTER INSERT ON %1$I
+            REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_update ON %1$I;
+        CREATE TRIGGER progress_capture_update AFTER UPDATE ON %1$I
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_delete ON %1$I;
+        CREATE TRIGGER progress_capture_delete AFTER DELETE ON %1$I
+            REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+END
+$$;
+
+SELECT progress_install_capture('media_files', 'progress_capture_media_files');
+SELECT progress_install_capture('media_files_verses', 'progress_capture_media_files_verses');
+SELECT progress_install_capture('verse_texts', 'progress_capture_verse_texts');
+SELECT progress_install_capture('audio_versions', 'progress_capture_versions', quote_literal('audio'));
+SELECT progress_install_capture('text_versions', 'progress_capture_versions', quote_literal('text'));
+SELECT progress_install_capture('books', 'progress_capture_books');
+SELECT progress_install_capture('chapters', 'progress_capture_chapters');
+SELECT progress_install_capture('verses', 'progress_capture_verses');

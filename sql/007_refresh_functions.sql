@@ -1,0 +1,210 @@
+-- How a version is refreshed: the one place, shared by the SQL API and by
+-- the Dagster code location. Each read model gets generated functions:
+--   progress_rows_<view>(scope)  the rows its definition gives now, one scope
+--   progress_sync_<view>(scope)  applies only the difference to the stored rows
+-- A version refresh syncs its version-scoped levels in order (verse, chapter,
+-- book, summary; each reads the level below as just stored), then the best
+-- version of every language entity it touches.
+
+-- One statement that makes a stored read model equal to the desired rows
+-- within a scope filter, writing only rows that differ, and counting them.
+CREATE OR REPLACE FUNCTION progress_diff_statement(
+    d progress_read_model_definitions, p_desired text, p_scope_filter text,
+    p_keys text[], p_values text[])
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    key_match text;
+    same_values text := 'true';
+    on_conflict text := 'NOTHING';
+BEGIN
+    SELECT string_agg(format('t.%1$I = d.%1$I', k), ' AND ') INTO key_match FROM unnest(p_keys) AS k;
+    IF cardinality(p_values) > 0 THEN
+        SELECT format('(%s) IS NOT DISTINCT FROM (%s)',
+                      string_agg(format('t.%I', v), ', '), string_agg(format('d.%I', v), ', ')),
+               'UPDATE SET ' || string_agg(format('%1$I = EXCLUDED.%1$I', v), ', ')
+          INTO same_values, on_conflict
+          FROM unnest(p_values) AS v;
+    END IF;
+    RETURN format($sql$
+        WITH desired AS MATERIALIZED (%1$s),
+        removed AS (
+            DELETE FROM %2$I t
+             WHERE %3$s AND NOT EXISTS (SELECT FROM desired d WHERE %4$s)
+            RETURNING 1),
+        changed AS (
+            SELECT d.* FROM desired d
+             WHERE NOT EXISTS (SELECT FROM %2$I t WHERE %3$s AND %4$s AND %5$s)),
+        written AS (
+            INSERT INTO %2$I SELECT * FROM changed
+            ON CONFLICT (%6$s) DO %7$s
+            RETURNING xmax = 0 AS fresh)
+        SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh),
+               (SELECT count(*) FROM removed)
+          INTO inserted, updated, deleted
+          FROM written;$sql$,
+        p_desired, d.stored_name, p_scope_filter, key_match, same_values,
+        array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(p_keys) AS k), ', '),
+        on_conflict);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_install_refresh_functions() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    cols text[];
+    keys text[];
+    vals text[];
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+        EXECUTE format(
+            'CREATE OR REPLACE FUNCTION %I(p_scope uuid) RETURNS SETOF %I LANGUAGE sql STABLE AS %L',
+            'progress_rows_' || d.logical_view, d.stored_name,
+            format('SELECT * FROM (%s) r WHERE r.%I = p_scope',
+                   progress_definition_sql(d.body, 'stored'), d.scope_column));
+
+        SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
+          FROM pg_attribute a
+         WHERE a.attrelid = d.stored_name::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+        SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
+          FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k (attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = d.stored_name::regclass AND i.indisprimary;
+        vals := ARRAY(SELECT c FROM unnest(cols) AS c WHERE c <> ALL (keys));
+
+        -- Rows are written only where they differ: an unchanged scope writes nothing.
+        EXECUTE format($fn$
+            CREATE OR REPLACE FUNCTION %1$I(p_scope uuid,
+                OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+            LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+            END
+            $body$ $fn$,
+            'progress_sync_' || d.logical_view,
+            progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
+                                    format('t.%I = p_scope', d.scope_column), keys, vals));
+        -- The same difference over every scope at once: the concurrent rebuild.
+        EXECUTE format($fn$
+            CREATE OR REPLACE FUNCTION %1$I(
+                OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+            LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+            END
+            $body$ $fn$,
+            'progress_rebuild_' || d.logical_view,
+            progress_diff_statement(d, progress_definition_sql(d.body, 'stored'), 'true', keys, vals));
+    END LOOP;
+END
+$$;
+
+DO $$
+BEGIN
+    CREATE TYPE progress_refresh_count AS (
+        read_model text, inserted bigint, updated bigint, deleted bigint);
+EXCEPTION WHEN duplicate_object THEN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_check_kind(p_kind text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_kind IS NULL OR p_kind NOT IN ('audio', 'text') THEN
+        RAISE EXCEPTION 'unknown version kind %: expected audio or text', coalesce(quote_literal(p_kind), 'NULL')
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- Serialises refreshes of one version (advisory lock class 1 audio, 2 text).
+CREATE OR REPLACE FUNCTION progress_version_lock_key(p_kind text) RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $$;
+
+-- Language entities whose best version a refresh of these versions can move:
+-- where each version lives now, and where it is currently the best.
+CREATE OR REPLACE FUNCTION progress_affected_language_entities(p_kind text, p_versions uuid[])
+RETURNS uuid[] LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(
+        SELECT e FROM (
+            SELECT language_entity_id FROM audio_versions
+             WHERE p_kind = 'audio' AND id = ANY (p_versions) AND deleted_at IS NULL
+            UNION
+            SELECT language_entity_id FROM language_entity_best_audio_version
+             WHERE p_kind = 'audio' AND audio_version_id = ANY (p_versions)
+            UNION
+            SELECT language_entity_id FROM text_versions
+             WHERE p_kind = 'text' AND id = ANY (p_versions) AND deleted_at IS NULL
+            UNION
+            SELECT language_entity_id FROM language_entity_best_text_version
+             WHERE p_kind = 'text' AND text_version_id = ANY (p_versions)) AS x (e)
+         WHERE e IS NOT NULL ORDER BY e)
+$$;
+
+-- The version-scoped levels of one version, in order.
+CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid)
+RETURNS SETOF progress_refresh_count
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    c progress_refresh_count;
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions
+              WHERE kind = p_kind AND scope_column <> 'language_entity_id'
+              ORDER BY install_order LOOP
+        c.read_model := d.stored_name;
+        EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
+           INTO c.inserted, c.updated, c.deleted USING p_version;
+        RETURN NEXT c;
+    END LOOP;
+END
+$$;
+
+-- Best versions of language entities. Entities are locked in sorted order
+-- (advisory lock class 3 audio, 4 text), so concurrent refreshes of versions
+-- sharing an entity take turns, and the later one sees the earlier's summary.
+CREATE OR REPLACE FUNCTION progress_refresh_language_entities(p_kind text, p_entities uuid[])
+RETURNS SETOF progress_refresh_count
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    c progress_refresh_count;
+    entity uuid;
+    i bigint; u bigint; r bigint;
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions
+              WHERE kind = p_kind AND scope_column = 'language_entity_id'
+              ORDER BY install_order LOOP
+        c := ROW(d.stored_name, 0, 0, 0);
+        FOR entity IN SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e LOOP
+            PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind) + 2, hashtext(entity::text));
+            EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
+               INTO i, u, r USING entity;
+            c.inserted := c.inserted + i; c.updated := c.updated + u; c.deleted := c.deleted + r;
+        END LOOP;
+        RETURN NEXT c;
+    END LOOP;
+END
+$$;
+
+-- Refreshes one version: its levels, then (unless the caller batches them)
+-- the language entities it touches. Refreshes of one version take turns.
+CREATE OR REPLACE FUNCTION progress_refresh_version(
+    p_kind text, p_version uuid, p_with_entities boolean DEFAULT true)
+RETURNS SETOF progress_refresh_count
+LANGUAGE plpgsql AS $$
+DECLARE
+    entities uuid[];
+BEGIN
+    PERFORM progress_check_kind(p_kind);
+    PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
+    entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
+    RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version);
+    IF p_with_entities THEN
+        RETURN QUERY SELECT * FROM progress_refresh_language_entities(p_kind, entities);
+    END IF;
+END
+$$;
+
+SELECT progress_install_refresh_functions();

@@ -1,0 +1,250 @@
+-- The refresh queue's life cycle (claim, finish, fail) and the SQL API of
+-- SPEC section 5. Claiming comes before computing: a change committed while
+-- a version is being refreshed bumps its generation, so finishing leaves it queued.
+
+CREATE OR REPLACE FUNCTION progress_claim_batch(p_worker text, p_limit int, p_lease interval)
+RETURNS TABLE (kind text, version_id uuid, generation bigint)
+LANGUAGE sql AS $$
+    WITH picked AS (
+        SELECT q.id FROM progress_refresh_queue q
+         WHERE (q.lease_until IS NULL OR q.lease_until < now())
+           AND (q.not_before IS NULL OR q.not_before <= now())
+         ORDER BY q.enqueued_at, q.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED)
+    UPDATE progress_refresh_queue q
+       SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
+           lease_until = now() + p_lease
+      FROM picked
+     WHERE q.id = picked.id
+    RETURNING q.kind, q.version_id, q.generation
+$$;
+
+-- Done: the entry leaves the queue unless a change arrived since the claim;
+-- then it is released, aged from the claim (all older changes were seen).
+CREATE OR REPLACE FUNCTION progress_finish(p_kind text, p_version uuid, p_generation bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM progress_refresh_queue
+     WHERE kind = p_kind AND version_id = p_version AND generation = p_generation;
+    IF NOT FOUND THEN
+        UPDATE progress_refresh_queue
+           SET claimed_by = NULL, lease_until = NULL,
+               enqueued_at = coalesce(claimed_at, enqueued_at), claimed_at = NULL
+         WHERE kind = p_kind AND version_id = p_version;
+    END IF;
+    DELETE FROM progress_refresh_dead_letter WHERE kind = p_kind AND version_id = p_version;
+END
+$$;
+
+-- Failed: one more attempt counted, the error kept, an exponential backoff;
+-- past the attempt limit the entry moves to the dead letter table.
+CREATE OR REPLACE FUNCTION progress_record_failure(p_kind text, p_version uuid, p_error text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    entry progress_refresh_queue%ROWTYPE;
+BEGIN
+    UPDATE progress_refresh_queue
+       SET attempts = attempts + 1, last_error = p_error, claimed_by = NULL, lease_until = NULL,
+           claimed_at = NULL,
+           not_before = now() + make_interval(
+               secs => progress_setting('retry_backoff_seconds')::numeric * 2 ^ attempts)
+     WHERE kind = p_kind AND version_id = p_version
+    RETURNING * INTO entry;
+    IF FOUND AND entry.attempts >= progress_setting('max_attempts')::int THEN
+        DELETE FROM progress_refresh_queue WHERE id = entry.id;
+        INSERT INTO progress_refresh_dead_letter AS dl
+               (kind, version_id, attempts, last_error, first_queued_at)
+        VALUES (entry.kind, entry.version_id, entry.attempts, entry.last_error, entry.enqueued_at)
+        ON CONFLICT (kind, version_id) DO UPDATE
+           SET attempts = dl.attempts + EXCLUDED.attempts, last_error = EXCLUDED.last_error,
+               failed_at = now();
+    END IF;
+END
+$$;
+
+-- Refreshes a claimed version and settles its queue entry. A failure rolls
+-- back this version only and is recorded; the caller goes on with the rest.
+-- With p_with_entities false the caller refreshes the language entities
+-- itself (once per batch, see drain_progress_refresh_queue).
+CREATE OR REPLACE FUNCTION progress_refresh_claimed(
+    p_kind text, p_version uuid, p_generation bigint, p_with_entities boolean DEFAULT true)
+RETURNS TABLE (read_model text, inserted bigint, updated bigint, deleted bigint, error text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    done progress_refresh_count[];
+BEGIN
+    BEGIN
+        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities) AS c);
+        PERFORM progress_finish(p_kind, p_version, p_generation);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
+        RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
+        RETURN;
+    END;
+    RETURN QUERY SELECT c.read_model, c.inserted, c.updated, c.deleted, NULL::text FROM unnest(done) AS c;
+END
+$$;
+
+-- The SQL API (SPEC section 5) -------------------------------------------
+
+-- Versions a caller may name: existing ones, and deleted ones that still have
+-- stored rows to remove.
+CREATE OR REPLACE FUNCTION progress_check_version(p_kind text, p_version uuid) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM progress_check_kind(p_kind);
+    IF p_version IS NULL THEN
+        RAISE EXCEPTION 'version id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_kind = 'audio' AND NOT EXISTS (SELECT FROM audio_versions WHERE id = p_version)
+                        AND NOT EXISTS (SELECT FROM mv_audio_version_progress_summary
+                                         WHERE audio_version_id = p_version)
+       OR p_kind = 'text' AND NOT EXISTS (SELECT FROM text_versions WHERE id = p_version)
+                          AND NOT EXISTS (SELECT FROM mv_text_version_progress_summary
+                                           WHERE text_version_id = p_version) THEN
+        RAISE EXCEPTION 'unknown % version %', p_kind, p_version USING ERRCODE = 'no_data_found';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION enqueue_progress_refresh(kind text, version_id uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM progress_check_version(kind, version_id);
+    PERFORM progress_enqueue_versions(kind, ARRAY[version_id]);
+END
+$$;
+
+-- Refreshes one version now, queued or not; its queue entry, if any, is
+-- settled as a drain would.
+CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
+RETURNS SETOF progress_refresh_count LANGUAGE plpgsql AS $$
+DECLARE
+    queued_generation bigint;
+BEGIN
+    PERFORM progress_check_version(kind, version_id);
+    SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
+     WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id;
+    RETURN QUERY SELECT * FROM progress_refresh_version(kind, version_id);
+    IF queued_generation IS NOT NULL THEN
+        PERFORM progress_finish(kind, version_id, queued_generation);
+    END IF;
+END
+$$;
+
+-- Refreshes one batch of queued versions in this transaction and returns
+-- those refreshed; call until it returns no rows. Failed versions are retried
+-- later with backoff; language entities are refreshed once, at the end of the
+-- batch, in sorted order, so concurrent drains never deadlock.
+CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
+RETURNS TABLE (kind text, version_id uuid) LANGUAGE plpgsql AS $$
+DECLARE
+    claimed record;
+    failures int;
+    audio_entities uuid[] := '{}';
+    text_entities uuid[] := '{}';
+BEGIN
+    FOR claimed IN
+        SELECT * FROM progress_claim_batch('sql:' || pg_backend_pid(),
+                                           progress_setting('drain_batch_size')::int,
+                                           make_interval(secs => progress_setting('lease_seconds')::int))
+    LOOP
+        IF claimed.kind = 'audio' THEN
+            audio_entities := audio_entities
+                || progress_affected_language_entities('audio', ARRAY[claimed.version_id]);
+        ELSE
+            text_entities := text_entities
+                || progress_affected_language_entities('text', ARRAY[claimed.version_id]);
+        END IF;
+        SELECT count(*) FILTER (WHERE r.error IS NOT NULL) INTO failures
+          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, claimed.generation, false) AS r;
+        IF failures = 0 THEN
+            kind := claimed.kind;
+            version_id := claimed.version_id;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    PERFORM progress_refresh_language_entities('audio', audio_entities);
+    PERFORM progress_refresh_language_entities('text', text_entities);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_mark_populated() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO progress_refresh_settings (key, value) VALUES ('populated_at', now()::text)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+$$;
+
+-- After a rebuild every queued change older than the rebuild is reflected:
+-- entries whose generation did not move meanwhile leave the queue.
+CREATE OR REPLACE FUNCTION progress_settle_after_rebuild(p_before jsonb) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM progress_refresh_queue q
+     USING jsonb_to_recordset(p_before) AS b (id bigint, generation bigint)
+     WHERE q.id = b.id AND q.generation = b.generation AND q.lease_until IS NULL;
+    DELETE FROM progress_refresh_dead_letter;
+$$;
+
+CREATE OR REPLACE FUNCTION progress_queue_snapshot() RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'generation', generation)), '[]')
+      FROM progress_refresh_queue
+$$;
+
+-- Rebuilds every read model from scratch, level by level. Readers wait for
+-- it (like REFRESH MATERIALIZED VIEW): meant for the first populate.
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    before jsonb := progress_queue_snapshot();
+BEGIN
+    EXECUTE 'TRUNCATE ' || (SELECT string_agg(quote_ident(stored_name), ', ')
+                              FROM progress_read_model_definitions);
+    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+        EXECUTE format('INSERT INTO %I %s', d.stored_name, progress_definition_sql(d.body, 'stored'));
+    END LOOP;
+    PERFORM progress_settle_after_rebuild(before);
+    PERFORM progress_mark_populated();
+END
+$$;
+
+-- Rebuilds everything while readers keep reading the previous rows: only
+-- rows that differ are written, in this one transaction.
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_concurrently() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    before jsonb := progress_queue_snapshot();
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+        EXECUTE format('SELECT * FROM %I()', 'progress_rebuild_' || d.logical_view);
+    END LOOP;
+    PERFORM progress_settle_after_rebuild(before);
+    PERFORM progress_mark_populated();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF progress_setting('populated_at') IS NULL THEN
+        PERFORM refresh_progress_materialized_views_full();
+    ELSE
+        PERFORM refresh_progress_materialized_views_concurrently();
+    END IF;
+END
+$$;
+
+-- Puts dead-lettered versions back in the queue with a fresh attempt count.
+CREATE OR REPLACE FUNCTION requeue_progress_dead_letters()
+RETURNS TABLE (kind text, version_id uuid) LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    WITH moved AS (DELETE FROM progress_refresh_dead_letter RETURNING *)
+    INSERT INTO progress_refresh_queue AS q (kind, version_id)
+    SELECT m.kind, m.version_id FROM moved m ORDER BY 1, 2
+    ON CONFLICT ON CONSTRAINT progress_refresh_queue_kind_version_id_key DO UPDATE
+       SET attempts = 0, not_before = NULL, generation = q.generation + 1
+    RETURNING q.kind, q.version_id;
+END
+$$;

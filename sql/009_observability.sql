@@ -1,0 +1,54 @@
+-- What users and the Dagster checks read about the product's health.
+
+-- Depth of the queue, how many entries are ready now, the oldest entry's age.
+CREATE OR REPLACE FUNCTION progress_queue_state()
+RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
+               oldest_enqueued_at timestamptz, oldest_age_seconds double precision,
+               dead_letters bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*),
+           count(*) FILTER (WHERE (lease_until IS NULL OR lease_until < now())
+                              AND (not_before IS NULL OR not_before <= now())),
+           count(*) FILTER (WHERE lease_until >= now()),
+           count(*) FILTER (WHERE attempts > 0),
+           min(enqueued_at),
+           coalesce(extract(epoch FROM now() - min(enqueued_at))::double precision, 0),
+           (SELECT count(*) FROM progress_refresh_dead_letter)
+      FROM progress_refresh_queue
+$$;
+
+-- Rows in which a read model and its logical view differ, both directions,
+-- optionally only for some scopes (versions or language entities).
+CREATE OR REPLACE FUNCTION progress_count_mismatches(
+    p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL, p_scopes uuid[] DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    filter text := CASE WHEN p_scope_column IS NULL THEN 'true'
+                        ELSE format('%I = ANY ($1)', p_scope_column) END;
+    differing bigint;
+BEGIN
+    EXECUTE format(
+        'SELECT count(*) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)
+                               UNION ALL
+                               (SELECT * FROM %2$I WHERE %3$s EXCEPT ALL SELECT * FROM %1$I WHERE %3$s)) d',
+        p_read_model, p_logical_view, filter)
+    INTO differing USING p_scopes;
+    RETURN differing;
+END
+$$;
+
+-- Queues every version that exists or still has stored rows (a full backfill
+-- through the queue: resumable, since what is done leaves the queue).
+CREATE OR REPLACE FUNCTION progress_enqueue_all_versions() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    audio_ids uuid[] := ARRAY(SELECT id FROM audio_versions
+                              UNION SELECT audio_version_id FROM mv_audio_version_progress_summary);
+    text_ids uuid[] := ARRAY(SELECT id FROM text_versions
+                             UNION SELECT text_version_id FROM mv_text_version_progress_summary);
+BEGIN
+    PERFORM progress_enqueue_versions('audio', audio_ids);
+    PERFORM progress_enqueue_versions('text', text_ids);
+    RETURN cardinality(audio_ids) + cardinality(text_ids);
+END
+$$;

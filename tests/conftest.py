@@ -1,0 +1,79 @@
+"""Fixtures: a real PostgreSQL (PROGRESS_TEST_DATABASE_URL, or the embedded
+server), and a fresh migrated database per test cloned from a template."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from orchestration.db.connection import connect
+from orchestration.db.embedded import start_embedded
+from orchestration.db.migrations import migrate
+from orchestration.db.settings import TEST_DATABASE_URL_ENV
+
+TEMPLATE = "progress_test_template"
+_counter = itertools.count()
+
+
+def database_dsn(server_dsn: str, dbname: str) -> str:
+    return make_conninfo(server_dsn, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> str:
+    """DSN of a maintenance database on the test server."""
+    return os.environ.get(TEST_DATABASE_URL_ENV) or start_embedded()
+
+
+@pytest.fixture(scope="session")
+def template_dsn(server_dsn: str) -> Iterator[str]:
+    """A migrated template database; each test gets a copy of it."""
+    with connect(server_dsn) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    dsn = database_dsn(server_dsn, TEMPLATE)
+    with connect(dsn) as conn:
+        migrate(conn)
+    yield dsn
+
+
+def _create_database(server_dsn: str, template: str) -> str:
+    name = f"progress_test_{os.getpid()}_{next(_counter)}_{uuid.uuid4().hex[:6]}"
+    with connect(server_dsn) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    return name
+
+
+def _drop_database(server_dsn: str, name: str) -> None:
+    with connect(server_dsn) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    name = _create_database(server_dsn, TEMPLATE)
+    yield database_dsn(server_dsn, name)
+    _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def empty_dsn(server_dsn: str) -> Iterator[str]:
+    """URL of a fresh database with nothing installed."""
+    name = _create_database(server_dsn, "template0")
+    yield database_dsn(server_dsn, name)
+    _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[psycopg.Connection]:
+    """Autocommit connection to this test's fresh database."""
+    with connect(dsn) as conn:
+        yield conn
+
