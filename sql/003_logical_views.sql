@@ -33,14 +33,18 @@ RETURNS numeric[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Totals of a bible version: counted rows, not the sum of chapters.total_verses.
+-- Verses are counted per chapter through the (chapter_id, id) index, and as
+-- an aggregate subquery each total is computed once however often it is used.
 CREATE OR REPLACE FUNCTION progress_bible_version_totals(p_bible_version_id text)
 RETURNS TABLE (total_verses bigint, total_chapters bigint, total_books bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT (SELECT count(*) FROM books b JOIN chapters c ON c.book_id = b.id
-              JOIN verses v ON v.chapter_id = c.id WHERE b.bible_version_id = p_bible_version_id),
-           (SELECT count(*) FROM books b JOIN chapters c ON c.book_id = b.id
-             WHERE b.bible_version_id = p_bible_version_id),
-           (SELECT count(*) FROM books b WHERE b.bible_version_id = p_bible_version_id)
+    SELECT coalesce(sum(per_chapter.verses), 0)::bigint,
+           count(c.id),
+           (SELECT count(*) FROM books WHERE bible_version_id = p_bible_version_id)
+      FROM books b
+      JOIN chapters c ON c.book_id = b.id
+     CROSS JOIN LATERAL (SELECT count(*) AS verses FROM verses v WHERE v.chapter_id = c.id) AS per_chapter
+     WHERE b.bible_version_id = p_bible_version_id
 $$;
 
 CREATE OR REPLACE VIEW progress_live_bible_audio_files AS

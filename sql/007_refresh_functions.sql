@@ -8,41 +8,54 @@
 
 -- One statement that makes a stored read model equal to the desired rows
 -- within a scope filter, writing only rows that differ, and counting them.
+-- Desired and current rows meet in a FULL JOIN, which PostgreSQL can only run
+-- as a hash or merge join: cost stays linear in the scope's rows whatever the
+-- row estimates say.
 CREATE OR REPLACE FUNCTION progress_diff_statement(
     d progress_read_model_definitions, p_desired text, p_scope_filter text,
     p_keys text[], p_values text[])
 RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     key_match text;
-    same_values text := 'true';
+    old_key_match text;
+    differs text := 'false';
     on_conflict text := 'NOTHING';
 BEGIN
-    SELECT string_agg(format('t.%1$I = d.%1$I', k), ' AND ') INTO key_match FROM unnest(p_keys) AS k;
+    SELECT string_agg(format('n.%1$I = o.%1$I', k), ' AND '),
+           string_agg(format('t.%1$I = j.%2$I', k, 'old_' || k), ' AND ')
+      INTO key_match, old_key_match
+      FROM unnest(p_keys) AS k;
     IF cardinality(p_values) > 0 THEN
-        SELECT format('(%s) IS NOT DISTINCT FROM (%s)',
-                      string_agg(format('t.%I', v), ', '), string_agg(format('d.%I', v), ', ')),
+        SELECT format('(%s) IS DISTINCT FROM (%s)',
+                      string_agg(format('n.%I', v), ', '), string_agg(format('o.%I', v), ', ')),
                'UPDATE SET ' || string_agg(format('%1$I = EXCLUDED.%1$I', v), ', ')
-          INTO same_values, on_conflict
+          INTO differs, on_conflict
           FROM unnest(p_values) AS v;
     END IF;
     RETURN format($sql$
         WITH desired AS MATERIALIZED (%1$s),
+        current AS MATERIALIZED (SELECT * FROM %2$I t WHERE %3$s),
+        joined AS MATERIALIZED (
+            SELECT n.*, %4$s, n.%5$I IS NOT NULL AS wanted, o.%5$I IS NOT NULL AS stored
+              FROM desired n FULL JOIN current o ON %6$s
+             WHERE n.%5$I IS NULL OR o.%5$I IS NULL OR %7$s),
         removed AS (
-            DELETE FROM %2$I t
-             WHERE %3$s AND NOT EXISTS (SELECT FROM desired d WHERE %4$s)
+            DELETE FROM %2$I t USING joined j
+             WHERE NOT j.wanted AND %8$s
             RETURNING 1),
-        changed AS (
-            SELECT d.* FROM desired d
-             WHERE NOT EXISTS (SELECT FROM %2$I t WHERE %3$s AND %4$s AND %5$s)),
         written AS (
-            INSERT INTO %2$I SELECT * FROM changed
-            ON CONFLICT (%6$s) DO %7$s
+            INSERT INTO %2$I (%10$s) SELECT %9$s FROM joined j WHERE j.wanted
+            ON CONFLICT (%11$s) DO %12$s
             RETURNING xmax = 0 AS fresh)
         SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh),
                (SELECT count(*) FROM removed)
           INTO inserted, updated, deleted
           FROM written;$sql$,
-        p_desired, d.stored_name, p_scope_filter, key_match, same_values,
+        p_desired, d.stored_name, p_scope_filter,
+        array_to_string(ARRAY(SELECT format('o.%I AS %I', k, 'old_' || k) FROM unnest(p_keys) AS k), ', '),
+        p_keys[1], key_match, differs, old_key_match,
+        array_to_string(ARRAY(SELECT format('j.%I', c) FROM unnest(p_keys || p_values) AS c), ', '),
+        array_to_string(ARRAY(SELECT quote_ident(c) FROM unnest(p_keys || p_values) AS c), ', '),
         array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(p_keys) AS k), ', '),
         on_conflict);
 END

@@ -2,12 +2,16 @@
 -- SPEC section 5. Claiming comes before computing: a change committed while
 -- a version is being refreshed bumps its generation, so finishing leaves it queued.
 
-CREATE OR REPLACE FUNCTION progress_claim_batch(p_worker text, p_limit int, p_lease interval)
+-- Claims up to p_limit ready entries (oldest first, optionally of some kinds)
+-- with a lease; entries other sessions hold are skipped, never waited for.
+CREATE OR REPLACE FUNCTION progress_claim_batch(
+    p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
 LANGUAGE sql AS $$
     WITH picked AS (
         SELECT q.id FROM progress_refresh_queue q
          WHERE (q.lease_until IS NULL OR q.lease_until < now())
+           AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
            AND (q.not_before IS NULL OR q.not_before <= now())
          ORDER BY q.enqueued_at, q.id
          LIMIT p_limit

