@@ -17,7 +17,8 @@ from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
 from orchestration.db.settings import TEST_DATABASE_URL_ENV
 
-TEMPLATE = "progress_test_template"
+# One template per test session, so concurrent sessions on one server never collide.
+TEMPLATE = f"progress_test_template_{os.getpid()}"
 _counter = itertools.count()
 
 
@@ -41,6 +42,7 @@ def template_dsn(server_dsn: str) -> Iterator[str]:
     with connect(dsn) as conn:
         migrate(conn)
     yield dsn
+    _drop_database(server_dsn, TEMPLATE)
 
 
 def _create_database(server_dsn: str, template: str) -> str:
