@@ -6,7 +6,8 @@
 -- Queues versions; a version already queued gets its generation bumped so a
 -- refresh that claimed the older generation leaves it queued.
 CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
-RETURNS void LANGUAGE sql AS $$
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
     INSERT INTO progress_refresh_queue AS q (kind, version_id)
     SELECT DISTINCT p_kind, v FROM unnest(p_versions) AS v WHERE v IS NOT NULL ORDER BY 2
     ON CONFLICT (kind, version_id) DO UPDATE
@@ -14,6 +15,7 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_media_files() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -51,6 +53,7 @@ $$;
 -- A mapping matters while its file is live bible audio (the file's own
 -- trigger covers the file changing state).
 CREATE OR REPLACE FUNCTION progress_capture_media_files_verses() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -76,6 +79,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_verse_texts() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -101,6 +105,7 @@ $$;
 
 -- Shared by audio_versions and text_versions: TG_ARGV[0] is the kind.
 CREATE OR REPLACE FUNCTION progress_capture_versions() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -126,7 +131,8 @@ $$;
 -- into the affected chapters (chapter files, mappings, texts, ranges starting
 -- there, or stored chapter rows).
 CREATE OR REPLACE FUNCTION progress_enqueue_structure_change(p_bible_versions text[], p_chapters text[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM progress_enqueue_versions('audio', ARRAY(
         SELECT av.id FROM audio_versions av
@@ -160,6 +166,7 @@ $$;
 -- Structure triggers reduce the touched rows to (bible versions, chapters);
 -- on update only rows whose relevant columns changed count, on both sides.
 CREATE OR REPLACE FUNCTION progress_capture_books() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     touched_books text[];
@@ -184,6 +191,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_chapters() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     touched_chapters text[];
@@ -209,6 +217,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_verses() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     touched_chapters text[];

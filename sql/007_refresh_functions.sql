@@ -90,6 +90,7 @@ BEGIN
         EXECUTE format($fn$
             CREATE OR REPLACE FUNCTION %1$I(p_scope uuid,
                 OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+            SECURITY DEFINER SET search_path FROM CURRENT
             LANGUAGE plpgsql AS $body$
             BEGIN
                 %2$s
@@ -102,6 +103,7 @@ BEGIN
         EXECUTE format($fn$
             CREATE OR REPLACE FUNCTION %1$I(
                 OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+            SECURITY DEFINER SET search_path FROM CURRENT
             LANGUAGE plpgsql AS $body$
             BEGIN
                 %2$s
@@ -158,6 +160,7 @@ $$;
 -- The version-scoped levels of one version, in order.
 CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid)
 RETURNS SETOF progress_refresh_count
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -179,6 +182,7 @@ $$;
 -- sharing an entity take turns, and the later one sees the earlier's summary.
 CREATE OR REPLACE FUNCTION progress_refresh_language_entities(p_kind text, p_entities uuid[])
 RETURNS SETOF progress_refresh_count
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -206,6 +210,7 @@ $$;
 CREATE OR REPLACE FUNCTION progress_refresh_version(
     p_kind text, p_version uuid, p_with_entities boolean DEFAULT true)
 RETURNS SETOF progress_refresh_count
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     entities uuid[];

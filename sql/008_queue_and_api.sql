@@ -7,6 +7,7 @@
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     WITH picked AS (
         SELECT q.id FROM progress_refresh_queue q
@@ -27,7 +28,8 @@ $$;
 -- Done: the entry leaves the queue unless a change arrived since the claim;
 -- then it is released, aged from the claim (all older changes were seen).
 CREATE OR REPLACE FUNCTION progress_finish(p_kind text, p_version uuid, p_generation bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM progress_refresh_queue
      WHERE kind = p_kind AND version_id = p_version AND generation = p_generation;
@@ -44,7 +46,8 @@ $$;
 -- Failed: one more attempt counted, the error kept, an exponential backoff;
 -- past the attempt limit the entry moves to the dead letter table.
 CREATE OR REPLACE FUNCTION progress_record_failure(p_kind text, p_version uuid, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 DECLARE
     entry progress_refresh_queue%ROWTYPE;
 BEGIN
@@ -74,6 +77,7 @@ $$;
 CREATE OR REPLACE FUNCTION progress_refresh_claimed(
     p_kind text, p_version uuid, p_generation bigint, p_with_entities boolean DEFAULT true)
 RETURNS TABLE (read_model text, inserted bigint, updated bigint, deleted bigint, error text)
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
@@ -113,6 +117,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION enqueue_progress_refresh(kind text, version_id uuid) RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM progress_check_version(kind, version_id);
@@ -123,7 +128,8 @@ $$;
 -- Refreshes one version now, queued or not; its queue entry, if any, is
 -- settled as a drain would.
 CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
-RETURNS SETOF progress_refresh_count LANGUAGE plpgsql AS $$
+RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 DECLARE
     queued_generation bigint;
 BEGIN
@@ -142,7 +148,8 @@ $$;
 -- later with backoff; language entities are refreshed once, at the end of the
 -- batch, in sorted order, so concurrent drains never deadlock.
 CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
-RETURNS TABLE (kind text, version_id uuid) LANGUAGE plpgsql AS $$
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 DECLARE
     claimed record;
     failures int;
@@ -174,7 +181,8 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION progress_mark_populated() RETURNS void LANGUAGE sql AS $$
+CREATE OR REPLACE FUNCTION progress_mark_populated() RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
     INSERT INTO progress_refresh_settings (key, value) VALUES ('populated_at', now()::text)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 $$;
@@ -182,6 +190,7 @@ $$;
 -- After a rebuild every queued change older than the rebuild is reflected:
 -- entries whose generation did not move meanwhile leave the queue.
 CREATE OR REPLACE FUNCTION progress_settle_after_rebuild(p_before jsonb) RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     DELETE FROM progress_refresh_queue q
      USING jsonb_to_recordset(p_before) AS b (id bigint, generation bigint)
@@ -197,6 +206,7 @@ $$;
 -- Rebuilds every read model from scratch, level by level. Readers wait for
 -- it (like REFRESH MATERIALIZED VIEW): meant for the first populate.
 CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -215,6 +225,7 @@ $$;
 -- Rebuilds everything while readers keep reading the previous rows: only
 -- rows that differ are written, in this one transaction.
 CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_concurrently() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -229,6 +240,7 @@ END
 $$;
 
 CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF progress_setting('populated_at') IS NULL THEN
@@ -241,7 +253,8 @@ $$;
 
 -- Puts dead-lettered versions back in the queue with a fresh attempt count.
 CREATE OR REPLACE FUNCTION requeue_progress_dead_letters()
-RETURNS TABLE (kind text, version_id uuid) LANGUAGE plpgsql AS $$
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
 BEGIN
     RETURN QUERY
     WITH moved AS (DELETE FROM progress_refresh_dead_letter RETURNING *)

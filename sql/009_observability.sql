@@ -5,6 +5,7 @@ CREATE OR REPLACE FUNCTION progress_queue_state()
 RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
                oldest_enqueued_at timestamptz, oldest_age_seconds double precision,
                dead_letters bigint)
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
     SELECT count(*),
            count(*) FILTER (WHERE (lease_until IS NULL OR lease_until < now())
@@ -21,7 +22,8 @@ $$;
 -- optionally only for some scopes (versions or language entities).
 CREATE OR REPLACE FUNCTION progress_count_mismatches(
     p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL, p_scopes uuid[] DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS bigint SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     filter text := CASE WHEN p_scope_column IS NULL THEN 'true'
                         ELSE format('%I = ANY ($1)', p_scope_column) END;
@@ -40,6 +42,7 @@ $$;
 -- Queues every version that exists or still has stored rows (a full backfill
 -- through the queue: resumable, since what is done leaves the queue).
 CREATE OR REPLACE FUNCTION progress_enqueue_all_versions() RETURNS bigint
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     audio_ids uuid[] := ARRAY(SELECT id FROM audio_versions

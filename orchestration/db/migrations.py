@@ -90,6 +90,9 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
     applied_names: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
+        # SECURITY DEFINER functions capture this path (SET search_path FROM CURRENT):
+        # the install schema first, temporary objects last so they cannot shadow ours.
+        conn.execute("SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)")
         conn.execute(
             """
             CREATE TABLE IF NOT EXISTS progress_schema_migrations (
@@ -124,6 +127,7 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
             )
             applied_names.append(f"{migration.version:03d}_{migration.name}")
         _write_read_model_registry(conn)
+        conn.execute("SELECT progress_apply_grants()")
     return applied_names
 
 
