@@ -1,0 +1,288 @@
+"""The `progress-refresh` command.
+
+Exit codes: 0 success; 1 the work ran but something failed (versions that
+failed to refresh); 2 bad input or an unusable database (one line on stderr);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import psycopg
+from psycopg.rows import dict_row
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestration.db import gateway
+from orchestration.db.connection import connection
+from orchestration.db.embedded import database_url, stop_embedded
+from orchestration.db.migrations import STRATEGIES, check_schema_current, migrate
+from orchestration.errors import ProgressError
+from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
+
+console = Console()
+
+
+@contextmanager
+def _database(check_schema: bool = True) -> Iterator[psycopg.Connection]:
+    with connection(database_url()) as conn:
+        if check_schema:
+            check_schema_current(conn)
+        yield conn
+
+
+@contextmanager
+def _progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """Yields update(done, total); draws a bar on a terminal, nothing otherwise."""
+    if not enabled or not console.is_terminal:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Keep Bible progress coverage read models fresh, per changed version.
+
+    The database is PROGRESS_DATABASE_URL; unset, an embedded PostgreSQL is
+    started with its data under .progress/ in the project folder.
+
+    \b
+    Examples:
+      progress-refresh migrate
+      progress-refresh seed-demo
+      progress-refresh refresh --queued
+      progress-refresh status --json
+    """
+
+
+@cli.command("migrate")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
+              help="Read-model storage: per-version tables (default) or materialized views.")
+def migrate_command(strategy: str | None) -> None:
+    """Install or upgrade the schema (idempotent).
+
+    \b
+    Example:
+      progress-refresh migrate
+    """
+    with _database(check_schema=False) as conn:
+        applied = migrate(conn, strategy=strategy)
+    click.echo(f"migrated: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@cli.command("seed-demo")
+@click.option("--audio", "audio_versions", default=12, show_default=True, help="Audio versions to create.")
+@click.option("--text", "text_versions", default=12, show_default=True, help="Text versions to create.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (the demo is deterministic).")
+def seed_demo_command(audio_versions: int, text_versions: int, seed: int) -> None:
+    """Load KJV structure and generated demo versions (idempotent).
+
+    \b
+    Example:
+      progress-refresh seed-demo --audio 20 --text 20
+    """
+    from orchestration.demo_data import seed_demo
+
+    with _database() as conn, _progress_bar("seeding demo", True) as update:
+        counts = seed_demo(conn, audio_versions=audio_versions, text_versions=text_versions,
+                           seed=seed, progress=update)
+    click.echo(f"demo data: {counts}")
+
+
+def _render_report(report: RefreshReport) -> None:
+    table = Table(title=f"refreshed {len(report.refreshed)} version(s) in {report.seconds:.2f}s")
+    for column in ("read model", "inserted", "updated", "deleted"):
+        table.add_column(column, justify="left" if column == "read model" else "right")
+    for name, c in sorted(report.totals().items()):
+        table.add_row(name, str(c.inserted), str(c.updated), str(c.deleted))
+    console.print(table)
+    for failed in report.failed:
+        console.print(f"[red]failed[/red] {failed.kind}:{failed.version_id}: {failed.error}")
+
+
+@cli.command("refresh")
+@click.option("--queued", "mode", flag_value="queued", default=True, help="Drain the queue (default).")
+@click.option("--all", "mode", flag_value="all", help="Queue and refresh every version (resumable).")
+@click.option("--version", "versions", multiple=True, metavar="KIND:UUID",
+              help="Refresh these versions now (repeatable), e.g. audio:0b6e…")
+@click.option("--rebuild", type=click.Choice(["full", "concurrently", "safe"]), default=None,
+              help="Rebuild everything with the SQL API instead of per version.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, as_json: bool) -> None:
+    """Refresh read models: queued versions, named versions, or all.
+
+    \b
+    Examples:
+      progress-refresh refresh                       # drain the queue
+      progress-refresh refresh --version audio:UUID  # one version now
+      progress-refresh refresh --all                 # every version, in batches
+      progress-refresh refresh --rebuild safe        # set-based rebuild (SQL API)
+    """
+    parsed = [gateway.parse_version(v) for v in versions]
+    with _database() as conn:
+        if rebuild:
+            gateway.rebuild_all(conn, rebuild)
+            _emit({"rebuild": rebuild, "ok": True}, as_json, lambda: click.echo(f"rebuilt ({rebuild})"))
+            return
+        with _progress_bar("refreshing", not as_json) as update:
+            done = [0]
+
+            def tick(_: Any) -> None:
+                done[0] += 1
+                update(done[0], max(done[0], len(parsed)))
+
+            if parsed:
+                report = refresh_versions(conn, parsed, on_version=tick)
+            elif mode == "all":
+                report = refresh_all(conn, on_version=tick)
+            else:
+                report = drain_queue(conn, on_version=tick)
+    _emit(report.as_dict(), as_json, lambda: _render_report(report))
+    if report.failed:
+        sys.exit(1)
+
+
+def _status(conn: psycopg.Connection) -> dict[str, Any]:
+    return {
+        "queue": gateway.queue_state(conn),
+        "dead_letters": gateway.dead_letters(conn),
+        "read_models": gateway.read_model_sizes(conn),
+        "populated_at": gateway.last_populated(conn),
+    }
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_command(as_json: bool) -> None:
+    """Queue depth, oldest entry, dead letters and read-model sizes.
+
+    \b
+    Example:
+      progress-refresh status --json
+    """
+    with _database() as conn:
+        status = _status(conn)
+
+    def render() -> None:
+        q = status["queue"]
+        console.print(f"queue: {q['depth']} queued ({q['ready']} ready, {q['claimed']} claimed, "
+                      f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
+                      f"{q['dead_letters']} dead letter(s)")
+        for dead in status["dead_letters"]:
+            console.print(f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} "
+                          f"attempts: {dead['last_error']}")
+        table = Table()
+        table.add_column("read model")
+        table.add_column("rows", justify="right")
+        table.add_column("size", justify="right")
+        for name, size in status["read_models"].items():
+            table.add_row(name, f"{size['rows']:,}", f"{size['bytes'] / 1024:,.0f} kB")
+        console.print(table)
+
+    _emit(status, as_json, render)
+
+
+@cli.command("requeue-dead-letters")
+def requeue_dead_letters_command() -> None:
+    """Put dead-lettered versions back in the queue with fresh attempts."""
+    with _database() as conn:
+        moved = gateway.requeue_dead_letters(conn)
+    click.echo(f"requeued {len(moved)} version(s)")
+
+
+@cli.command("enqueue")
+@click.argument("version", metavar="KIND:UUID")
+def enqueue_command(version: str) -> None:
+    """Queue one version for the next refresh."""
+    kind, version_id = gateway.parse_version(version)
+    with _database() as conn:
+        gateway.enqueue(conn, kind, version_id)
+    click.echo(f"queued {kind}:{version_id}")
+
+
+def _summaries(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute(
+            """
+            SELECT 'audio' AS kind, v.name, s.covered_verses, s.total_verses,
+                   round(s.verse_fraction * 100, 1) AS verse_pct, s.chapters_with_audio AS chapters,
+                   s.books_complete
+              FROM mv_audio_version_progress_summary s JOIN audio_versions v ON v.id = s.audio_version_id
+            UNION ALL
+            SELECT 'text', v.name, s.covered_verses, s.total_verses, round(s.verse_fraction * 100, 1),
+                   s.complete_chapters, s.books_complete
+              FROM mv_text_version_progress_summary s JOIN text_versions v ON v.id = s.text_version_id
+             ORDER BY 1, 2 LIMIT %s
+            """, [limit]))
+
+
+@cli.command("demo")
+@click.option("--limit", default=12, show_default=True, help="How many version summaries to print.")
+def demo_command(limit: int) -> None:
+    """Start the database, migrate, load the demo if empty, drain, print summaries.
+
+    \b
+    Example:
+      progress-refresh demo
+    """
+    from orchestration.demo_data import seed_demo
+
+    with connection(database_url()) as conn:
+        migrate(conn)
+        with _progress_bar("seeding demo", True) as update:
+            seed_demo(conn, progress=update)
+        report = drain_queue(conn)
+        rows = _summaries(conn, limit)
+    console.print(f"refreshed {len(report.refreshed)} queued version(s) in {report.seconds:.2f}s")
+    table = Table(title="progress per version")
+    for column in ("kind", "name", "covered", "total", "verse %", "chapters", "books complete"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+@cli.command("stop-embedded")
+def stop_embedded_command() -> None:
+    """Stop the embedded PostgreSQL if it is running."""
+    click.echo("stopped" if stop_embedded() else "not running")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="progress-refresh", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except ProgressError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
+        click.echo(f"error: database: {' '.join(message.split())}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
