@@ -1,21 +1,29 @@
 -- What users and the Dagster checks read about the product's health.
 
--- Depth of the queue, how many entries are ready now, the oldest entry's age.
-CREATE OR REPLACE FUNCTION progress_queue_state()
+-- Depth of the queue (optionally of one kind), how many entries are ready
+-- now, and the ages of the oldest entry and of the oldest ready entry.
+DROP FUNCTION IF EXISTS progress_queue_state();
+CREATE OR REPLACE FUNCTION progress_queue_state(p_kind text DEFAULT NULL)
 RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
                oldest_enqueued_at timestamptz, oldest_age_seconds double precision,
-               dead_letters bigint)
+               oldest_ready_age_seconds double precision, dead_letters bigint)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
+    WITH q AS (
+        SELECT enqueued_at, attempts, lease_until,
+               (lease_until IS NULL OR lease_until < now())
+                   AND (not_before IS NULL OR not_before <= now()) AS is_ready
+          FROM progress_refresh_queue
+         WHERE p_kind IS NULL OR kind = p_kind)
     SELECT count(*),
-           count(*) FILTER (WHERE (lease_until IS NULL OR lease_until < now())
-                              AND (not_before IS NULL OR not_before <= now())),
+           count(*) FILTER (WHERE is_ready),
            count(*) FILTER (WHERE lease_until >= now()),
            count(*) FILTER (WHERE attempts > 0),
            min(enqueued_at),
            coalesce(extract(epoch FROM now() - min(enqueued_at))::double precision, 0),
-           (SELECT count(*) FROM progress_refresh_dead_letter)
-      FROM progress_refresh_queue
+           coalesce(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE is_ready))::double precision, 0),
+           (SELECT count(*) FROM progress_refresh_dead_letter WHERE p_kind IS NULL OR kind = p_kind)
+      FROM q
 $$;
 
 -- Rows in which a read model and its logical view differ, both directions,
@@ -39,19 +47,27 @@ BEGIN
 END
 $$;
 
--- Queues every version that exists or still has stored rows (a full backfill
--- through the queue: resumable, since what is done leaves the queue).
-CREATE OR REPLACE FUNCTION progress_enqueue_all_versions() RETURNS bigint
+-- Queues every version (optionally of one kind) that exists or still has
+-- stored rows: a full backfill through the queue, resumable, since what is
+-- done leaves the queue.
+DROP FUNCTION IF EXISTS progress_enqueue_all_versions();
+CREATE OR REPLACE FUNCTION progress_enqueue_all_versions(p_kind text DEFAULT NULL) RETURNS bigint
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
-    audio_ids uuid[] := ARRAY(SELECT id FROM audio_versions
-                              UNION SELECT audio_version_id FROM mv_audio_version_progress_summary);
-    text_ids uuid[] := ARRAY(SELECT id FROM text_versions
-                             UNION SELECT text_version_id FROM mv_text_version_progress_summary);
+    audio_ids uuid[] := '{}';
+    text_ids uuid[] := '{}';
 BEGIN
-    PERFORM progress_enqueue_versions('audio', audio_ids);
-    PERFORM progress_enqueue_versions('text', text_ids);
+    IF p_kind IS NULL OR p_kind = 'audio' THEN
+        audio_ids := ARRAY(SELECT id FROM audio_versions
+                           UNION SELECT audio_version_id FROM mv_audio_version_progress_summary);
+        PERFORM progress_enqueue_versions('audio', audio_ids);
+    END IF;
+    IF p_kind IS NULL OR p_kind = 'text' THEN
+        text_ids := ARRAY(SELECT id FROM text_versions
+                          UNION SELECT text_version_id FROM mv_text_version_progress_summary);
+        PERFORM progress_enqueue_versions('text', text_ids);
+    END IF;
     RETURN cardinality(audio_ids) + cardinality(text_ids);
 END
 $$;
