@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS progress_read_model_definitions (
     kind         text NOT NULL CHECK (kind IN ('audio', 'text')),
     install_order int NOT NULL,
     scope_column text NOT NULL,
+    key_columns  text[] NOT NULL,
     body         text NOT NULL
 );
 
@@ -108,8 +109,9 @@ BEGIN
 END
 $$;
 
-INSERT INTO progress_read_model_definitions (logical_view, stored_name, kind, install_order, scope_column, body) VALUES
-('audio_verse_coverage', 'mv_audio_verse_coverage', 'audio', 1, 'audio_version_id', $body$
+INSERT INTO progress_read_model_definitions
+    (logical_view, stored_name, kind, install_order, scope_column, key_columns, body) VALUES
+('audio_verse_coverage', 'mv_audio_verse_coverage', 'audio', 1, 'audio_version_id', '{audio_version_id,verse_id}', $body$
 SELECT f.audio_version_id, mfv.verse_id
   FROM progress_live_bible_audio_files f
   JOIN media_files_verses mfv ON mfv.media_file_id = f.id AND mfv.deleted_at IS NULL
@@ -128,7 +130,7 @@ SELECT f.audio_version_id, covered.verse_id
                                 AND CASE WHEN f.end_verse_id IS NULL THEN sv.global_order
                                          ELSE ev.global_order END
 $body$),
-('audio_chapter_coverage', 'mv_audio_chapter_coverage', 'audio', 2, 'audio_version_id', $body$
+('audio_chapter_coverage', 'mv_audio_chapter_coverage', 'audio', 2, 'audio_version_id', '{audio_version_id,chapter_id}', $body$
 SELECT vc.audio_version_id,
        c.id AS chapter_id,
        count(*) AS covered_verses,
@@ -140,7 +142,7 @@ SELECT vc.audio_version_id,
   JOIN chapters c ON c.id = v.chapter_id
  GROUP BY vc.audio_version_id, c.id, c.total_verses
 $body$),
-('audio_book_coverage', 'mv_audio_book_coverage', 'audio', 3, 'audio_version_id', $body$
+('audio_book_coverage', 'mv_audio_book_coverage', 'audio', 3, 'audio_version_id', '{audio_version_id,book_id}', $body$
 SELECT av.id AS audio_version_id,
        b.id AS book_id,
        count(cc.chapter_id) FILTER (WHERE cc.is_complete) AS complete_chapters,
@@ -154,7 +156,7 @@ SELECT av.id AS audio_version_id,
  WHERE av.deleted_at IS NULL
  GROUP BY av.id, b.id
 $body$),
-('audio_version_progress_summary', 'mv_audio_version_progress_summary', 'audio', 4, 'audio_version_id', $body$
+('audio_version_progress_summary', 'mv_audio_version_progress_summary', 'audio', 4, 'audio_version_id', '{audio_version_id}', $body$
 SELECT av.id AS audio_version_id,
        coalesce(cov.covered_verses, 0) AS covered_verses,
        t.total_verses,
@@ -179,7 +181,7 @@ SELECT av.id AS audio_version_id,
          WHERE bc.audio_version_id = av.id) bk ON true
  WHERE av.deleted_at IS NULL
 $body$),
-('audio_best_version_by_language', 'language_entity_best_audio_version', 'audio', 5, 'language_entity_id', $body$
+('audio_best_version_by_language', 'language_entity_best_audio_version', 'audio', 5, 'language_entity_id', '{language_entity_id}', $body$
 SELECT DISTINCT ON (av.language_entity_id) av.language_entity_id, av.id AS audio_version_id
   FROM audio_versions av
   JOIN {audio_version_progress_summary} s ON s.audio_version_id = av.id
@@ -189,13 +191,13 @@ SELECT DISTINCT ON (av.language_entity_id) av.language_entity_id, av.id AS audio
                                 av.created_at) DESC,
           av.id
 $body$),
-('text_verse_coverage', 'mv_text_verse_coverage', 'text', 6, 'text_version_id', $body$
+('text_verse_coverage', 'mv_text_verse_coverage', 'text', 6, 'text_version_id', '{text_version_id,verse_id}', $body$
 SELECT vt.text_version_id, vt.verse_id
   FROM verse_texts vt
   JOIN text_versions tv ON tv.id = vt.text_version_id AND tv.deleted_at IS NULL
  WHERE vt.deleted_at IS NULL
 $body$),
-('text_chapter_coverage', 'mv_text_chapter_coverage', 'text', 7, 'text_version_id', $body$
+('text_chapter_coverage', 'mv_text_chapter_coverage', 'text', 7, 'text_version_id', '{text_version_id,chapter_id}', $body$
 SELECT vc.text_version_id,
        c.id AS chapter_id,
        count(*) AS verses_with_text,
@@ -206,7 +208,7 @@ SELECT vc.text_version_id,
   JOIN chapters c ON c.id = v.chapter_id
  GROUP BY vc.text_version_id, c.id, c.total_verses
 $body$),
-('text_book_coverage', 'mv_text_book_coverage', 'text', 8, 'text_version_id', $body$
+('text_book_coverage', 'mv_text_book_coverage', 'text', 8, 'text_version_id', '{text_version_id,book_id}', $body$
 SELECT tv.id AS text_version_id,
        b.id AS book_id,
        count(cc.chapter_id) FILTER (WHERE cc.is_complete) AS complete_chapters,
@@ -220,7 +222,7 @@ SELECT tv.id AS text_version_id,
  WHERE tv.deleted_at IS NULL
  GROUP BY tv.id, b.id
 $body$),
-('text_version_progress_summary', 'mv_text_version_progress_summary', 'text', 9, 'text_version_id', $body$
+('text_version_progress_summary', 'mv_text_version_progress_summary', 'text', 9, 'text_version_id', '{text_version_id}', $body$
 SELECT tv.id AS text_version_id,
        coalesce(cov.covered_verses, 0) AS covered_verses,
        t.total_verses,
@@ -246,7 +248,7 @@ SELECT tv.id AS text_version_id,
          WHERE bc.text_version_id = tv.id) bk ON true
  WHERE tv.deleted_at IS NULL
 $body$),
-('text_best_version_by_language', 'language_entity_best_text_version', 'text', 10, 'language_entity_id', $body$
+('text_best_version_by_language', 'language_entity_best_text_version', 'text', 10, 'language_entity_id', '{language_entity_id}', $body$
 SELECT DISTINCT ON (tv.language_entity_id) tv.language_entity_id, tv.id AS text_version_id
   FROM text_versions tv
   JOIN {text_version_progress_summary} s ON s.text_version_id = tv.id
@@ -261,6 +263,7 @@ ON CONFLICT (logical_view) DO UPDATE
        kind = EXCLUDED.kind,
        install_order = EXCLUDED.install_order,
        scope_column = EXCLUDED.scope_column,
+       key_columns = EXCLUDED.key_columns,
        body = EXCLUDED.body;
 
 SELECT progress_install_definitions();

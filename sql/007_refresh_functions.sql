@@ -79,11 +79,7 @@ BEGIN
         SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
           FROM pg_attribute a
          WHERE a.attrelid = d.stored_name::regclass AND a.attnum > 0 AND NOT a.attisdropped;
-        SELECT array_agg(a.attname::text ORDER BY k.ord) INTO keys
-          FROM pg_index i
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k (attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = d.stored_name::regclass AND i.indisprimary;
+        keys := d.key_columns;
         vals := ARRAY(SELECT c FROM unnest(cols) AS c WHERE c <> ALL (keys));
 
         -- Rows are written only where they differ: an unchanged scope writes nothing.

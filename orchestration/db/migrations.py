@@ -133,14 +133,17 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
 
 def _write_read_model_registry(conn: psycopg.Connection) -> None:
     """Mirrors read_models.py into the database and checks it against the SQL definitions."""
-    defined = dict(
-        conn.execute("SELECT stored_name, logical_view FROM progress_read_model_definitions").fetchall()
-    )
-    declared = {model.name: model.logical_view for model in READ_MODELS}
+    defined = {
+        name: (view, tuple(keys))
+        for name, view, keys in conn.execute(
+            "SELECT stored_name, logical_view, key_columns FROM progress_read_model_definitions")
+    }
+    declared = {model.name: (model.logical_view, model.key_columns) for model in READ_MODELS}
     if defined != declared:
         raise ProgressError(
-            "read_models.py and sql/ disagree on the read models: "
-            f"only in Python {sorted(set(declared) - set(defined))}, only in SQL {sorted(set(defined) - set(declared))}"
+            "read_models.py and sql/ disagree on the read models (names, logical views or keys): "
+            f"Python {sorted(set(declared.items()) - set(defined.items()))}, "
+            f"SQL {sorted(set(defined.items()) - set(declared.items()))}"
         )
     conn.execute("DELETE FROM progress_read_models")
     with conn.cursor() as cur:
