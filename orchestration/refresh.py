@@ -100,6 +100,8 @@ def drain_queue(
     """Refreshes queued versions until the queue has nothing ready (or max_versions)."""
     policy = policy or RefreshPolicy.from_env()
     prepare_session(conn, policy)
+    if gateway.storage_strategy(conn) == "matview":
+        return _drain_matviews(conn, on_version)
     worker = worker or worker_name()
     kind_list = sorted(kinds) if kinds is not None else None
     report = RefreshReport()
@@ -113,6 +115,23 @@ def drain_queue(
         report.batches += 1
         for claim in claims:
             outcome = gateway.refresh_claimed(conn, claim)
+            report.outcomes.append(outcome)
+            if on_version is not None:
+                on_version(outcome)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _drain_matviews(conn: psycopg.Connection,
+                    on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
+    """The matview strategy has no per-version refresh: the SQL drain claims
+    every ready entry, refreshes all views once and settles the claims."""
+    report = RefreshReport()
+    started = time.perf_counter()
+    while batch := gateway.drain_sql_batch(conn):
+        report.batches += 1
+        for kind, version_id in batch:
+            outcome = VersionOutcome(kind, version_id)
             report.outcomes.append(outcome)
             if on_version is not None:
                 on_version(outcome)

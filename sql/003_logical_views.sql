@@ -33,11 +33,12 @@ RETURNS numeric[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Totals of a bible version: counted rows, not the sum of chapters.total_verses.
--- Verses are counted per chapter through the (chapter_id, id) index, and as
--- an aggregate subquery each total is computed once however often it is used.
+-- Verses are counted per chapter through the (chapter_id, id) index. The
+-- fixed search_path lets REFRESH MATERIALIZED VIEW (which runs with an empty
+-- one) resolve the tables, and keeps each total computed once per call.
 CREATE OR REPLACE FUNCTION progress_bible_version_totals(p_bible_version_id text)
 RETURNS TABLE (total_verses bigint, total_chapters bigint, total_books bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
     SELECT coalesce(sum(per_chapter.verses), 0)::bigint,
            count(c.id),
            (SELECT count(*) FROM books WHERE bible_version_id = p_bible_version_id)

@@ -8,8 +8,10 @@ CREATE TABLE IF NOT EXISTS progress_refresh_settings (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The first migrate may name the strategy (progress.initial_strategy); later
+-- switches go through progress_install_storage().
 INSERT INTO progress_refresh_settings (key, value) VALUES
-    ('storage_strategy', 'table'),
+    ('storage_strategy', coalesce(nullif(current_setting('progress.initial_strategy', true), ''), 'table')),
     ('max_attempts', '3'),
     ('retry_backoff_seconds', '30'),
     ('lease_seconds', '300'),

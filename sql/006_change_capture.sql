@@ -147,19 +147,21 @@ BEGIN
         SELECT mf.audio_version_id FROM verses v
           JOIN media_files_verses mfv ON mfv.verse_id = v.id
           JOIN media_files mf ON mf.id = mfv.media_file_id
-         WHERE v.chapter_id = ANY (p_chapters)
-        UNION
-        SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc
-         WHERE cc.chapter_id = ANY (p_chapters)));
+         WHERE v.chapter_id = ANY (p_chapters)));
+    -- Versions whose stored coverage reaches into the chapters (unreadable
+    -- before a matview's first refresh, and then there is nothing stored).
+    IF progress_read_models_readable() THEN
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+        PERFORM progress_enqueue_versions('text', ARRAY(
+            SELECT cc.text_version_id FROM mv_text_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+    END IF;
     PERFORM progress_enqueue_versions('text', ARRAY(
         SELECT tv.id FROM text_versions tv
          WHERE tv.bible_version_id = ANY (p_bible_versions) AND tv.deleted_at IS NULL
         UNION
         SELECT vt.text_version_id FROM verses v JOIN verse_texts vt ON vt.verse_id = v.id
-         WHERE v.chapter_id = ANY (p_chapters)
-        UNION
-        SELECT cc.text_version_id FROM mv_text_chapter_coverage cc
-         WHERE cc.chapter_id = ANY (p_chapters)));
+         WHERE v.chapter_id = ANY (p_chapters)));
 END
 $$;
 

@@ -201,8 +201,26 @@ BEGIN
 END
 $$;
 
+-- The matview strategy can only refresh whole materialized views, in
+-- dependency order; CONCURRENTLY keeps readers reading, once populated.
+CREATE OR REPLACE FUNCTION progress_refresh_matviews(p_concurrently boolean)
+RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    use_concurrently boolean := p_concurrently AND progress_read_models_readable();
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+        EXECUTE format('REFRESH MATERIALIZED VIEW %s %I',
+                       CASE WHEN use_concurrently THEN 'CONCURRENTLY' ELSE '' END, d.stored_name);
+    END LOOP;
+END
+$$;
+
 -- Refreshes one version: its levels, then (unless the caller batches them)
 -- the language entities it touches. Refreshes of one version take turns.
+-- (With the matview strategy everything is refreshed: it has no finer grain.)
 CREATE OR REPLACE FUNCTION progress_refresh_version(
     p_kind text, p_version uuid, p_with_entities boolean DEFAULT true)
 RETURNS SETOF progress_refresh_count
@@ -212,6 +230,10 @@ DECLARE
     entities uuid[];
 BEGIN
     PERFORM progress_check_kind(p_kind);
+    IF progress_storage_strategy() = 'matview' THEN
+        PERFORM progress_refresh_matviews(true);
+        RETURN;
+    END IF;
     PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
     entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
     RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version);

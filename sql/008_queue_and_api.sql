@@ -105,11 +105,14 @@ BEGIN
     IF p_version IS NULL THEN
         RAISE EXCEPTION 'version id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF p_kind = 'audio' AND NOT EXISTS (SELECT FROM audio_versions WHERE id = p_version)
-                        AND NOT EXISTS (SELECT FROM mv_audio_version_progress_summary
-                                         WHERE audio_version_id = p_version)
-       OR p_kind = 'text' AND NOT EXISTS (SELECT FROM text_versions WHERE id = p_version)
-                          AND NOT EXISTS (SELECT FROM mv_text_version_progress_summary
+    IF p_kind = 'audio' AND EXISTS (SELECT FROM audio_versions WHERE id = p_version)
+       OR p_kind = 'text' AND EXISTS (SELECT FROM text_versions WHERE id = p_version) THEN
+        RETURN;
+    END IF;
+    IF NOT progress_read_models_readable()
+       OR p_kind = 'audio' AND NOT EXISTS (SELECT FROM mv_audio_version_progress_summary
+                                            WHERE audio_version_id = p_version)
+       OR p_kind = 'text' AND NOT EXISTS (SELECT FROM mv_text_version_progress_summary
                                            WHERE text_version_id = p_version) THEN
         RAISE EXCEPTION 'unknown % version %', p_kind, p_version USING ERRCODE = 'no_data_found';
     END IF;
@@ -156,6 +159,11 @@ DECLARE
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
 BEGIN
+    IF progress_storage_strategy() = 'matview' THEN
+        -- Everything is refreshed at once, so every ready entry is claimed first.
+        RETURN QUERY SELECT * FROM progress_drain_matviews();
+        RETURN;
+    END IF;
     FOR claimed IN
         SELECT * FROM progress_claim_batch('sql:' || pg_backend_pid(),
                                            progress_setting('drain_batch_size')::int,
@@ -178,6 +186,30 @@ BEGIN
     END LOOP;
     PERFORM progress_refresh_language_entities('audio', audio_entities);
     PERFORM progress_refresh_language_entities('text', text_entities);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_drain_matviews()
+RETURNS TABLE (kind text, version_id uuid)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    claims jsonb;
+    c record;
+BEGIN
+    SELECT jsonb_agg(to_jsonb(x)) INTO claims
+      FROM progress_claim_batch('sql:' || pg_backend_pid(), 2147483647,
+                                make_interval(secs => progress_setting('lease_seconds')::int)) AS x;
+    IF claims IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM progress_refresh_matviews(true);
+    FOR c IN SELECT * FROM jsonb_to_recordset(claims) AS j (kind text, version_id uuid, generation bigint) LOOP
+        PERFORM progress_finish(c.kind, c.version_id, c.generation);
+        kind := c.kind;
+        version_id := c.version_id;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 
@@ -212,6 +244,11 @@ DECLARE
     d progress_read_model_definitions%ROWTYPE;
     before jsonb := progress_queue_snapshot();
 BEGIN
+    IF progress_storage_strategy() = 'matview' THEN
+        PERFORM progress_refresh_matviews(false);
+        PERFORM progress_settle_after_rebuild(before);
+        RETURN;
+    END IF;
     EXECUTE 'TRUNCATE ' || (SELECT string_agg(quote_ident(stored_name), ', ')
                               FROM progress_read_model_definitions);
     FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
@@ -231,6 +268,11 @@ DECLARE
     d progress_read_model_definitions%ROWTYPE;
     before jsonb := progress_queue_snapshot();
 BEGIN
+    IF progress_storage_strategy() = 'matview' THEN
+        PERFORM progress_refresh_matviews(true);
+        PERFORM progress_settle_after_rebuild(before);
+        RETURN;
+    END IF;
     FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
         EXECUTE format('SELECT * FROM %I()', 'progress_rebuild_' || d.logical_view);
     END LOOP;
@@ -243,7 +285,8 @@ CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS vo
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF progress_setting('populated_at') IS NULL THEN
+    IF progress_setting('populated_at') IS NULL AND progress_storage_strategy() = 'table'
+       OR NOT progress_read_models_readable() THEN
         PERFORM refresh_progress_materialized_views_full();
     ELSE
         PERFORM refresh_progress_materialized_views_concurrently();

@@ -59,13 +59,19 @@ DECLARE
     text_ids uuid[] := '{}';
 BEGIN
     IF p_kind IS NULL OR p_kind = 'audio' THEN
-        audio_ids := ARRAY(SELECT id FROM audio_versions
-                           UNION SELECT audio_version_id FROM mv_audio_version_progress_summary);
+        audio_ids := ARRAY(SELECT id FROM audio_versions);
+        IF progress_read_models_readable() THEN
+            audio_ids := ARRAY(SELECT unnest(audio_ids)
+                               UNION SELECT audio_version_id FROM mv_audio_version_progress_summary);
+        END IF;
         PERFORM progress_enqueue_versions('audio', audio_ids);
     END IF;
     IF p_kind IS NULL OR p_kind = 'text' THEN
-        text_ids := ARRAY(SELECT id FROM text_versions
-                          UNION SELECT text_version_id FROM mv_text_version_progress_summary);
+        text_ids := ARRAY(SELECT id FROM text_versions);
+        IF progress_read_models_readable() THEN
+            text_ids := ARRAY(SELECT unnest(text_ids)
+                              UNION SELECT text_version_id FROM mv_text_version_progress_summary);
+        END IF;
         PERFORM progress_enqueue_versions('text', text_ids);
     END IF;
     RETURN cardinality(audio_ids) + cardinality(text_ids);

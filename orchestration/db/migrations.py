@@ -93,6 +93,8 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
         # SECURITY DEFINER functions capture this path (SET search_path FROM CURRENT):
         # the install schema first, temporary objects last so they cannot shadow ours.
         conn.execute("SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)")
+        # Read by sql/004 on a first migrate only; later switches happen below.
+        conn.execute("SELECT set_config('progress.initial_strategy', %s, true)", [strategy or ""])
         conn.execute(
             """
             CREATE TABLE IF NOT EXISTS progress_schema_migrations (
@@ -126,9 +128,20 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
                 [migration.version, migration.name, migration.checksum],
             )
             applied_names.append(f"{migration.version:03d}_{migration.name}")
+        if strategy is not None and strategy != current_strategy(conn):
+            # An explicit switch: the other strategy's stored read models are
+            # dropped and recreated empty; refresh_progress_materialized_views_full() repopulates.
+            conn.execute("SELECT progress_install_storage(%s)", [strategy])
+            conn.execute("SELECT progress_install_refresh_functions()")
+            applied_names.append(f"storage strategy {strategy}")
         _write_read_model_registry(conn)
         conn.execute("SELECT progress_apply_grants()")
     return applied_names
+
+
+def current_strategy(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT progress_storage_strategy()").fetchone()
+    return str(row[0]) if row else "table"
 
 
 def _write_read_model_registry(conn: psycopg.Connection) -> None:
