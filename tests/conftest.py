@@ -32,17 +32,29 @@ def server_dsn() -> str:
     return os.environ.get(TEST_DATABASE_URL_ENV) or start_embedded()
 
 
+def _create_template(server_dsn: str, name: str, strategy: str) -> str:
+    with connect(server_dsn) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {name}")
+    dsn = database_dsn(server_dsn, name)
+    with connect(dsn) as conn:
+        migrate(conn, strategy=strategy)
+    return dsn
+
+
 @pytest.fixture(scope="session")
 def template_dsn(server_dsn: str) -> Iterator[str]:
-    """A migrated template database; each test gets a copy of it."""
-    with connect(server_dsn) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {TEMPLATE}")
-    dsn = database_dsn(server_dsn, TEMPLATE)
-    with connect(dsn) as conn:
-        migrate(conn)
-    yield dsn
+    """A migrated template database (default strategy); each test gets a copy of it."""
+    yield _create_template(server_dsn, TEMPLATE, "table")
     _drop_database(server_dsn, TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def matview_template(server_dsn: str) -> Iterator[str]:
+    name = f"{TEMPLATE}_matview"
+    _create_template(server_dsn, name, "matview")
+    yield name
+    _drop_database(server_dsn, name)
 
 
 def _create_database(server_dsn: str, template: str) -> str:
@@ -63,6 +75,22 @@ def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
     name = _create_database(server_dsn, TEMPLATE)
     yield database_dsn(server_dsn, name)
     _drop_database(server_dsn, name)
+
+
+@pytest.fixture(params=["table", "matview"])
+def strategy_dsn(request: pytest.FixtureRequest, server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """URL of a fresh database migrated with each storage strategy in turn."""
+    template = TEMPLATE if request.param == "table" else request.getfixturevalue("matview_template")
+    name = _create_database(server_dsn, template)
+    yield database_dsn(server_dsn, name)
+    _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def strategy_db(strategy_dsn: str) -> Iterator[psycopg.Connection]:
+    """Autocommit connection to a fresh database of each storage strategy."""
+    with connect(strategy_dsn) as conn:
+        yield conn
 
 
 @pytest.fixture
