@@ -1,0 +1,294 @@
+"""SPEC section 8 under faults: kills, concurrent drains and writers, readers
+during refreshes, poisoned versions, bad input. Each test would catch the
+violation of its guarantee."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from orchestration.db import gateway
+from orchestration.db.connection import connect
+from orchestration.read_models import READ_MODELS
+from orchestration.refresh import RefreshPolicy, drain_queue
+
+VERSES = [f"b-1-{c}-{v}" for c in (1, 2, 3) for v in (1, 2, 3)]
+
+
+def build_structure(conn: psycopg.Connection) -> uuid.UUID:
+    """One bible (3 chapters of 3 verses) and a language; returns the language id."""
+    conn.execute("INSERT INTO bible_versions VALUES ('b', 'B')")
+    conn.execute("INSERT INTO books VALUES ('b-1', 'b', 1, 'One')")
+    conn.execute("INSERT INTO chapters SELECT 'b-1-' || c, 'b-1', c, 3 FROM generate_series(1, 3) c")
+    conn.execute("INSERT INTO verses SELECT 'b-1-' || c || '-' || v, 'b-1-' || c, v, c * 10 + v"
+                 "  FROM generate_series(1, 3) c, generate_series(1, 3) v")
+    language = uuid.uuid4()
+    conn.execute("INSERT INTO language_entities VALUES (%s, 'L')", [language])
+    return language
+
+
+def add_text_versions(conn: psycopg.Connection, language: uuid.UUID, count: int) -> list[uuid.UUID]:
+    versions = [uuid.uuid4() for _ in range(count)]
+    for version in versions:
+        conn.execute("INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)"
+                     " VALUES (%s, %s, 'b', 'T')", [version, language])
+    return versions
+
+
+def add_texts(conn: psycopg.Connection, version: uuid.UUID, verses: list[str]) -> None:
+    conn.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
+                 " SELECT %s, v, 'text' FROM unnest(%s::text[]) v ON CONFLICT DO NOTHING", [version, verses])
+
+
+def total_mismatches(conn: psycopg.Connection, versions: list[uuid.UUID] | None = None) -> int:
+    total = 0
+    for model in READ_MODELS:
+        if versions is not None and model.level == "best":
+            continue
+        scope = model.key_columns[0] if versions is not None else None
+        total += gateway.mismatches(conn, model.name, model.logical_view, scope, versions)
+    return total
+
+
+def summary_rows(conn: psycopg.Connection, versions: list[uuid.UUID]) -> list[tuple]:
+    return conn.execute("SELECT * FROM mv_text_version_progress_summary WHERE text_version_id = ANY(%s)"
+                        " ORDER BY 1", [versions]).fetchall()
+
+
+def drain_all(conn: psycopg.Connection) -> None:
+    while gateway.drain_sql_batch(conn):
+        pass
+
+
+def cli_env(dsn: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PROGRESS_DATABASE_URL=dsn)
+    env.update(extra)
+    return env
+
+
+def test_killed_refresh_leaves_versions_old_or_new_and_the_rest_queued(db, dsn) -> None:
+    language = build_structure(db)
+    versions = add_text_versions(db, language, 6)
+    for version in versions:
+        add_texts(db, version, VERSES[:3])
+    drain_all(db)
+    old = summary_rows(db, versions)
+    for version in versions:
+        add_texts(db, version, VERSES)  # every version changes
+    slow = versions[3]  # queued in creation order: the fourth one hangs
+    db.execute(f"""
+        CREATE FUNCTION test_hang() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.text_version_id = '{slow}' THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;
+        CREATE TRIGGER test_hang BEFORE INSERT ON mv_text_verse_coverage
+            FOR EACH ROW EXECUTE FUNCTION test_hang();""")
+    worker = subprocess.Popen([sys.executable, "-m", "orchestration", "refresh"],
+                              env=cli_env(dsn, PROGRESS_LEASE_SECONDS="2", PROGRESS_BATCH_SIZE="10"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            queued = {v for (v,) in db.execute("SELECT version_id FROM progress_refresh_queue")}
+            hanging = db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone()[0]
+            if queued == set(versions[3:]) and hanging:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the worker never reached the hanging version")
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+
+    # Finished versions are new, the others untouched and still queued.
+    assert total_mismatches(db, versions[:3]) == 0
+    assert summary_rows(db, versions[3:]) == [row for row in old if row[0] in versions[3:]]
+    assert {v for (v,) in db.execute("SELECT version_id FROM progress_refresh_queue")} == set(versions[3:])
+
+    db.execute("DROP TRIGGER test_hang ON mv_text_verse_coverage")
+    time.sleep(2.5)  # the dead worker's lease expires; no human needed
+    report = drain_queue(db, RefreshPolicy(lease_seconds=30))
+    assert sorted(o.version_id for o in report.refreshed) == sorted(versions[3:])
+    assert total_mismatches(db) == 0
+    assert gateway.queue_state(db)["depth"] == 0
+
+
+def _writer(dsn: str, versions: list[uuid.UUID], stop: threading.Event, errors: list[BaseException],
+            seed: int) -> None:
+    rng = random.Random(seed)
+    try:
+        with connect(dsn) as conn:
+            while not stop.is_set():
+                version = rng.choice(versions)
+                action = rng.random()
+                if action < 0.4:
+                    add_texts(conn, version, rng.sample(VERSES, rng.randint(1, 4)))
+                elif action < 0.7:
+                    conn.execute("UPDATE verse_texts SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END"
+                                 " WHERE text_version_id = %s AND verse_id = %s", [version, rng.choice(VERSES)])
+                elif action < 0.85:
+                    conn.execute("DELETE FROM verse_texts WHERE text_version_id = %s AND verse_id = %s",
+                                 [version, rng.choice(VERSES)])
+                else:
+                    conn.execute("UPDATE text_versions SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END,"
+                                 " created_at = now() WHERE id = %s", [version])
+    except BaseException as exc:  # surfaced by the test
+        errors.append(exc)
+
+
+def _drainer(dsn: str, stop: threading.Event, errors: list[BaseException], use_sql: bool) -> None:
+    try:
+        with connect(dsn) as conn:
+            while not stop.is_set():
+                if use_sql:
+                    drain_all(conn)
+                else:
+                    report = drain_queue(conn, RefreshPolicy(batch_size=5, lease_seconds=30))
+                    if report.failed:
+                        raise AssertionError(f"refresh failed: {report.failed[0].error}")
+                time.sleep(0.01)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+CONCURRENCY_SECONDS = float(os.environ.get("PROGRESS_CONCURRENCY_SECONDS", "60"))
+
+
+def test_concurrent_writers_and_two_drains_neither_deadlock_nor_corrupt(db, dsn) -> None:
+    language = build_structure(db)
+    other_language = uuid.uuid4()
+    db.execute("INSERT INTO language_entities VALUES (%s, 'M')", [other_language])
+    versions = add_text_versions(db, language, 4) + add_text_versions(db, other_language, 4)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=_writer, args=(dsn, versions, stop, errors, seed)) for seed in range(3)]
+    threads += [threading.Thread(target=_drainer, args=(dsn, stop, errors, use_sql)) for use_sql in (True, False)]
+    for thread in threads:
+        thread.start()
+    time.sleep(CONCURRENCY_SECONDS)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[0]
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+    drain_all(db)
+    assert total_mismatches(db) == 0
+    assert gateway.queue_state(db)["depth"] == 0
+
+
+def test_readers_never_see_a_summary_missing_nor_wait(db, dsn) -> None:
+    language = build_structure(db)
+    versions = add_text_versions(db, language, 3)
+    for version in versions:
+        add_texts(db, version, VERSES[:5])
+    drain_all(db)
+    watched = versions[0]
+    stop = threading.Event()
+    observations: list[tuple[int, float]] = []
+
+    def read() -> None:
+        with connect(dsn) as reader:
+            while not stop.is_set():
+                started = time.perf_counter()
+                rows = reader.execute("SELECT covered_verses FROM mv_text_version_progress_summary"
+                                      " WHERE text_version_id = %s", [watched]).fetchall()
+                observations.append((len(rows), time.perf_counter() - started))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        rng = random.Random(3)
+        for round_ in range(30):
+            add_texts(db, watched, rng.sample(VERSES, 3))
+            db.execute("UPDATE verse_texts SET deleted_at = now() WHERE text_version_id = %s AND verse_id = %s",
+                       [watched, rng.choice(VERSES)])
+            if round_ % 3 == 0:
+                db.execute("SELECT refresh_progress_materialized_views_concurrently()")
+            else:
+                drain_all(db)
+    finally:
+        stop.set()
+        reader.join()
+    assert len(observations) > 100
+    assert all(count == 1 for count, _ in observations), "the summary row went missing"
+    assert max(seconds for _, seconds in observations) < 0.5
+
+
+def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
+    language = build_structure(db)
+    versions = add_text_versions(db, language, 3)
+    poisoned = versions[1]
+    db.execute("UPDATE progress_refresh_settings SET value = '0.2' WHERE key = 'retry_backoff_seconds'")
+    db.execute(f"""
+        CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.text_version_id = '{poisoned}' THEN RAISE EXCEPTION 'poisoned version'; END IF;
+              RETURN NEW; END $$;
+        CREATE TRIGGER test_poison BEFORE INSERT ON mv_text_version_progress_summary
+            FOR EACH ROW EXECUTE FUNCTION test_poison();""")
+    for version in versions:
+        add_texts(db, version, VERSES[:2])
+
+    first = drain_queue(db)
+    assert sorted(o.version_id for o in first.refreshed) == sorted(v for v in versions if v != poisoned)
+    assert [(o.version_id, "poisoned version" in (o.error or "")) for o in first.failed] == [(poisoned, True)]
+    attempts, not_before_in_future = db.execute(
+        "SELECT attempts, not_before > now() FROM progress_refresh_queue WHERE version_id = %s", [poisoned]).fetchone()
+    assert (attempts, not_before_in_future) == (1, True)
+    assert drain_queue(db).outcomes == []  # backing off: not retried at once
+
+    deadline = time.monotonic() + 10
+    while db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        drain_queue(db)
+    dead = db.execute("SELECT kind, version_id, attempts, last_error FROM progress_refresh_dead_letter").fetchall()
+    assert dead == [("text", poisoned, 3, "poisoned version")]
+    assert gateway.queue_state(db)["depth"] == 0
+    assert total_mismatches(db, [v for v in versions if v != poisoned]) == 0
+
+    # A later change queues it again; once healthy it leaves the dead letters.
+    db.execute("DROP TRIGGER test_poison ON mv_text_version_progress_summary")
+    add_texts(db, poisoned, VERSES[2:4])
+    assert gateway.queue_state(db)["depth"] == 1
+    drain_queue(db)
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+    assert total_mismatches(db) == 0
+
+
+def test_requeue_dead_letters_puts_them_back(db) -> None:
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    db.execute("DELETE FROM progress_refresh_queue")
+    db.execute("INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
+               " VALUES ('text', %s, 3, 'boom', now())", [version])
+    assert gateway.requeue_dead_letters(db) == [("text", version)]
+    assert db.execute("SELECT kind, version_id, attempts FROM progress_refresh_queue").fetchall() == [
+        ("text", version, 0)]
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "args", "message"),
+    [
+        ("SELECT enqueue_progress_refresh(%s, %s)", ("video", uuid.uuid4()), "unknown version kind"),
+        ("SELECT enqueue_progress_refresh(%s, %s)", ("audio", None), "must not be NULL"),
+        ("SELECT enqueue_progress_refresh(%s, %s)", ("audio", uuid.uuid4()), "unknown audio version"),
+        ("SELECT * FROM refresh_progress_version(%s, %s)", ("text", uuid.uuid4()), "unknown text version"),
+        ("SELECT * FROM refresh_progress_version(%s, %s)", (None, uuid.uuid4()), "unknown version kind"),
+    ],
+)
+def test_bad_input_is_refused_clearly_and_loses_nothing(db, call, args, message) -> None:
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    before = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall()
+    with pytest.raises(psycopg.Error) as raised:
+        db.execute(call, args)
+    assert message in raised.value.diag.message_primary
+    assert db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall() == before
+    assert before == [("text", version, 1)]
