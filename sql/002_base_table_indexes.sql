@@ -13,5 +13,6 @@ CREATE INDEX IF NOT EXISTS progress_text_versions_bible_idx ON text_versions (bi
 CREATE INDEX IF NOT EXISTS progress_media_files_version_idx ON media_files (audio_version_id);
 CREATE INDEX IF NOT EXISTS progress_media_files_chapter_idx ON media_files (chapter_id) WHERE chapter_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS progress_media_files_start_verse_idx ON media_files (start_verse_id) WHERE start_verse_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS progress_media_files_end_verse_idx ON media_files (end_verse_id) WHERE end_verse_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS progress_media_files_verses_file_idx ON media_files_verses (media_file_id, verse_id);
 CREATE INDEX IF NOT EXISTS progress_verse_texts_version_idx ON verse_texts (text_version_id, verse_id);

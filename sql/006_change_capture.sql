@@ -141,7 +141,7 @@ BEGIN
         SELECT mf.audio_version_id FROM media_files mf WHERE mf.chapter_id = ANY (p_chapters)
         UNION
         SELECT mf.audio_version_id FROM media_files mf
-          JOIN progress_verse_structure s ON s.verse_id = mf.start_verse_id
+          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
          WHERE s.bible_version_id = ANY (p_bible_versions)
         UNION
         SELECT mf.audio_version_id FROM verses v
@@ -244,10 +244,30 @@ BEGIN
 END
 $$;
 
--- (Re)creates the three statement triggers of a table; idempotent.
-CREATE OR REPLACE FUNCTION progress_install_capture(p_table text, p_function text, p_args text DEFAULT '')
+-- TRUNCATE has no transition table: every version of the kinds the table
+-- feeds (TG_ARGV) is queued.
+CREATE OR REPLACE FUNCTION progress_capture_truncate() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    kind text;
+BEGIN
+    FOREACH kind IN ARRAY TG_ARGV LOOP
+        PERFORM progress_enqueue_all_versions(kind);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- (Re)creates the statement triggers of a table; idempotent.
+CREATE OR REPLACE FUNCTION progress_install_capture(
+    p_table text, p_function text, p_args text DEFAULT '', p_truncate_kinds text DEFAULT '''audio'', ''text''')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_truncate ON %1$I;
+        CREATE TRIGGER progress_capture_truncate AFTER TRUNCATE ON %1$I
+            FOR EACH STATEMENT EXECUTE FUNCTION progress_capture_truncate(%2$s)',
+        p_table, p_truncate_kinds);
     EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_insert ON %1$I;
         CREATE TRIGGER progress_capture_insert AFTER INSERT ON %1$I
             REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
@@ -264,11 +284,14 @@ BEGIN
 END
 $$;
 
-SELECT progress_install_capture('media_files', 'progress_capture_media_files');
-SELECT progress_install_capture('media_files_verses', 'progress_capture_media_files_verses');
-SELECT progress_install_capture('verse_texts', 'progress_capture_verse_texts');
-SELECT progress_install_capture('audio_versions', 'progress_capture_versions', quote_literal('audio'));
-SELECT progress_install_capture('text_versions', 'progress_capture_versions', quote_literal('text'));
+SELECT progress_install_capture('media_files', 'progress_capture_media_files', '', quote_literal('audio'));
+SELECT progress_install_capture('media_files_verses', 'progress_capture_media_files_verses', '',
+                                quote_literal('audio'));
+SELECT progress_install_capture('verse_texts', 'progress_capture_verse_texts', '', quote_literal('text'));
+SELECT progress_install_capture('audio_versions', 'progress_capture_versions', quote_literal('audio'),
+                                quote_literal('audio'));
+SELECT progress_install_capture('text_versions', 'progress_capture_versions', quote_literal('text'),
+                                quote_literal('text'));
 SELECT progress_install_capture('books', 'progress_capture_books');
 SELECT progress_install_capture('chapters', 'progress_capture_chapters');
 SELECT progress_install_capture('verses', 'progress_capture_verses');

@@ -65,17 +65,24 @@ def _translate(exc: psycopg.Error) -> ProgressError:
 
 
 def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
-    """A stuck lock or a runaway statement fails one version instead of hanging a run."""
-    conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
-                 [lock_timeout, statement_timeout])
+    """A stuck lock or a runaway statement fails one version instead of hanging
+    a run; a killed worker's statement is cancelled within a second instead of
+    holding its locks until it finishes."""
+    conn.execute(
+        "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
+        "       set_config('client_connection_check_interval', '1s', false)",
+        [lock_timeout, statement_timeout],
+    )
 
 
-def claim_batch(conn: psycopg.Connection, worker: str, limit: int, lease_seconds: float) -> list[Claim]:
+def claim_batch(conn: psycopg.Connection, worker: str, limit: int, lease_seconds: float,
+                kinds: list[str] | None = None) -> list[Claim]:
     """Claims up to limit queued versions in a short transaction of its own."""
     with conn.transaction():
         rows = conn.execute(
-            "SELECT kind, version_id, generation FROM progress_claim_batch(%s, %s, make_interval(secs => %s))",
-            [worker, limit, lease_seconds],
+            "SELECT kind, version_id, generation"
+            "  FROM progress_claim_batch(%s, %s, make_interval(secs => %s), %s)",
+            [worker, limit, lease_seconds, kinds],
         ).fetchall()
     return [Claim(kind, version_id, generation) for kind, version_id, generation in rows]
 
@@ -127,10 +134,17 @@ def enqueue(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> None:
         raise _translate(exc) from None
 
 
-def enqueue_all_versions(conn: psycopg.Connection) -> int:
-    """Queues every version that exists or still has stored rows; returns how many."""
-    row = conn.execute("SELECT progress_enqueue_all_versions()").fetchone()
+def enqueue_all_versions(conn: psycopg.Connection, kind: str | None = None) -> int:
+    """Queues every version (of one kind, or both) that exists or still has
+    stored rows; returns how many."""
+    row = conn.execute("SELECT progress_enqueue_all_versions(%s)", [kind]).fetchone()
     return int(row[0]) if row else 0
+
+
+def storage_strategy(conn: psycopg.Connection) -> str:
+    """'table' (per-version refresh) or 'matview' (whole refreshes)."""
+    row = conn.execute("SELECT progress_storage_strategy()").fetchone()
+    return str(row[0]) if row else "table"
 
 
 def drain_sql_batch(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]]:
@@ -152,10 +166,11 @@ def requeue_dead_letters(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]
     return [(k, v) for k, v in conn.execute("SELECT kind, version_id FROM requeue_progress_dead_letters()")]
 
 
-def queue_state(conn: psycopg.Connection) -> dict[str, Any]:
-    """Depth, ready entries, oldest entry's age in seconds, dead letters."""
+def queue_state(conn: psycopg.Connection, kind: str | None = None) -> dict[str, Any]:
+    """Depth, ready entries, ages of the oldest and oldest ready entry in seconds,
+    dead letters; of one kind, or both."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM progress_queue_state()").fetchone()
+        row = cur.execute("SELECT * FROM progress_queue_state(%s)", [kind]).fetchone()
     return dict(row) if row else {}
 
 
@@ -192,3 +207,44 @@ def mismatches(conn: psycopg.Connection, read_model: str, logical_view: str,
 def last_populated(conn: psycopg.Connection) -> datetime | None:
     row = conn.execute("SELECT progress_setting('populated_at')::timestamptz").fetchone()
     return row[0] if row else None
+
+
+# --- Additions for the Dagster surface (equality checks, `dev`) ---
+
+def known_scope_ids(conn: psycopg.Connection, kind: str, scope_column: str) -> list[uuid.UUID]:
+    """Every scope a read model can hold rows for: the versions of a kind (existing
+    or still stored), or the language entities (existing or still stored)."""
+    if scope_column == "language_entity_id":
+        query = sql.SQL("SELECT id FROM language_entities UNION SELECT language_entity_id FROM {}").format(
+            sql.Identifier(f"language_entity_best_{kind}_version"))
+    else:
+        query = sql.SQL("SELECT id FROM {} UNION SELECT {} FROM {}").format(
+            sql.Identifier(f"{kind}_versions"), sql.Identifier(scope_column),
+            sql.Identifier(f"mv_{kind}_version_progress_summary"))
+    return [row[0] for row in conn.execute(query) if row[0] is not None]
+
+
+def unsettled_scope_ids(conn: psycopg.Connection, kind: str, scope_column: str) -> list[uuid.UUID]:
+    """Scopes whose stored rows may legitimately differ from the logical view right
+    now: versions still queued or dead-lettered, or (for best-version read models)
+    the language entities those versions belong to or are best for."""
+    versions = [row[0] for row in conn.execute(
+        "SELECT version_id FROM progress_refresh_queue WHERE kind = %(kind)s"
+        " UNION SELECT version_id FROM progress_refresh_dead_letter WHERE kind = %(kind)s",
+        {"kind": kind})]
+    if scope_column != "language_entity_id" or not versions:
+        return versions
+    return affected_language_entities(conn, kind, versions)
+
+
+def affected_language_entities(conn: psycopg.Connection, kind: str, versions: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Language entities whose best version these versions can move (progress_affected_language_entities)."""
+    row = conn.execute("SELECT progress_affected_language_entities(%s, %s)", [kind, versions]).fetchone()
+    return list(row[0]) if row and row[0] else []
+
+
+def has_versions(conn: psycopg.Connection) -> bool:
+    """Whether any audio or text version exists (an empty database gets the demo)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM audio_versions) OR EXISTS (SELECT 1 FROM text_versions)"
+                       ).fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,268 @@
+"""The read models as Dagster assets, generated from read_models.READ_MODELS.
+
+PostgreSQL does the refreshing; Dagster orchestrates and observes it. Refreshing
+a version rewrites all of its levels (verse, chapter, book, summary, best) in
+one SQL transaction, so each chain (audio, text) is ONE multi-asset whose specs
+are that chain's five read models: a run drains the queue for its kind and
+reports, per read model, what it wrote. The base tables the apps write are
+external assets upstream, so the lineage reads from a recording to a summary.
+"""
+
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+import psycopg
+from pydantic import Field
+
+from orchestration.db import gateway
+from orchestration.errors import ProgressError
+from orchestration.read_models import KINDS, ReadModel, of_kind
+from orchestration.refresh import RefreshPolicy, RefreshReport, drain_queue, refresh_versions
+from orchestration.resources import PostgresResource
+
+# The Dagster pool every refresh step claims a slot of; dagster.yaml gives it a
+# limit of 1, so only one refresh step touches the database at a time.
+REFRESH_POOL = "progress_refresh"
+BASE_TABLES_GROUP = "base_tables"
+# Version ids shown in metadata (the count is always complete).
+MAX_IDS_IN_METADATA = 20
+
+BASE_TABLES: dict[str, str] = {
+    "language_entities": "Languages; each one's best audio and text version is chosen among its versions.",
+    "bible_versions": "Bible versions (versifications); every version covers the books of its own.",
+    "books": "Books of each bible version; book coverage lists every one of them.",
+    "chapters": "Chapters with their verse counts; chapter coverage compares against total_verses.",
+    "verses": "Verses with their canonical global_order; verse ranges of audio files resolve through it.",
+    "audio_versions": "Audio versions apps record into; deleted ones have no rows in any read model.",
+    "text_versions": "Text versions apps type into; deleted ones have no rows in any read model.",
+    "media_files": "Recordings; only live bible audio (published, uploaded, undeleted audio) counts.",
+    "media_files_verses": "Per-verse mappings of recordings to verses.",
+    "verse_texts": "Typed verse texts of text versions.",
+}
+
+# Which base tables each level reads directly (the levels below it are read models).
+BASE_TABLE_DEPS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("audio", "verse"): ("audio_versions", "media_files", "media_files_verses", "verses", "chapters", "books"),
+    ("audio", "chapter"): ("chapters",),
+    ("audio", "book"): ("audio_versions", "bible_versions", "books", "chapters"),
+    ("audio", "summary"): ("audio_versions", "books", "chapters", "verses"),
+    ("audio", "best"): ("language_entities", "audio_versions"),
+    ("text", "verse"): ("text_versions", "verse_texts", "verses"),
+    ("text", "chapter"): ("chapters",),
+    ("text", "book"): ("text_versions", "bible_versions", "books", "chapters"),
+    ("text", "summary"): ("text_versions", "books", "chapters", "verses"),
+    ("text", "best"): ("language_entities", "text_versions"),
+}
+
+base_table_specs: list[dg.AssetSpec] = [
+    dg.AssetSpec(
+        key=name,
+        description=f"{description} Written by the apps; triggers queue the versions a change can alter.",
+        group_name=BASE_TABLES_GROUP,
+        kinds={"postgres"},
+        metadata={"dagster/table_name": name},
+    )
+    for name, description in BASE_TABLES.items()
+]
+
+
+def read_model_spec(model: ReadModel) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=model.name,
+        description=model.description,
+        group_name=model.group,
+        kinds={"postgres"},
+        deps=[*model.upstreams, *BASE_TABLE_DEPS[(model.kind, model.level)]],
+        metadata={
+            "dagster/table_name": model.name,
+            "logical_view": model.logical_view,
+            "key_columns": ", ".join(model.key_columns),
+            "sync_function": model.sync_function,
+        },
+        tags={"level": model.level, "kind": model.kind},
+    )
+
+
+class RefreshConfig(dg.Config):
+    """What a refresh run covers. Default: the versions queued by changes."""
+
+    versions: list[str] = Field(
+        default_factory=list,
+        description='Refresh these versions now, queued or not, e.g. ["audio:0b6e…"]. '
+        "Each chain takes the versions of its own kind.",
+    )
+    all_versions: bool = Field(
+        default=False,
+        description="Queue every version of this chain's kind, then drain in batches "
+        "(resumable: a retried run continues with what is still queued).",
+    )
+    max_versions: int | None = Field(
+        default=None, description="Refresh at most this many queued versions in this run."
+    )
+
+
+@dataclass
+class ChainRun:
+    """What one chain's run did, ready to be turned into metadata."""
+
+    mode: str
+    report: RefreshReport
+    total: int
+    note: str
+
+
+def _resuming(context: dg.AssetExecutionContext) -> bool:
+    """A retry or re-execution of a run that stopped while this step was running: the
+    step's versions were queued then, and what is done has left the queue since.
+    (A step that never started in the earlier runs queues its versions as usual.)"""
+    step_key = context.get_step_execution_context().step.key
+    parent_id = context.run.parent_run_id
+    while parent_id:
+        parent = context.instance.get_run_by_id(parent_id)
+        if parent is None or parent.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            return False
+        started = context.instance.get_records_for_run(parent_id, of_type=dg.DagsterEventType.STEP_START)
+        if any(record.event_log_entry.step_key == step_key for record in started.records):
+            return True
+        parent_id = parent.parent_run_id
+    return False
+
+
+def _progress_logger(context: dg.AssetExecutionContext, kind: str, total: int, every: int):
+    done = [0]
+
+    def on_version(outcome: gateway.VersionOutcome) -> None:
+        done[0] += 1
+        if not outcome.ok:
+            context.log.warning(f"{kind}:{outcome.version_id} failed: {outcome.error}")
+        if done[0] % every == 0:
+            context.log.info(f"{kind}: {done[0]}/{max(total, done[0])} versions processed")
+
+    return on_version
+
+
+def _named_versions(context: dg.AssetExecutionContext, kind: str, names: Sequence[str]) -> list[uuid.UUID]:
+    try:
+        parsed = [gateway.parse_version(name) for name in names]
+    except ProgressError as exc:
+        raise dg.Failure(description=str(exc)) from None
+    mine = [version_id for k, version_id in parsed if k == kind]
+    if len(mine) < len(parsed):
+        context.log.info(f"{len(parsed) - len(mine)} named version(s) of the other kind are left to its chain")
+    return mine
+
+
+def run_chain(context: dg.AssetExecutionContext, conn: psycopg.Connection, kind: str,
+              config: RefreshConfig) -> ChainRun:
+    """Refreshes this chain's versions as the config asks and logs progress as n/total."""
+    policy = RefreshPolicy.from_env()
+    if config.versions:
+        ids = _named_versions(context, kind, config.versions)
+        on_version = _progress_logger(context, kind, len(ids), policy.batch_size)
+        try:
+            report = refresh_versions(conn, [(kind, v) for v in ids], policy, on_version=on_version)
+        except ProgressError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        note = f"refreshed {len(report.refreshed)} named {kind} version(s)" if ids \
+            else f"no {kind} versions named: nothing to refresh"
+        return ChainRun("named", report, len(ids), note)
+
+    if config.all_versions:
+        if _resuming(context):
+            total = int(gateway.queue_state(conn, kind)["depth"])
+            context.log.info(f"{kind}: resuming a backfill, {total} version(s) still queued")
+        else:
+            total = gateway.enqueue_all_versions(conn, kind)
+            context.log.info(f"{kind}: queued all {total} version(s) for a backfill")
+        mode = "all"
+    else:
+        total = int(gateway.queue_state(conn, kind)["ready"])
+        mode = "queued"
+    if config.max_versions is not None:
+        total = min(total, config.max_versions)
+    on_version = _progress_logger(context, kind, total, policy.batch_size)
+    report = drain_queue(conn, policy, kinds=[kind], max_versions=config.max_versions, on_version=on_version)
+    if not report.outcomes:
+        note = f"nothing queued for {kind}: its read models are already fresh"
+    else:
+        done = len(report.outcomes)
+        note = f"{kind}: {done}/{max(total, done)} versions refreshed in {report.seconds:.2f}s"
+        if report.failed:
+            note = f"{kind}: {done}/{max(total, done)} versions processed in {report.seconds:.2f}s: " \
+                   f"{len(report.refreshed)} refreshed, {len(report.failed)} failed"
+    context.log.info(note)
+    return ChainRun(mode, report, total, note)
+
+
+def materialization_metadata(model: ReadModel, run: ChainRun, sizes: dict[str, dict[str, int]],
+                             dead_letters: int) -> dict[str, dg.MetadataValue]:
+    """The same keys on every materialisation, so the UI can plot them over time."""
+    report = run.report
+    refreshed = report.versions_of(model.kind)
+    counts = report.totals().get(model.name, gateway.ReadModelCounts(model.name, 0, 0, 0))
+    failed = [{"version": f"{o.kind}:{o.version_id}", "error": o.error} for o in report.failed]
+    size = sizes.get(model.name, {"rows": 0, "bytes": 0})
+    return {
+        "mode": dg.MetadataValue.text(run.mode),
+        "outcome": dg.MetadataValue.text(run.note),
+        "versions_refreshed": dg.MetadataValue.int(len(refreshed)),
+        "version_ids": dg.MetadataValue.json([str(v) for v in refreshed[:MAX_IDS_IN_METADATA]]),
+        "rows_inserted": dg.MetadataValue.int(counts.inserted),
+        "rows_updated": dg.MetadataValue.int(counts.updated),
+        "rows_deleted": dg.MetadataValue.int(counts.deleted),
+        "rows_written": dg.MetadataValue.int(counts.written),
+        "duration_seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+        "dagster/row_count": dg.MetadataValue.int(size["rows"]),
+        "table_size_bytes": dg.MetadataValue.int(size["bytes"]),
+        "failed_versions_count": dg.MetadataValue.int(len(failed)),
+        "failed_versions": dg.MetadataValue.json(failed[:MAX_IDS_IN_METADATA]),
+        "dead_letters": dg.MetadataValue.int(dead_letters),
+    }
+
+
+def build_chain_asset(kind: str) -> dg.AssetsDefinition:
+    models = of_kind(kind)  # type: ignore[arg-type]
+
+    @dg.multi_asset(
+        name=f"refresh_{kind}_progress",
+        specs=[read_model_spec(model) for model in models],
+        can_subset=True,
+        pool=REFRESH_POOL,
+        description=f"Refreshes the {kind} read models of the queued (or named, or all) {kind} versions: "
+        "every level of a version in one transaction, so readers never see a half-refreshed version.",
+    )
+    def refresh_chain(context: dg.AssetExecutionContext, config: RefreshConfig,
+                      postgres: PostgresResource) -> Iterator[dg.MaterializeResult]:
+        """Why: apps change recordings and texts all day; this keeps the chain's read
+        models equal to their logical views by refreshing only the versions that changed."""
+        started = time.perf_counter()
+        with postgres.connect() as conn:
+            run = run_chain(context, conn, kind, config)
+            if run.report.outcomes and not run.report.refreshed:
+                raise dg.Failure(
+                    description=f"every {kind} version of this run failed ({len(run.report.failed)}); "
+                    f"first error: {run.report.failed[0].error}",
+                    metadata={"failed_versions": dg.MetadataValue.json(
+                        [{"version": f"{o.kind}:{o.version_id}", "error": o.error}
+                         for o in run.report.failed[:MAX_IDS_IN_METADATA]])},
+                )
+            sizes = gateway.read_model_sizes(conn)
+            dead_letters = int(gateway.queue_state(conn, kind).get("dead_letters", 0))
+        for model in models:
+            if dg.AssetKey(model.name) in context.selected_asset_keys:
+                yield dg.MaterializeResult(asset_key=model.name,
+                                           metadata=materialization_metadata(model, run, sizes, dead_letters))
+        context.log.debug(f"{kind} chain finished in {time.perf_counter() - started:.2f}s")
+
+    return refresh_chain
+
+
+chain_assets: dict[str, dg.AssetsDefinition] = {kind: build_chain_asset(kind) for kind in KINDS}
+refresh_audio_progress = chain_assets["audio"]
+refresh_text_progress = chain_assets["text"]
+
+read_model_assets: list[dg.AssetsDefinition] = list(chain_assets.values())

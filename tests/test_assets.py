@@ -1,0 +1,328 @@
+"""The refresh assets and checks, run in process against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import dagster as dg
+import psycopg
+import pytest
+
+from orchestration.assets import base_table_specs, read_model_assets
+from orchestration.automation import jobs, schedules, sensors
+from orchestration.checks import MATCHES_LOGICAL_VIEW, all_checks
+from orchestration.db import gateway
+from orchestration.read_models import READ_MODELS
+from orchestration.resources import PostgresResource
+from orchestration.structure import chapter_id, load_bible_structure, verse_id
+
+METADATA_KEYS = {
+    "versions_refreshed", "version_ids", "rows_inserted", "rows_updated", "rows_deleted", "rows_written",
+    "duration_seconds", "dagster/row_count", "table_size_bytes", "failed_versions", "failed_versions_count",
+    "dead_letters", "outcome", "mode",
+}
+
+
+def defs_for(dsn: str) -> dg.Definitions:
+    """The code location's pieces with the resource pointed at the test database."""
+    return dg.Definitions(
+        assets=[*base_table_specs, *read_model_assets],
+        asset_checks=all_checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        resources={"postgres": PostgresResource(database_url=dsn)},
+    )
+
+
+def seed(conn: psycopg.Connection, audio_versions: int = 1) -> dict[str, list[uuid.UUID]]:
+    """Genesis 1-3, one language, audio versions with nothing published and one text version."""
+    load_bible_structure(conn, "kjv", chapters_limit=3)
+    language = uuid.uuid4()
+    conn.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'Test language')", [language])
+    audio = [uuid.uuid4() for _ in range(audio_versions)]
+    text = [uuid.uuid4()]
+    for i, version in enumerate(audio):
+        conn.execute("INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name)"
+                     " VALUES (%s, %s, 'kjv', %s)", [version, language, f"audio {i}"])
+    conn.execute("INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)"
+                 " VALUES (%s, %s, 'kjv', 'text')", [text[0], language])
+    return {"audio": audio, "text": text}
+
+
+def publish_chapter(conn: psycopg.Connection, audio_version: uuid.UUID, chapter: int = 1) -> None:
+    conn.execute(
+        "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status, publish_status,"
+        " chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
+        [audio_version, chapter_id("kjv", "Gen", chapter)])
+
+
+def add_verse_texts(conn: psycopg.Connection, text_version: uuid.UUID, verses: range) -> None:
+    conn.execute(
+        "INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
+        " SELECT %s, v, 'In the beginning' FROM unnest(%s::text[]) AS v",
+        [text_version, [verse_id("kjv", "Gen", 1, n) for n in verses]])
+
+
+def assert_read_models_equal_views(conn: psycopg.Connection) -> None:
+    for model in READ_MODELS:
+        assert gateway.mismatches(conn, model.name, model.logical_view) == 0, model.name
+
+
+def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {event.asset_key.to_user_string(): event.materialization.metadata
+            for event in result.get_asset_materialization_events()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e
+            for e in (event.asset_check_evaluation_data for event in result.all_events
+                      if event.event_type_value == "ASSET_CHECK_EVALUATION")}
+
+
+def run_job(dsn: str, name: str, run_config: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+    instance = kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral()
+    result = defs_for(dsn).resolve_job_def(name).execute_in_process(
+        run_config=run_config or {}, instance=instance, **kwargs)
+    _instances[result.run_id] = instance
+    return result
+
+
+_instances: dict[str, dg.DagsterInstance] = {}
+
+
+def run_logs(result: dg.ExecuteInProcessResult) -> list[str]:
+    """What context.log wrote during the run (user messages, not only Dagster events)."""
+    return [entry.user_message for entry in _instances[result.run_id].all_logs(result.run_id)]
+
+
+def test_refresh_job_makes_read_models_equal_their_logical_views(db, dsn):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    add_verse_texts(db, versions["text"][0], range(1, 11))
+
+    result = run_job(dsn, "refresh_queued_versions")
+
+    assert result.success
+    assert_read_models_equal_views(db)
+    assert gateway.queue_state(db)["depth"] == 0
+    summary = db.execute("SELECT covered_verses FROM mv_audio_version_progress_summary").fetchone()
+    assert summary == (31,)
+    metadata = materializations(result)
+    assert set(metadata) == {model.name for model in READ_MODELS}
+    for name, values in metadata.items():
+        assert METADATA_KEYS <= set(values), name
+    verse = metadata["mv_audio_verse_coverage"]
+    assert verse["versions_refreshed"].value == 1
+    assert verse["version_ids"].value == [str(versions["audio"][0])]
+    assert verse["rows_inserted"].value == 31
+    assert verse["dagster/row_count"].value == 31
+    assert verse["table_size_bytes"].value > 0
+    assert metadata["mv_text_verse_coverage"]["rows_inserted"].value == 10
+    checks = check_results(result)
+    assert len(checks) == 12 and all(c.passed for c in checks.values()), checks
+    # After a refresh, a check compares the versions that refresh wrote.
+    audio_check = checks[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"]
+    assert audio_check.metadata["scope"].value == "1 version(s) refreshed in this run"
+    assert audio_check.metadata["versions"].value == [str(versions["audio"][0])]
+
+
+def test_refresh_job_works_with_each_storage_strategy(strategy_db, strategy_dsn):
+    versions = seed(strategy_db)
+    publish_chapter(strategy_db, versions["audio"][0], 1)
+    add_verse_texts(strategy_db, versions["text"][0], range(1, 4))
+
+    result = run_job(strategy_dsn, "refresh_queued_versions")
+
+    assert result.success
+    assert_read_models_equal_views(strategy_db)
+    metadata = materializations(result)
+    assert metadata["mv_audio_version_progress_summary"]["versions_refreshed"].value == 1
+    assert metadata["mv_audio_version_progress_summary"]["dagster/row_count"].value == 1
+    assert all(c.passed for c in check_results(result).values())
+
+
+def test_run_with_nothing_queued_succeeds_quickly_and_says_so(dsn):
+    started = time.perf_counter()
+    result = run_job(dsn, "refresh_queued_versions")
+    assert result.success
+    assert time.perf_counter() - started < 10
+    summary = materializations(result)["mv_audio_version_progress_summary"]
+    assert summary["versions_refreshed"].value == 0
+    assert "nothing queued" in summary["outcome"].value
+    assert any("nothing queued for audio" in m for m in run_logs(result))
+
+
+def test_run_config_naming_versions_refreshes_only_those(db, dsn):
+    versions = seed(db, audio_versions=2)
+    first, second = versions["audio"]
+    publish_chapter(db, first, 1)
+    publish_chapter(db, second, 2)
+    op_config = {"config": {"versions": [f"audio:{first}"]}}
+
+    result = run_job(dsn, "refresh_queued_versions",
+                     {"ops": {"refresh_audio_progress": op_config, "refresh_text_progress": op_config}})
+
+    assert result.success
+    refreshed = [row[0] for row in db.execute("SELECT audio_version_id FROM mv_audio_version_progress_summary")]
+    assert refreshed == [first]
+    queued = {row[0] for row in db.execute("SELECT version_id FROM progress_refresh_queue WHERE kind = 'audio'")}
+    assert queued == {second}
+    metadata = materializations(result)
+    assert metadata["mv_audio_verse_coverage"]["mode"].value == "named"
+    assert metadata["mv_text_verse_coverage"]["versions_refreshed"].value == 0
+
+
+def test_unknown_named_version_fails_the_run_with_one_clear_line(dsn):
+    op_config = {"config": {"versions": [f"audio:{uuid.uuid4()}"]}}
+    result = run_job(dsn, "refresh_queued_versions", {"ops": {"refresh_audio_progress": op_config}},
+                     raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "unknown audio version" in failure.step_failure_data.error.message
+
+
+def test_full_backfill_rebuilds_every_version_and_logs_progress(db, dsn):
+    versions = seed(db, audio_versions=3)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    # Drift nobody queued: only a full backfill repairs it.
+    db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [versions["audio"][0]])
+
+    result = run_job(dsn, "full_backfill")
+
+    assert result.success
+    assert_read_models_equal_views(db)
+    verse = materializations(result)["mv_audio_verse_coverage"]
+    assert verse["mode"].value == "all"
+    assert verse["versions_refreshed"].value == 3
+    logs = run_logs(result)
+    assert any("audio: 3/3 versions refreshed" in m for m in logs), logs
+    checks = check_results(result)
+    assert all(c.passed for c in checks.values())
+    assert checks[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"].metadata["scope"].value == "whole table"
+
+
+def test_failed_version_is_reported_and_the_rest_refreshed(db, dsn, monkeypatch):
+    versions = seed(db, audio_versions=2)
+    stuck, fine = versions["audio"]
+    publish_chapter(db, stuck, 1)
+    publish_chapter(db, fine, 1)
+    monkeypatch.setenv("PROGRESS_LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        # Hold the per-version lock a refresh of `stuck` needs (class 1 = audio).
+        holder.execute("SELECT pg_advisory_lock(1, hashtext(%s))", [str(stuck)])
+        result = run_job(dsn, "refresh_queued_versions")
+
+    assert result.success
+    verse = materializations(result)["mv_audio_verse_coverage"]
+    assert verse["versions_refreshed"].value == 1
+    assert verse["failed_versions_count"].value == 1
+    assert verse["failed_versions"].value[0]["version"] == f"audio:{stuck}"
+    assert any(f"audio:{stuck} failed" in m for m in run_logs(result))
+    refreshed = [row[0] for row in db.execute("SELECT audio_version_id FROM mv_audio_version_progress_summary")]
+    assert refreshed == [fine]
+
+
+def test_run_fails_when_every_version_failed(db, dsn, monkeypatch):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    monkeypatch.setenv("PROGRESS_LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(1, hashtext(%s))", [str(versions["audio"][0])])
+        result = run_job(dsn, "refresh_queued_versions", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "every audio version of this run failed" in failure.step_failure_data.error.message
+
+
+def test_corrupted_read_model_fails_its_check_visibly(db, dsn):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    db.execute("UPDATE mv_audio_chapter_coverage SET covered_verses = covered_verses - 1")
+
+    result = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.all_asset_checks(),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+    )
+
+    checks = check_results(result)
+    broken = checks[f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}"]
+    assert not broken.passed
+    assert broken.severity == dg.AssetCheckSeverity.ERROR
+    assert broken.metadata["mismatching_rows"].value == 2  # the stored row and the view's row
+    assert all(c.passed for key, c in checks.items() if key != f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}")
+
+
+def test_queued_versions_are_left_out_of_the_equality_check(db, dsn):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    publish_chapter(db, versions["audio"][0], 2)  # queued, not yet refreshed: expected to lag
+
+    result = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.all_asset_checks(),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+    )
+
+    checks = check_results(result)
+    assert all(c.passed for c in checks.values()), checks
+    verse = checks[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"]
+    assert verse.metadata["scopes_left_out_as_queued"].value == 1
+
+
+@pytest.mark.parametrize("age_seconds, passed", [(10, True), (4000, False)])
+def test_stale_queue_fails_the_staleness_check(db, dsn, age_seconds, passed):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - make_interval(secs => %s)", [age_seconds])
+
+    result = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey("mv_audio_version_progress_summary"), "queue_not_stale")),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+    )
+
+    check = check_results(result)["mv_audio_version_progress_summary:queue_not_stale"]
+    assert check.passed is passed
+    assert check.metadata["queue_depth"].value == 1
+    assert check.metadata["oldest_age_seconds"].value >= age_seconds
+    if not passed:
+        assert check.severity == dg.AssetCheckSeverity.ERROR
+
+
+def full_backfill_job() -> dg.JobDefinition:
+    """The full_backfill job, reconstructable (for a re-execution) and pointed at the test database."""
+    import os
+
+    return defs_for(os.environ["PROGRESS_DATABASE_URL"]).resolve_job_def("full_backfill")
+
+
+def test_retried_backfill_resumes_instead_of_requeueing(db, dsn, monkeypatch):
+    versions = seed(db, audio_versions=2)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    monkeypatch.setenv("PROGRESS_DATABASE_URL", dsn)
+    monkeypatch.setenv("PROGRESS_LOCK_TIMEOUT", "200ms")
+    with dg.instance_for_test() as instance:
+        with psycopg.connect(dsn, autocommit=True) as holder:
+            for version in versions["audio"]:  # every audio version fails: the audio step fails
+                holder.execute("SELECT pg_advisory_lock(1, hashtext(%s))", [str(version)])
+            with dg.execute_job(dg.reconstructable(full_backfill_job), instance) as first:
+                assert not first.success
+        # The failed versions wait out their backoff; make them ready, as time would.
+        db.execute("UPDATE progress_refresh_queue SET not_before = NULL")
+        options = dg.ReexecutionOptions.from_failure(first.run_id, instance)
+        with dg.execute_job(dg.reconstructable(full_backfill_job), instance,
+                            reexecution_options=options) as retry:
+            assert retry.success
+            logs = [entry.user_message for entry in instance.all_logs(retry.run_id)]
+    assert any("audio: resuming a backfill, 2 version(s) still queued" in m for m in logs), logs
+    assert not any("queued all" in m for m in logs)
+    assert_read_models_equal_views(db)

@@ -1,0 +1,69 @@
+"""Smoke test of the benchmark (bench/): the whole pipeline (generate, clone,
+install both strategies, every measurement, report) at the smallest size with
+one repetition, against the test server; well under a minute on 2 cores.
+
+Size XS (4 audio + 4 text versions, every coverage style) stands in for S: with
+the current SQL one matview refresh at S takes seconds and the benchmark runs
+dozens of them, which would not fit in a minute."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestration.db.connection import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METRICS = {
+    "refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text", "refresh_10_mixed",
+    "full_rebuild", "full_rebuild_vs_concurrently", "concurrent_rebuild", "full_rebuild_wal",
+    "capture_bulk_insert", "capture_single_inserts",
+    "unchanged_time", "unchanged_rows", "unchanged_wal", "one_chapter_time", "one_chapter_rows", "one_chapter_wal",
+    "read_summary_audio", "read_summary_text", "read_chapters_audio", "read_chapters_text",
+}
+
+
+def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--sizes", "XS", "--repeat", "1", "--lookups", "10",
+         "--dsn", server_dsn, "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    # Progress lines on stderr, the Markdown table on stdout.
+    assert "refresh after changed versions" in result.stderr
+    assert "| measurement | baseline | ours | ours / baseline |" in result.stdout
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"meta", "sizes", "targets"} <= set(results)
+    assert results["meta"]["repeat"] == 1
+    size = results["sizes"]["XS"]
+    assert {"audio_versions", "text_versions", "verse_texts", "read_model_rows"} <= set(size["data"])
+    assert size["data"]["audio_versions"] == 4 and size["data"]["text_versions"] == 4
+    assert set(size["metrics"]) == METRICS
+    for metric_id, metric in size["metrics"].items():
+        assert {"label", "unit", "baseline", "ours", "ratio"} <= set(metric), metric_id
+        assert metric["baseline"]["samples"] and metric["ours"]["samples"], metric_id
+        assert metric["baseline"]["median"] is not None and metric["ours"]["median"] is not None, metric_id
+    # A refresh of an unchanged version writes no read-model rows.
+    assert size["metrics"]["unchanged_rows"]["ours"]["median"] == 0
+    # Every drain refreshed exactly the changed versions.
+    for metric_id in ("refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text", "refresh_10_mixed"):
+        assert not size["metrics"][metric_id]["note"], size["metrics"][metric_id]["note"]
+    assert all({"id", "target", "measured", "met"} <= set(t) for t in results["targets"])
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## Size XS" in markdown and "## Targets" in markdown
+    assert (tmp_path / "refresh_vs_versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Every database the run created is gone.
+    prefix = re.search(r"in (bench_\d+_)xs_template", result.stderr)
+    assert prefix is not None, result.stderr
+    with connect(server_dsn) as admin:
+        left = admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+                             [prefix.group(1)]).fetchall()
+    assert left == []

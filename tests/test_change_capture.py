@@ -1,0 +1,310 @@
+"""Which writes queue which versions (SPEC section 4): the queue is inspected
+right after the writes, before any drain."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+import builders as b
+
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    A: b.Bible
+    B: b.Bible
+    le1: uuid.UUID
+    le2: uuid.UUID
+    a1: uuid.UUID  # audio, bible A
+    a2: uuid.UUID  # audio, bible A
+    a_deleted: uuid.UUID  # audio, bible A, soft deleted
+    b1: uuid.UUID  # audio, bible B
+    t1: uuid.UUID  # text, bible A
+    t2: uuid.UUID  # text, bible A
+    t_deleted: uuid.UUID  # text, bible A, soft deleted
+    tb: uuid.UUID  # text, bible B
+    f1: uuid.UUID  # live file of a1 (chapter A-GEN-1, mapping A-GEN-2-1)
+    f_pending: uuid.UUID  # not live (upload pending) file of a2
+
+
+@pytest.fixture
+def w(db: psycopg.Connection) -> World:
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2]})
+    B = b.bible(db, "B", {"GEN": [3, 2], "EXO": [2]})
+    le1, le2 = b.language(db, "one"), b.language(db, "two")
+    a1 = b.audio_version(db, "A", le1)
+    a2 = b.audio_version(db, "A", le1)
+    a_deleted = b.audio_version(db, "A", le1, deleted_at=NOW)
+    b1 = b.audio_version(db, "B", le2)
+    t1 = b.text_version(db, "A", le1)
+    t2 = b.text_version(db, "A", le1)
+    t_deleted = b.text_version(db, "A", le1, deleted_at=NOW)
+    tb = b.text_version(db, "B", le2)
+    f1 = b.media_file(db, a1, chapter=A.chapter("GEN", 1), verses=[A.verse("GEN", 2, 1)])
+    f_pending = b.media_file(db, a2, chapter=A.chapter("GEN", 1), upload_status="pending")
+    b.media_file(db, b1, chapter=B.chapter("GEN", 1))
+    b.verse_texts(db, t1, A.chapter_verses("GEN", 1))
+    b.verse_texts(db, tb, B.chapter_verses("GEN", 1))
+    b.drain(db)
+    b.assert_queue_empty(db)
+    return World(A, B, le1, le2, a1, a2, a_deleted, b1, t1, t2, t_deleted, tb, f1, f_pending)
+
+
+def audio(*versions: uuid.UUID) -> set[tuple[str, uuid.UUID]]:
+    return {("audio", v) for v in versions}
+
+
+def text(*versions: uuid.UUID) -> set[tuple[str, uuid.UUID]]:
+    return {("text", v) for v in versions}
+
+
+def queue_after(db: psycopg.Connection, statement: str, params=None) -> set[tuple[str, uuid.UUID]]:
+    b.clear_queue(db)
+    db.execute(statement, params)
+    return b.queued(db)
+
+
+# media_files ------------------------------------------------------------------------
+
+
+def test_media_file_insert_queues_its_version_when_live(db, w):
+    b.media_file(db, w.a2, chapter=w.A.chapter("EXO", 1))
+    assert b.queued(db) == audio(w.a2)
+    b.clear_queue(db)
+    for not_live in [{"upload_status": "failed"}, {"publish_status": "pending"}, {"media_type": "video"},
+                     {"is_bible_audio": None}, {"is_bible_audio": False}, {"deleted_at": NOW}]:
+        b.media_file(db, w.a2, chapter=w.A.chapter("EXO", 1), **not_live)
+    assert b.queued(db) == set()
+
+
+def test_media_file_delete_queues_its_version_when_it_was_live(db, w):
+    assert queue_after(db, "DELETE FROM media_files WHERE id = %s", [w.f_pending]) == set()
+    assert queue_after(db, "DELETE FROM media_files WHERE id = %s", [w.f1]) == audio(w.a1)
+
+
+def test_media_file_move_queues_old_and_new_version(db, w):
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s",
+                       [w.b1, w.f1]) == audio(w.a1, w.b1)
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = NULL WHERE id = %s",
+                       [w.f1]) == audio(w.b1)
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s",
+                       [w.a2, w.f1]) == audio(w.a2)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("upload_status", "failed"), ("publish_status", "archived"), ("media_type", "video"),
+    ("is_bible_audio", None), ("is_bible_audio", False), ("deleted_at", NOW),
+    ("chapter_id", "A-EXO-1"), ("chapter_id", None), ("start_verse_id", "A-GEN-2-1"), ("end_verse_id", "A-GEN-2-2"),
+])
+def test_media_file_relevant_change_queues_its_version(db, w, column, value):
+    assert queue_after(db, f"UPDATE media_files SET {column} = %s WHERE id = %s", [value, w.f1]) == audio(w.a1)
+
+
+def test_media_file_becoming_live_queues_its_version(db, w):
+    assert queue_after(db, "UPDATE media_files SET upload_status = 'completed' WHERE id = %s",
+                       [w.f_pending]) == audio(w.a2)
+
+
+def test_media_file_update_that_changes_nothing_relevant_queues_nothing(db, w):
+    db.execute("ALTER TABLE media_files ADD COLUMN title text")  # extra nullable column (SPEC 2)
+    assert queue_after(db, "UPDATE media_files SET upload_status = upload_status, chapter_id = chapter_id") == set()
+    assert queue_after(db, "UPDATE media_files SET title = 'renamed'") == set()
+    # a file that stays not live queues nothing either
+    assert queue_after(db, "UPDATE media_files SET upload_status = 'uploading', chapter_id = 'A-EXO-1'"
+                           " WHERE id = %s", [w.f_pending]) == set()
+
+
+def test_media_file_multi_row_update_queues_each_version_once(db, w):
+    queued = queue_after(db, "UPDATE media_files SET publish_status = 'archived'")
+    assert queued == audio(w.a1, w.b1)
+    assert db.execute("SELECT count(*), max(generation) FROM progress_refresh_queue").fetchone() == (2, 1)
+
+
+# media_files_verses -----------------------------------------------------------------
+
+
+def test_mapping_writes_queue_the_parent_files_version(db, w):
+    b.clear_queue(db)
+    m = b.mapping(db, w.f1, w.A.verse("EXO", 1, 1))
+    assert b.queued(db) == audio(w.a1)
+    assert queue_after(db, "UPDATE media_files_verses SET deleted_at = now() WHERE id = %s", [m]) == audio(w.a1)
+    assert queue_after(db, "UPDATE media_files_verses SET deleted_at = NULL WHERE id = %s", [m]) == audio(w.a1)
+    assert queue_after(db, "UPDATE media_files_verses SET verse_id = 'A-EXO-1-2' WHERE id = %s", [m]) == audio(w.a1)
+    assert queue_after(db, "DELETE FROM media_files_verses WHERE id = %s", [m]) == audio(w.a1)
+    # a mapping moved to another file: both files' versions
+    other = b.media_file(db, w.b1, start=w.B.verse("EXO", 1, 1))
+    m2 = b.mapping(db, other, w.B.verse("EXO", 1, 2))
+    assert queue_after(db, "UPDATE media_files_verses SET media_file_id = %s WHERE id = %s",
+                       [w.f1, m2]) == audio(w.a1, w.b1)
+
+
+def test_mapping_update_that_changes_nothing_queues_nothing(db, w):
+    assert queue_after(db, "UPDATE media_files_verses SET verse_id = verse_id, deleted_at = deleted_at") == set()
+
+
+# verse_texts ----------------------------------------------------------------------
+
+
+def test_verse_text_writes_queue_their_text_versions(db, w):
+    b.clear_queue(db)
+    [vt] = b.verse_texts(db, w.t2, [w.A.verse("EXO", 1, 1)])
+    assert b.queued(db) == text(w.t2)
+    assert queue_after(db, "UPDATE verse_texts SET deleted_at = now() WHERE id = %s", [vt]) == text(w.t2)
+    assert queue_after(db, "UPDATE verse_texts SET deleted_at = NULL WHERE id = %s", [vt]) == text(w.t2)
+    assert queue_after(db, "UPDATE verse_texts SET text_version_id = %s WHERE id = %s", [w.t1, vt]) == text(w.t1, w.t2)
+    assert queue_after(db, "UPDATE verse_texts SET verse_id = 'A-EXO-1-2' WHERE id = %s", [vt]) == text(w.t1)
+    assert queue_after(db, "DELETE FROM verse_texts WHERE id = %s", [vt]) == text(w.t1)
+
+
+def test_verse_text_change_of_the_text_only_queues_nothing(db, w):
+    assert queue_after(db, "UPDATE verse_texts SET verse_text = 'revised'") == set()
+
+
+def test_bulk_verse_text_insert_queues_once_and_bumps_generation_per_statement(db):
+    spec = {"GEN": [100] * 40}
+    A = b.bible(db, "A", spec)
+    t = b.text_version(db, "A")
+    b.clear_queue(db)
+    verses = A.all_verses()
+    assert len(verses) == 4000
+    b.verse_texts(db, t, verses[:3000])
+    rows = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall()
+    assert rows == [("text", t, 1)]
+    b.verse_texts(db, t, verses[3000:])  # a second statement: one more generation
+    rows = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall()
+    assert rows == [("text", t, 2)]
+    db.execute("UPDATE verse_texts SET deleted_at = now() WHERE text_version_id = %s", [t])
+    rows = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall()
+    assert rows == [("text", t, 3)]
+
+
+# audio_versions / text_versions --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["audio", "text"])
+def test_version_writes_queue_the_version(db, w, kind):
+    mine = audio if kind == "audio" else text
+    table = f"{kind}_versions"
+    live = w.a1 if kind == "audio" else w.t1
+    deleted = w.a_deleted if kind == "audio" else w.t_deleted
+    b.clear_queue(db)
+    new = (b.audio_version if kind == "audio" else b.text_version)(db, "A", w.le1)
+    assert b.queued(db) == mine(new)
+    for statement, params in [
+        (f"UPDATE {table} SET deleted_at = now() WHERE id = %s", [live]),
+        (f"UPDATE {table} SET deleted_at = NULL WHERE id = %s", [live]),
+        (f"UPDATE {table} SET bible_version_id = 'B' WHERE id = %s", [live]),
+        (f"UPDATE {table} SET language_entity_id = %s WHERE id = %s", [w.le2, live]),
+        (f"UPDATE {table} SET language_entity_id = NULL WHERE id = %s", [live]),
+        (f"UPDATE {table} SET created_at = '2001-01-01' WHERE id = %s", [live]),
+        (f"UPDATE {table} SET created_at = NULL WHERE id = %s", [live]),
+    ]:
+        assert queue_after(db, statement, params) == mine(live), statement
+    assert queue_after(db, f"UPDATE {table} SET deleted_at = NULL WHERE id = %s", [deleted]) == mine(deleted)
+    assert queue_after(db, f"UPDATE {table} SET name = 'renamed'") == set()
+    assert queue_after(db, f"UPDATE {table} SET created_at = created_at, deleted_at = deleted_at") == set()
+    assert queue_after(db, f"DELETE FROM {table} WHERE id = %s", [new]) == mine(new)
+    assert queue_after(db, f"DELETE FROM {table} WHERE id = %s", [live]) >= mine(live)
+
+
+# books / chapters / verses --------------------------------------------------------
+
+STRUCTURE_WRITES = [
+    "INSERT INTO verses (id, chapter_id, verse_number, global_order) VALUES ('A-GEN-2-3', 'A-GEN-2', 3, 1002003)",
+    "DELETE FROM verses WHERE id = 'A-EXO-1-2'",
+    "UPDATE verses SET global_order = 1002500 WHERE id = 'A-GEN-2-2'",
+    "UPDATE verses SET chapter_id = 'A-EXO-1' WHERE id = 'A-GEN-2-2'",
+    "UPDATE chapters SET total_verses = 7 WHERE id = 'A-EXO-1'",
+    "UPDATE chapters SET book_id = 'A-GEN' WHERE id = 'A-EXO-1'",
+    "INSERT INTO chapters (id, book_id, chapter_number, total_verses) VALUES ('A-EXO-2', 'A-EXO', 2, 0)",
+    "DELETE FROM chapters WHERE id = 'A-EXO-1'",
+    "INSERT INTO books (id, bible_version_id, book_number, name) VALUES ('A-LEV', 'A', 3, 'LEV')",
+    "DELETE FROM books WHERE id = 'A-EXO'",
+]
+
+
+@pytest.mark.parametrize("statement", STRUCTURE_WRITES)
+def test_structure_change_queues_every_live_version_of_the_bible_version(db, w, statement):
+    queued = queue_after(db, statement)
+    assert queued >= audio(w.a1, w.a2) | text(w.t1, w.t2)
+    assert not queued & (audio(w.b1, w.a_deleted) | text(w.tb, w.t_deleted))
+
+
+def test_structure_change_queues_versions_whose_coverage_reaches_into_it(db, w):
+    # versions of bible B covering verses of A's EXO-1
+    b.media_file(db, w.b1, verses=[w.A.verse("EXO", 1, 1)])
+    b.verse_texts(db, w.tb, [w.A.verse("EXO", 1, 1)])
+    b.drain(db)
+    for statement in ["UPDATE chapters SET total_verses = 7 WHERE id = 'A-EXO-1'",
+                      "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
+                      " VALUES ('A-EXO-1-3', 'A-EXO-1', 3, 2001003)",
+                      "UPDATE chapters SET book_id = 'A-GEN' WHERE id = 'A-EXO-1'"]:
+        assert queue_after(db, statement) >= audio(w.b1) | text(w.tb), statement
+
+
+def test_structure_change_reaching_a_range_from_another_bible_queues_it(db, w):
+    # a1 (bible A) holds a range of B's verses; a verse inserted into B inside that range
+    b.media_file(db, w.a1, start=w.B.verse("GEN", 2, 1), end=w.B.verse("EXO", 1, 1))
+    b.drain(db)
+    queued = queue_after(db, "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
+                             " VALUES ('B-GEN-2-3', 'B-GEN-2', 3, 1002003)")
+    assert queued >= audio(w.a1, w.b1) | text(w.tb)
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert "B-GEN-2-3" in b.verse_ids(db, "audio", w.a1)
+
+
+def test_BUG_reordering_a_ranges_end_verse_in_another_bible_queues_the_range_version(db):
+    """KNOWN BUG (reported, left failing on purpose): a range takes the verses of
+    the start verse's bible version up to the END verse's global_order, and the
+    end verse may lie in another bible version (SPEC 3). When that end verse's
+    global_order changes, the range's coverage changes, but
+    progress_enqueue_structure_change (sql/006) only queues live versions of the
+    end verse's bible version and versions whose files START there, so a version
+    of a third bible version (or of the start verse's bible version) is missed
+    and its read models stay stale after the drain."""
+    A = b.bible(db, "A", {"GEN": [3]})
+    B = b.bible(db, "B", {"GEN": [3]})
+    v = b.audio_version(db, "B")  # start in B, end in A
+    b.media_file(db, v, start=B.verse("GEN", 1, 1), end=A.verse("GEN", 1, 3))
+    b.drain(db)
+    assert b.verse_ids(db, "audio", v) == {"B-GEN-1-1", "B-GEN-1-2", "B-GEN-1-3"}
+
+    # A-GEN-1-3 moves from order 1001003 to 1001002: the range now ends before B-GEN-1-3
+    queued = queue_after(db, "UPDATE verses SET global_order = 1001002 WHERE id = 'A-GEN-1-3'")
+    b.drain(db)
+    assert b.mismatch_counts(db)["mv_audio_verse_coverage"] == 0, (
+        "stale: mv_audio_verse_coverage still holds B-GEN-1-3 for the range's version")
+    assert ("audio", v) in queued
+    assert b.verse_ids(db, "audio", v) == {"B-GEN-1-1", "B-GEN-1-2"}
+
+
+# SQL API -------------------------------------------------------------------------
+
+
+def test_enqueue_rejects_bad_input(db, w):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown version kind 'bogus'"):
+        db.execute("SELECT enqueue_progress_refresh('bogus', %s)", [w.a1])
+    with pytest.raises(psycopg.Error, match="(?i)null"):
+        db.execute("SELECT enqueue_progress_refresh('audio', NULL)")
+    missing = uuid.uuid4()
+    with pytest.raises(psycopg.Error, match=f"unknown audio version {missing}"):
+        db.execute("SELECT enqueue_progress_refresh('audio', %s)", [missing])
+    # a text id is not an audio version
+    with pytest.raises(psycopg.Error, match=f"unknown audio version {w.t1}"):
+        db.execute("SELECT enqueue_progress_refresh('audio', %s)", [w.t1])
+    assert b.queued(db) == set()
+
+
+def test_enqueue_queues_and_bumps_generation(db, w):
+    db.execute("SELECT enqueue_progress_refresh('audio', %s)", [w.a1])
+    db.execute("SELECT enqueue_progress_refresh('text', %s)", [w.t1])
+    db.execute("SELECT enqueue_progress_refresh('audio', %s)", [w.a1])
+    rows = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue ORDER BY kind").fetchall()
+    assert rows == [("audio", w.a1, 2), ("text", w.t1, 1)]

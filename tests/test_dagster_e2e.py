@@ -1,0 +1,197 @@
+"""End to end: `dagster dev` (webserver + daemon) against the test database.
+
+A change committed to a base table is queued by its trigger; the sensor (short
+interval, minimum depth 1) requests a run of refresh_queued_versions; the run
+refreshes the version; the summary read model shows the change. The test
+measures and prints the time from the commit to the summary showing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from orchestration.dagster_dev import (
+    dagster_command,
+    ensure_database,
+    render_instance_config,
+    sqlalchemy_url,
+    stop_child,
+)
+from orchestration.db.connection import connect
+from orchestration.db.settings import PROJECT_ROOT
+from orchestration.refresh import drain_queue
+from orchestration.structure import chapter_id, load_bible_structure
+
+E2E_MARKER = "e2e: starts `dagster dev` as a subprocess (about 30 s); deselect with -m 'not e2e'"
+STARTUP_TIMEOUT_SECONDS = 90
+CHANGE_TIMEOUT_SECONDS = 90
+
+
+def _register_marker() -> None:
+    """Register the marker so it does not warn (conftest.py is shared; pytest does not call
+    hooks defined in test modules, so this reaches the running config instead)."""
+    config = getattr(pytest.mark, "_config", None)
+    if config is not None:
+        config.addinivalue_line("markers", E2E_MARKER)
+
+
+_register_marker()
+
+SENSOR_RUNS_QUERY = """
+query SensorRuns {
+  runsOrError(filter: {pipelineName: "refresh_queued_versions",
+                       tags: [{key: "dagster/sensor_name", value: "refresh_queue_sensor"}]}) {
+    __typename
+    ... on Runs { results { runId status } }
+  }
+}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def wait_for_webserver(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"dagster dev exited early:\n{log.read_text()[-3000:]}"
+        try:
+            if graphql(port, "{ version }").get("data"):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"dagster dev did not serve within {STARTUP_TIMEOUT_SECONDS}s:\n{log.read_text()[-3000:]}")
+
+
+def sensor_run_statuses(port: int) -> list[str]:
+    try:
+        runs = graphql(port, SENSOR_RUNS_QUERY)["data"]["runsOrError"]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError, TypeError):
+        return []
+    return [run["status"] for run in runs.get("results", [])]
+
+
+def covered_verses(conn: psycopg.Connection, version: uuid.UUID) -> int | None:
+    row = conn.execute("SELECT covered_verses FROM mv_audio_version_progress_summary WHERE audio_version_id = %s",
+                       [version]).fetchone()
+    return row[0] if row else None
+
+
+def stop_everything(process: subprocess.Popen) -> None:
+    """dagster dev stops its webserver, daemon and code server on SIGINT; whatever is
+    left in its process group (run workers) is killed."""
+    stop_child(process, timeout=20)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.e2e
+def test_sensor_run_refreshes_a_committed_change(db, dsn, server_dsn, tmp_path):
+    load_bible_structure(db, "kjv", chapters_limit=3)
+    language, version = uuid.uuid4(), uuid.uuid4()
+    db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'E2E language')", [language])
+    db.execute("INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name)"
+               " VALUES (%s, %s, 'kjv', 'E2E audio')", [version, language])
+    drain_queue(db)
+    assert covered_verses(db, version) == 0
+
+    storage = f"dagster_e2e_{uuid.uuid4().hex[:8]}"
+    ensure_database(server_dsn, storage)
+    dagster_home = tmp_path / "dagster_home"
+    render_instance_config(dagster_home)
+    port = free_port()
+    env = dict(
+        os.environ,
+        PROGRESS_DATABASE_URL=dsn,
+        DAGSTER_HOME=str(dagster_home),
+        DAGSTER_PG_URL=sqlalchemy_url(server_dsn, storage),
+        PROGRESS_SENSOR_INTERVAL_SECONDS="1",
+        PROGRESS_SENSOR_MIN_DEPTH="1",
+    )
+    log = tmp_path / "dagster_dev.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(dagster_command("127.0.0.1", port), cwd=PROJECT_ROOT, env=env,
+                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        started = time.monotonic()
+        wait_for_webserver(port, process, log)
+        print(f"\ndagster dev served after {time.monotonic() - started:.1f}s")
+
+        db.execute("INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status,"
+                   " publish_status, chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
+                   [version, chapter_id("kjv", "Gen", 1)])
+        committed = time.monotonic()
+
+        shown_after = succeeded_after = None
+        with connect(dsn) as reader:
+            while time.monotonic() - committed < CHANGE_TIMEOUT_SECONDS:
+                if shown_after is None and covered_verses(reader, version) == 31:
+                    shown_after = time.monotonic() - committed
+                if succeeded_after is None and "SUCCESS" in sensor_run_statuses(port):
+                    succeeded_after = time.monotonic() - committed
+                if shown_after is not None and succeeded_after is not None:
+                    break
+                assert process.poll() is None, f"dagster dev exited:\n{log.read_text()[-3000:]}"
+                time.sleep(0.25)
+
+        assert shown_after is not None, f"summary never showed the change:\n{log.read_text()[-4000:]}"
+        assert succeeded_after is not None, f"no successful sensor run:\n{log.read_text()[-4000:]}"
+        print(f"change committed -> summary shows it: {shown_after:.1f}s; "
+              f"sensor-triggered run succeeded after {succeeded_after:.1f}s")
+        assert len(sensor_run_statuses(port)) == 1  # one run for the change, never one per version
+    finally:
+        stop_everything(process)
+        with connect(server_dsn) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {storage} WITH (FORCE)")
+
+
+def test_storage_url_for_the_embedded_socket_and_for_a_password():
+    assert sqlalchemy_url("postgresql://postgres:@/postgres?host=/srv/pgdata", "dagster") == \
+        "postgresql+psycopg2://postgres@/dagster?host=%2Fsrv%2Fpgdata"
+    assert sqlalchemy_url("postgresql://app:p%40ss@db.example.com:6543/app?sslmode=require") == \
+        "postgresql+psycopg2://app:p%40ss@db.example.com:6543/app?sslmode=require"
+
+
+def test_simulated_changes_are_committed_and_queued(db):
+    import random
+
+    from orchestration.dagster_dev import simulate_change
+
+    load_bible_structure(db, "kjv", chapters_limit=3)
+    language = uuid.uuid4()
+    db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'Sim language')", [language])
+    db.execute("INSERT INTO audio_versions (language_entity_id, bible_version_id, name)"
+               " VALUES (%s, 'kjv', 'Sim audio')", [language])
+    db.execute("INSERT INTO text_versions (language_entity_id, bible_version_id, name)"
+               " VALUES (%s, 'kjv', 'Sim text')", [language])
+    drain_queue(db)
+    rng = random.Random(1)
+    said = [simulate_change(db, rng) for _ in range(6)]
+    assert all(said) and not any(s.startswith("nothing to change") for s in said), said
+    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] > 0

@@ -1,0 +1,124 @@
+"""The code location a user sees: assets, lineage, jobs, schedules, sensor, checks."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import pytest
+
+from orchestration.assets import BASE_TABLES, REFRESH_POOL
+from orchestration.automation import CONCURRENCY_TAG, SENSOR_INTERVAL_ENV
+from orchestration.definitions import defs
+from orchestration.read_models import READ_MODELS
+
+READ_MODEL_NAMES = {model.name for model in READ_MODELS}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return defs.resolve_asset_graph()
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_exactly_the_ten_read_models_are_materialisable_assets(graph):
+    materialisable = {key.to_user_string() for key in graph.materializable_asset_keys}
+    assert materialisable == READ_MODEL_NAMES
+    assert len(materialisable) == 10
+
+
+def test_read_models_have_their_group_kind_and_description(graph):
+    for model in READ_MODELS:
+        node = graph.get(dg.AssetKey(model.name))
+        assert node.group_name == f"{model.kind}_progress"
+        assert node.kinds == {"postgres"}
+        assert node.description == model.description
+
+
+def test_read_model_lineage_is_verse_chapter_book_summary_best(graph):
+    for kind in ("audio", "text"):
+        def parents(name: str) -> set[str]:
+            keys = graph.get(dg.AssetKey(name)).parent_keys
+            return {k.to_user_string() for k in keys if k.to_user_string() in READ_MODEL_NAMES}
+
+        assert parents(f"mv_{kind}_verse_coverage") == set()
+        assert parents(f"mv_{kind}_chapter_coverage") == {f"mv_{kind}_verse_coverage"}
+        assert parents(f"mv_{kind}_book_coverage") == {f"mv_{kind}_chapter_coverage"}
+        assert parents(f"mv_{kind}_version_progress_summary") == {
+            f"mv_{kind}_verse_coverage", f"mv_{kind}_chapter_coverage", f"mv_{kind}_book_coverage"}
+        assert parents(f"language_entity_best_{kind}_version") == {f"mv_{kind}_version_progress_summary"}
+
+
+def test_base_tables_are_external_assets_upstream(graph):
+    assert len(BASE_TABLES) == 10
+    for name in BASE_TABLES:
+        node = graph.get(dg.AssetKey(name))
+        assert node.is_external and not node.is_materializable
+        assert node.group_name == "base_tables"
+        assert node.kinds == {"postgres"}
+    audio_verse = {k.to_user_string() for k in graph.get(dg.AssetKey("mv_audio_verse_coverage")).parent_keys}
+    assert {"media_files", "media_files_verses", "audio_versions", "verses"} <= audio_verse
+    text_verse = {k.to_user_string() for k in graph.get(dg.AssetKey("mv_text_verse_coverage")).parent_keys}
+    assert {"verse_texts", "text_versions", "verses"} <= text_verse
+    best = {k.to_user_string() for k in graph.get(dg.AssetKey("language_entity_best_audio_version")).parent_keys}
+    assert "language_entities" in best
+
+
+def test_each_chain_is_one_subsettable_multi_asset_in_the_refresh_pool(graph):
+    chains = {}
+    for model in READ_MODELS:
+        assets_def = graph.assets_def_for_key(dg.AssetKey(model.name))
+        chains.setdefault(assets_def.node_def.name, set()).add(model.kind)
+        assert assets_def.can_subset
+        assert assets_def.node_def.pool == REFRESH_POOL
+    assert chains == {"refresh_audio_progress": {"audio"}, "refresh_text_progress": {"text"}}
+
+
+def test_jobs_carry_the_concurrency_tag():
+    for name in ("refresh_queued_versions", "full_backfill"):
+        job = defs.resolve_job_def(name)
+        assert job.tags[CONCURRENCY_TAG]
+        assert job.description
+        selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+        assert selected == READ_MODEL_NAMES
+
+
+@pytest.mark.parametrize("name, cron, job", [
+    ("refresh_queued_every_15_minutes", "*/15 * * * *", "refresh_queued_versions"),
+    ("full_backfill_nightly", "0 3 * * *", "full_backfill"),
+])
+def test_schedules(name, cron, job):
+    schedule = defs.resolve_schedule_def(name)
+    assert schedule.cron_schedule == cron
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == job
+    assert schedule.description
+
+
+def test_sensor():
+    sensor = defs.resolve_sensor_def("refresh_queue_sensor")
+    assert sensor.job_name == "refresh_queued_versions"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == int(os.environ.get(SENSOR_INTERVAL_ENV, 30))
+    assert sensor.description
+
+
+def test_checks(graph):
+    checks = {key.to_user_string() for key in graph.asset_check_keys}
+    expected = {f"{name}:matches_logical_view" for name in READ_MODEL_NAMES} | {
+        "mv_audio_version_progress_summary:queue_not_stale",
+        "mv_text_version_progress_summary:queue_not_stale",
+    }
+    assert checks == expected
+
+
+def test_resource_never_shows_a_password():
+    from orchestration.resources import PostgresResource
+
+    resource = PostgresResource(database_url="postgresql://app:s3cret@db.example.com/app")
+    assert "s3cret" not in resource.display_url
+    assert "postgres" in defs.resources

@@ -1,0 +1,372 @@
+"""Refresh guarantees (SPEC 8.2 and the per-version design of SPEC 3):
+(a) a change committed while a refresh runs is refreshed by the next drain;
+(b) a refresh that changes nothing writes no rows;
+(c) a whole-Bible version refreshes per version, writing only what changed
+    (timings are printed, never asserted: speed is the benchmarks' business)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+import builders as b
+from orchestration.db import gateway
+from orchestration.db.connection import connect
+from orchestration.read_models import READ_MODELS
+
+MV_TABLES = [m.name for m in READ_MODELS]
+
+
+def queue_row(db: psycopg.Connection, kind: str, version: uuid.UUID):
+    return db.execute(
+        "SELECT generation, claimed_by, lease_until FROM progress_refresh_queue WHERE kind = %s AND version_id = %s",
+        [kind, version]).fetchone()
+
+
+def small_world(db: psycopg.Connection) -> tuple[b.Bible, uuid.UUID, uuid.UUID]:
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2]})
+    le = b.language(db)
+    v = b.audio_version(db, "A", le)
+    b.media_file(db, v, chapter=A.chapter("GEN", 1))
+    b.drain(db)
+    b.assert_read_models_match(db)
+    return A, le, v
+
+
+# (a) nothing lost ---------------------------------------------------------------
+
+
+def test_change_committed_after_claim_stays_queued(db, dsn):
+    A, _, v = small_world(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    [claim] = gateway.claim_batch(db, "test-worker", 10, 300)
+    assert (claim.kind, claim.version_id) == ("audio", v)
+
+    with connect(dsn) as writer:
+        b.media_file(writer, v, chapter=A.chapter("EXO", 1))
+    assert queue_row(db, "audio", v)[0] == claim.generation + 1
+
+    outcome = gateway.refresh_claimed(db, claim)
+    assert outcome.ok, outcome.error
+    generation, claimed_by, lease_until = queue_row(db, "audio", v)
+    assert generation == claim.generation + 1
+    assert (claimed_by, lease_until) == (None, None)  # released, ready for the next drain
+
+    assert b.drain(db) == [("audio", v)]
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+    assert b.summary(db, "audio", v)["covered_verses"] == 7
+
+
+GATE_KEY = 424242
+
+GATE_TRIGGER = """
+CREATE FUNCTION test_refresh_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('progress_test.gate', true) = 'on' THEN
+        PERFORM set_config('progress_test.gate', 'off', false);
+        PERFORM pg_advisory_lock(%(key)s);
+        PERFORM pg_advisory_unlock(%(key)s);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER test_refresh_gate AFTER INSERT ON mv_audio_verse_coverage
+    FOR EACH STATEMENT EXECUTE FUNCTION test_refresh_gate();
+"""
+
+
+class Gate:
+    """Stops a refresh right after it has written the verse level of its version,
+    until the test opens the gate: a session with progress_test.gate = on waits,
+    once, for an advisory lock the test holds."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self.db = db
+        db.execute(GATE_TRIGGER % {"key": GATE_KEY})
+
+    def arm(self, session: psycopg.Connection) -> None:
+        session.execute("SELECT set_config('progress_test.gate', 'on', false)")
+
+    def close(self) -> None:
+        self.db.execute("SELECT pg_advisory_lock(%s)", [GATE_KEY])
+
+    def open(self) -> None:
+        self.db.execute("SELECT pg_advisory_unlock(%s)", [GATE_KEY])
+
+    def wait_until_held(self, session: psycopg.Connection) -> None:
+        wait_for(self.db, session.info.backend_pid, lambda event: event == ("Lock", "advisory"))
+
+
+def wait_for(db: psycopg.Connection, pid: int, condition: Callable[[tuple], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+        if row and condition(tuple(row)):
+            return True
+        time.sleep(0.01)
+    raise AssertionError(f"backend {pid} never reached the expected wait")
+
+
+def run_in_thread(target: Callable[[], object]) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = target()
+        except BaseException as exc:  # reported by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def finish(thread: threading.Thread, result: dict):
+    thread.join(30)
+    assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
+    return result["value"]
+
+
+def test_change_committed_mid_refresh_python_path(db, dsn):
+    A, _, v = small_world(db)
+    gate = Gate(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+
+    with connect(dsn) as refresher, connect(dsn) as writer:
+        [claim] = gateway.claim_batch(refresher, "test-worker", 10, 300)
+        gate.arm(refresher)
+        gate.close()
+        thread, result = run_in_thread(lambda: gateway.refresh_claimed(refresher, claim))
+        gate.wait_until_held(refresher)
+        # the refresh has computed and written the verse level: commit a change now
+        b.media_file(writer, v, chapter=A.chapter("EXO", 1))
+        assert thread.is_alive()  # the change committed while the refresh was running
+        gate.open()
+        outcome = finish(thread, result)
+        assert outcome.ok, outcome.error
+
+    # the refresh finished without the change, and left the version queued
+    assert "A-EXO-1-1" not in b.verse_ids(db, "audio", v)
+    assert b.mismatch_counts(db)["mv_audio_verse_coverage"] > 0
+    generation, claimed_by, lease_until = queue_row(db, "audio", v)
+    assert generation == claim.generation + 1
+    assert (claimed_by, lease_until) == (None, None)
+
+    assert b.drain(db) == [("audio", v)]
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+    assert b.verse_ids(db, "audio", v) >= {"A-EXO-1-1", "A-EXO-1-2"}
+
+
+def test_change_committed_mid_refresh_sql_drain(db, dsn):
+    A, _, v = small_world(db)
+    other = b.audio_version(db, "A")
+    b.drain(db)
+    gate = Gate(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+
+    with connect(dsn) as refresher, connect(dsn) as writer, connect(dsn) as writer2:
+        gate.arm(refresher)
+        gate.close()
+        # one call of the SQL drain: one batch, one transaction
+        thread, result = run_in_thread(
+            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall())
+        gate.wait_until_held(refresher)
+        # a change to a version that is not being refreshed commits during the drain
+        b.media_file(writer2, other, chapter=A.chapter("GEN", 1))
+        assert thread.is_alive()
+        # a change to the version being drained: whether it commits during the
+        # drain or waits for it, the next drain must pick it up
+        wthread, wresult = run_in_thread(lambda: b.media_file(writer, v, chapter=A.chapter("EXO", 1)))
+        try:
+            writer_waited = wait_for(db, writer.info.backend_pid, lambda event: event[0] == "Lock", timeout=1)
+        except AssertionError:
+            writer_waited = False
+        gate.open()
+        assert finish(thread, result) == [("audio", v)]
+        finish(wthread, wresult)
+    print(f"\nduring one SQL drain call, a writer to the version being drained"
+          f" {'waited for the drain to commit' if writer_waited else 'did not wait'}")
+
+    assert b.queued(db) == {("audio", v), ("audio", other)}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+    assert b.summary(db, "audio", v)["covered_verses"] == 7
+    assert b.summary(db, "audio", other)["covered_verses"] == 3
+
+
+# (b) a refresh that changes nothing writes nothing --------------------------------
+
+
+def xact_writes(db: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
+    """Rows inserted, updated and deleted in each read model by this session and not
+    yet flushed to the cumulative statistics (PostgreSQL 15+: this includes
+    committed transactions whose counts are still pending), so callers compare
+    two readings taken inside one transaction."""
+    return {name: tuple(db.execute(
+        "SELECT pg_stat_get_xact_tuples_inserted(%s::regclass), pg_stat_get_xact_tuples_updated(%s::regclass),"
+        "       pg_stat_get_xact_tuples_deleted(%s::regclass)", [name, name, name]).fetchone())
+        for name in MV_TABLES}
+
+
+def xact_delta(before: dict, after: dict) -> dict[str, tuple[int, int, int]]:
+    return {name: tuple(a - b_ for a, b_ in zip(after[name], before[name], strict=True)) for name in after}
+
+
+def table_stats(db: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
+    """Cumulative n_tup_ins/upd/del of the read models, after flushing this session's stats."""
+    db.execute("SELECT pg_stat_force_next_flush()")
+    db.execute("SELECT 1")  # the flush happens when the session goes idle
+    db.execute("SELECT pg_stat_clear_snapshot()")
+    rows = db.execute("SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+                      " WHERE relname = ANY (%s)", [MV_TABLES]).fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def rich_world(db: psycopg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2, 2]})
+    B = b.bible(db, "B", {"GEN": [3]})
+    le = b.language(db)
+    v = b.audio_version(db, "A", le)
+    b.audio_version(db, "A", le)
+    t = b.text_version(db, "A", le)
+    b.text_version(db, "A", le)
+    b.media_file(db, v, chapter=A.chapter("GEN", 1), start=A.verse("GEN", 2, 2), end=A.verse("EXO", 1, 1),
+                 verses=[B.verse("GEN", 1, 1)])
+    b.verse_texts(db, t, A.chapter_verses("GEN", 1) + A.chapter_verses("EXO", 2) + [B.verse("GEN", 1, 2)])
+    b.drain(db)
+    b.assert_read_models_match(db)
+    return v, t
+
+
+@pytest.mark.parametrize("kind", ["audio", "text"])
+def test_refresh_without_changes_writes_nothing(db, kind):
+    v, t = rich_world(db)
+    version = v if kind == "audio" else t
+    before = table_stats(db)
+    with db.transaction():
+        pending = xact_writes(db)
+        counts = db.execute("SELECT * FROM refresh_progress_version(%s, %s)", [kind, version]).fetchall()
+        assert counts and all(row[1:] == (0, 0, 0) for row in counts), counts
+        assert {row[0] for row in counts} == {m.name for m in READ_MODELS if m.kind == kind}
+        assert set(xact_delta(pending, xact_writes(db)).values()) == {(0, 0, 0)}
+    # the same through the queue: enqueue, drain, nothing written
+    with db.transaction():
+        db.execute("SELECT enqueue_progress_refresh(%s, %s)", [kind, version])
+        pending = xact_writes(db)
+        assert [r[1] for r in db.execute("SELECT * FROM drain_progress_refresh_queue()")] == [version]
+        assert set(xact_delta(pending, xact_writes(db)).values()) == {(0, 0, 0)}
+    assert table_stats(db) == before
+
+
+def test_write_counters_do_see_a_changing_refresh(db):
+    """The counters used above do move when a refresh writes (so the test above is not vacuous)."""
+    v, _ = rich_world(db)
+    covered = len(b.verse_ids(db, "audio", v))
+    assert covered == 6  # A-GEN-1 (3), A-GEN-2-2, A-EXO-1-1, B-GEN-1-1
+    before = table_stats(db)
+    db.execute("UPDATE media_files SET publish_status = 'archived' WHERE audio_version_id = %s", [v])
+    with db.transaction():
+        pending = xact_writes(db)
+        b.drain(db)
+        writes = xact_delta(pending, xact_writes(db))
+    assert writes["mv_audio_verse_coverage"] == (0, 0, covered)
+    after = table_stats(db)
+    assert after["mv_audio_verse_coverage"][2] - before["mv_audio_verse_coverage"][2] == covered
+
+
+# (c) a whole-Bible version -----------------------------------------------------------
+
+
+def load_whole_bible(db: psycopg.Connection) -> str:
+    """A KJV-sized structure: the shipped versification when the loader exists."""
+    try:
+        from orchestration.structure import load_bible_structure
+    except ImportError:
+        spec = {f"B{n:02d}": [26] * 18 for n in range(1, 67)}
+        b.bible(db, "kjv", spec)
+        return "kjv"
+    load_bible_structure(db, "kjv")
+    return "kjv"
+
+
+def counts_by_model(rows) -> dict[str, tuple[int, int, int]]:
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def timed_refresh(db: psycopg.Connection, kind: str, version: uuid.UUID) -> tuple[dict, float]:
+    started = time.perf_counter()
+    rows = db.execute("SELECT * FROM refresh_progress_version(%s, %s)", [kind, version]).fetchall()
+    return counts_by_model(rows), time.perf_counter() - started
+
+
+def test_whole_bible_version_refreshes_only_what_changed(db):
+    bible_id = load_whole_bible(db)
+    totals = db.execute("SELECT * FROM progress_bible_version_totals(%s)", [bible_id]).fetchone()
+    total_verses, total_chapters, total_books = totals
+    le = b.language(db)
+    v = b.audio_version(db, bible_id, le)
+    b.audio_version(db, bible_id, le)  # a rival (newer), so the best version is a real choice
+    b.drain(db)
+    db.execute(
+        "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status, publish_status,"
+        " chapter_id) SELECT %s, 'audio', true, 'completed', 'published', c.id"
+        " FROM chapters c JOIN books bk ON bk.id = c.book_id WHERE bk.bible_version_id = %s", [v, bible_id])
+    b.clear_queue(db)
+
+    first, first_seconds = timed_refresh(db, "audio", v)
+    assert first["mv_audio_verse_coverage"] == (total_verses, 0, 0)
+    assert first["mv_audio_chapter_coverage"] == (total_chapters, 0, 0)
+    assert first["mv_audio_book_coverage"] == (0, total_books, 0)  # rows existed, now complete
+    assert first["mv_audio_version_progress_summary"] == (0, 1, 0)
+    assert first["language_entity_best_audio_version"] == (0, 1, 0)  # v overtakes the rival
+
+    unchanged, unchanged_seconds = timed_refresh(db, "audio", v)
+    assert set(unchanged.values()) == {(0, 0, 0)}, unchanged
+
+    # one chapter stops being covered: its verses and chapter row go, its book
+    # and the summary change, nothing else is written
+    chapter, book, size = db.execute(
+        "SELECT c.id, c.book_id, count(vs.id) FROM chapters c JOIN books bk ON bk.id = c.book_id"
+        "  JOIN verses vs ON vs.chapter_id = c.id WHERE bk.bible_version_id = %s"
+        " GROUP BY c.id, c.book_id, bk.book_number, c.chapter_number"
+        " ORDER BY bk.book_number DESC, c.chapter_number LIMIT 1 OFFSET 5", [bible_id]).fetchone()
+    db.execute("UPDATE media_files SET deleted_at = now() WHERE audio_version_id = %s AND chapter_id = %s",
+               [v, chapter])
+    with db.transaction():
+        pending = xact_writes(db)
+        one, one_seconds = timed_refresh(db, "audio", v)
+        assert one == {
+            "mv_audio_verse_coverage": (0, 0, size),
+            "mv_audio_chapter_coverage": (0, 0, 1),
+            "mv_audio_book_coverage": (0, 1, 0),
+            "mv_audio_version_progress_summary": (0, 1, 0),
+            "language_entity_best_audio_version": (0, 0, 0),
+        }
+        assert xact_delta(pending, xact_writes(db)) == {
+            name: one.get(name, (0, 0, 0)) for name in MV_TABLES}
+    assert b.book_rows(db, "audio", v)[book][2] is False
+
+    # and back
+    db.execute("UPDATE media_files SET deleted_at = NULL WHERE audio_version_id = %s AND chapter_id = %s",
+               [v, chapter])
+    back, back_seconds = timed_refresh(db, "audio", v)
+    assert back == {
+        "mv_audio_verse_coverage": (size, 0, 0),
+        "mv_audio_chapter_coverage": (1, 0, 0),
+        "mv_audio_book_coverage": (0, 1, 0),
+        "mv_audio_version_progress_summary": (0, 1, 0),
+        "language_entity_best_audio_version": (0, 0, 0),
+    }
+    b.clear_queue(db)
+    b.assert_read_models_match(db)
+    print(f"\nwhole-bible audio version ({total_verses} verses, {total_chapters} chapters):"
+          f" first refresh {first_seconds * 1000:.0f} ms, no-change refresh {unchanged_seconds * 1000:.0f} ms,"
+          f" one chapter removed {one_seconds * 1000:.0f} ms, restored {back_seconds * 1000:.0f} ms")

@@ -1,0 +1,132 @@
+"""The queue sensor and the schedules, evaluated against a real queue."""
+
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+import pytest
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
+
+from orchestration.automation import (
+    full_backfill_nightly,
+    refresh_queue_sensor,
+    refresh_queued_every_15_minutes,
+)
+from orchestration.resources import PostgresResource
+
+
+@pytest.fixture(autouse=True)
+def default_thresholds(monkeypatch):
+    for name in ("PROGRESS_SENSOR_MIN_DEPTH", "PROGRESS_SENSOR_MAX_AGE_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def queue_versions(conn: psycopg.Connection, count: int) -> None:
+    """Inserting a version queues it (change capture)."""
+    conn.execute("INSERT INTO bible_versions (id, name) VALUES ('kjv', 'King James Version')"
+                 " ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO audio_versions (id, bible_version_id, name)"
+                 " SELECT gen_random_uuid(), 'kjv', 'v' || n FROM generate_series(1, %s) AS n", [count])
+
+
+def add_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus) -> None:
+    """A run record in the given status, as the daemon would leave it."""
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("progress_refresh"),
+                                                    "__repository__"), job_name)
+    create_run_for_test(instance, job_name=job_name, status=status, remote_job_origin=origin)
+
+
+def evaluate(dsn: str, instance: dg.DagsterInstance | None = None, cursor: str | None = None):
+    with dg.build_sensor_context(instance=instance or dg.DagsterInstance.ephemeral(), cursor=cursor,
+                                 resources={"postgres": PostgresResource(database_url=dsn)}) as context:
+        return refresh_queue_sensor.evaluate_tick(context)
+
+
+def test_empty_queue_skips_and_says_so(dsn):
+    result = evaluate(dsn)
+    assert not result.run_requests
+    assert "queue depth 0" in result.skip_message
+
+
+def test_below_both_thresholds_skips_with_depth_and_age(db, dsn):
+    queue_versions(db, 3)
+    result = evaluate(dsn)
+    assert not result.run_requests
+    assert "queue depth 3 ready < 25" in result.skip_message
+    assert "oldest age 0s < 60s" in result.skip_message
+
+
+def test_deep_queue_requests_exactly_one_run(db, dsn):
+    queue_versions(db, 30)
+    result = evaluate(dsn)
+    assert len(result.run_requests) == 1
+    request = result.run_requests[0]
+    assert request.tags["progress/trigger"] == "depth 30 >= 25"
+    assert request.run_key
+    assert result.cursor
+
+
+def test_old_entry_requests_exactly_one_run(db, dsn):
+    queue_versions(db, 1)
+    db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 minutes'")
+    result = evaluate(dsn)
+    assert len(result.run_requests) == 1
+    assert result.run_requests[0].tags["progress/trigger"].startswith("oldest age 12")
+
+
+def test_thresholds_come_from_the_environment(db, dsn, monkeypatch):
+    queue_versions(db, 2)
+    monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "2")
+    assert len(evaluate(dsn).run_requests) == 1
+    monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "3")
+    monkeypatch.setenv("PROGRESS_SENSOR_MAX_AGE_SECONDS", "0")
+    assert len(evaluate(dsn).run_requests) == 1
+
+
+def test_run_key_is_stable_for_a_cursor_and_changes_after_a_request(db, dsn):
+    queue_versions(db, 30)
+    first = evaluate(dsn)
+    again = evaluate(dsn)  # the same tick evaluated twice (e.g. after a daemon restart)
+    assert first.run_requests[0].run_key == again.run_requests[0].run_key
+    following = evaluate(dsn, cursor=first.cursor)
+    assert following.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+@pytest.mark.parametrize("status", [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED])
+def test_no_request_while_a_refresh_run_is_pending(db, dsn, status):
+    queue_versions(db, 30)
+    instance = dg.DagsterInstance.ephemeral()
+    add_run(instance, "refresh_queued_versions", status)
+    result = evaluate(dsn, instance)
+    assert not result.run_requests
+    assert "refresh_queued_versions run" in result.skip_message
+    assert f"already {status.value.lower()}" in result.skip_message
+
+
+def test_finished_runs_do_not_block_a_request(db, dsn):
+    queue_versions(db, 30)
+    instance = dg.DagsterInstance.ephemeral()
+    add_run(instance, "refresh_queued_versions", dg.DagsterRunStatus.SUCCESS)
+    assert len(evaluate(dsn, instance).run_requests) == 1
+
+
+def test_refresh_schedule_requests_a_run():
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
+        result = refresh_queued_every_15_minutes.evaluate_tick(context)
+    assert len(result.run_requests) == 1
+    assert result.run_requests[0].tags["progress/trigger"] == "schedule"
+
+
+def test_refresh_schedule_skips_while_a_refresh_is_pending():
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
+        add_run(instance, "full_backfill", dg.DagsterRunStatus.STARTED)
+        result = refresh_queued_every_15_minutes.evaluate_tick(context)
+    assert not result.run_requests
+    assert "full_backfill run" in result.skip_message
+
+
+def test_backfill_schedule_requests_a_run():
+    with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
+        result = full_backfill_nightly.evaluate_tick(context)
+    assert len(result.run_requests) == 1
