@@ -149,7 +149,7 @@ def _named_versions(context: dg.AssetExecutionContext, kind: str, names: Sequenc
     try:
         parsed = [gateway.parse_version(name) for name in names]
     except ProgressError as exc:
-        raise dg.Failure(description=str(exc)) from None
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     mine = [version_id for k, version_id in parsed if k == kind]
     if len(mine) < len(parsed):
         context.log.info(f"{len(parsed) - len(mine)} named version(s) of the other kind are left to its chain")
@@ -166,7 +166,7 @@ def run_chain(context: dg.AssetExecutionContext, conn: psycopg.Connection, kind:
         try:
             report = refresh_versions(conn, [(kind, v) for v in ids], policy, on_version=on_version)
         except ProgressError as exc:
-            raise dg.Failure(description=str(exc)) from None
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         note = f"refreshed {len(report.refreshed)} named {kind} version(s)" if ids \
             else f"no {kind} versions named: nothing to refresh"
         return ChainRun("named", report, len(ids), note)
@@ -243,7 +243,9 @@ def build_chain_asset(kind: str) -> dg.AssetsDefinition:
         with postgres.connect() as conn:
             run = run_chain(context, conn, kind, config)
             if run.report.outcomes and not run.report.refreshed:
+                # Not retried as a step: the database retries failed versions with backoff.
                 raise dg.Failure(
+                    allow_retries=False,
                     description=f"every {kind} version of this run failed ({len(run.report.failed)}); "
                     f"first error: {run.report.failed[0].error}",
                     metadata={"failed_versions": dg.MetadataValue.json(

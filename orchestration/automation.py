@@ -30,6 +30,13 @@ REFRESH_TAGS = {
     "dagster/retry_strategy": "FROM_FAILURE",
 }
 
+# Applied once, to every refresh step: a lost connection or a database restart is
+# retried after 5 s, 10 s, 20 s (each ±50 %), so workers do not retry in lockstep.
+# Versions that fail on their own are retried by the database, with backoff.
+REFRESH_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
 SENSOR_INTERVAL_ENV = "PROGRESS_SENSOR_INTERVAL_SECONDS"
 SENSOR_MIN_DEPTH_ENV = "PROGRESS_SENSOR_MIN_DEPTH"
 SENSOR_MAX_AGE_ENV = "PROGRESS_SENSOR_MAX_AGE_SECONDS"
@@ -55,6 +62,7 @@ refresh_queued_versions = dg.define_asset_job(
     "those changes queued (each chain drains its kind), then checks the refreshed versions against "
     "the logical views. Run config may name versions or ask for all instead.",
     tags=REFRESH_TAGS,
+    op_retry_policy=REFRESH_RETRY_POLICY,
     executor_def=dg.in_process_executor,
 )
 
@@ -66,6 +74,7 @@ full_backfill = dg.define_asset_job(
     "a bulk load, a restored backup). Queues every version and drains the queue in batches, logging "
     "n/total; a killed or failed run, when retried, continues with what is still queued.",
     tags=REFRESH_TAGS,
+    op_retry_policy=REFRESH_RETRY_POLICY,
     executor_def=dg.in_process_executor,
 )
 

@@ -69,16 +69,15 @@ def refreshed_in_this_run(context: dg.AssetCheckExecutionContext, model: ReadMod
 def compare(conn: psycopg.Connection, model: ReadModel, versions: list[uuid.UUID] | None) -> dict[str, Any]:
     """Mismatching rows among settled scopes (only those of `versions` when given), in one snapshot."""
     column = _scope_column(model)
+    by_entity = column == "language_entity_id"
     with snapshot(conn):
-        unsettled = set(gateway.unsettled_scope_ids(conn, model.kind, column))
-        scope = versions
-        if versions is not None and column == "language_entity_id":
-            scope = gateway.affected_language_entities(conn, model.kind, versions) if versions else []
-        if scope is None and not unsettled:
-            compared, mismatching = "all", gateway.mismatches(conn, model.name, model.logical_view)
+        unsettled = gateway.unsettled_scopes(conn, model.kind, by_entity)
+        if versions is None:
+            compared = "all settled"
+            mismatching = gateway.mismatches(conn, model.name, model.logical_view, column, exclude=unsettled)
         else:
-            candidates = scope if scope is not None else gateway.known_scope_ids(conn, model.kind, column)
-            settled = [s for s in candidates if s not in unsettled]
+            scope = gateway.affected_language_entities(conn, model.kind, versions) if by_entity else versions
+            settled = [s for s in scope if s not in set(unsettled)]
             compared = str(len(settled))
             mismatching = gateway.mismatches(conn, model.name, model.logical_view, column, settled) \
                 if settled else 0

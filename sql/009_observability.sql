@@ -26,23 +26,37 @@ LANGUAGE sql STABLE AS $$
       FROM q
 $$;
 
--- Rows in which a read model and its logical view differ, both directions,
--- optionally only for some scopes (versions or language entities).
+-- Rows in which a read model and its logical view differ, both directions:
+-- for the given scopes (versions or language entities), or for the whole
+-- read model less the excluded scopes. Scopes are compared one at a time
+-- with an equality, which the planner pushes into every level of the view.
+DROP FUNCTION IF EXISTS progress_count_mismatches(text, text, text, uuid[]);
 CREATE OR REPLACE FUNCTION progress_count_mismatches(
-    p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL, p_scopes uuid[] DEFAULT NULL)
-RETURNS bigint SECURITY DEFINER SET search_path FROM CURRENT
+    p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL,
+    p_scopes uuid[] DEFAULT NULL, p_exclude uuid[] DEFAULT NULL)
+RETURNS bigint
+SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    filter text := CASE WHEN p_scope_column IS NULL THEN 'true'
-                        ELSE format('%I = ANY ($1)', p_scope_column) END;
-    differing bigint;
+    compare text := 'SELECT count(*) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)
+                                          UNION ALL
+                                          (SELECT * FROM %2$I WHERE %3$s EXCEPT ALL SELECT * FROM %1$I WHERE %3$s)) d';
+    scope uuid;
+    differing bigint := 0;
+    part bigint;
 BEGIN
-    EXECUTE format(
-        'SELECT count(*) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)
-                               UNION ALL
-                               (SELECT * FROM %2$I WHERE %3$s EXCEPT ALL SELECT * FROM %1$I WHERE %3$s)) d',
-        p_read_model, p_logical_view, filter)
-    INTO differing USING p_scopes;
+    IF p_scopes IS NOT NULL THEN
+        FOREACH scope IN ARRAY p_scopes LOOP
+            EXECUTE format(compare, p_read_model, p_logical_view, format('%I = $1', p_scope_column))
+               INTO part USING scope;
+            differing := differing + part;
+        END LOOP;
+        RETURN differing;
+    END IF;
+    EXECUTE format(compare, p_read_model, p_logical_view,
+                   CASE WHEN p_exclude IS NULL OR p_scope_column IS NULL THEN 'true'
+                        ELSE format('%I <> ALL ($1)', p_scope_column) END)
+       INTO differing USING p_exclude;
     RETURN differing;
 END
 $$;
@@ -75,5 +89,51 @@ BEGIN
         PERFORM progress_enqueue_versions('text', text_ids);
     END IF;
     RETURN cardinality(audio_ids) + cardinality(text_ids);
+END
+$$;
+
+-- Scopes whose stored rows may rightly lag their logical view now: versions
+-- still queued or dead-lettered, or for the best-version read models the
+-- language entities those versions belong to or lead. The checks leave them out.
+CREATE OR REPLACE FUNCTION progress_unsettled_scopes(p_kind text, p_language_entities boolean)
+RETURNS uuid[]
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    versions uuid[] := ARRAY(SELECT version_id FROM progress_refresh_queue WHERE kind = p_kind
+                             UNION SELECT version_id FROM progress_refresh_dead_letter WHERE kind = p_kind);
+BEGIN
+    IF p_language_entities THEN
+        RETURN progress_affected_language_entities(p_kind, versions);
+    END IF;
+    RETURN versions;
+END
+$$;
+
+-- Rows and bytes per read model: exact counts for tables under a million
+-- rows, the planner's estimate above that (counting tens of millions of rows
+-- on every run would cost more than the refresh).
+CREATE OR REPLACE FUNCTION progress_read_model_sizes()
+RETURNS TABLE (read_model text, row_count bigint, total_bytes bigint, estimated boolean)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    estimate real;
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+        read_model := d.stored_name;
+        total_bytes := pg_total_relation_size(d.stored_name::regclass);
+        SELECT reltuples INTO estimate FROM pg_class WHERE oid = d.stored_name::regclass;
+        estimated := estimate >= 1000000;
+        IF estimated THEN
+            row_count := estimate::bigint;
+        ELSIF progress_read_models_readable() THEN
+            EXECUTE format('SELECT count(*) FROM %I', d.stored_name) INTO row_count;
+        ELSE
+            row_count := 0;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;

@@ -122,3 +122,11 @@ def test_resource_never_shows_a_password():
     resource = PostgresResource(database_url="postgresql://app:s3cret@db.example.com/app")
     assert "s3cret" not in resource.display_url
     assert "postgres" in defs.resources
+
+
+def test_refresh_steps_retry_with_exponential_backoff_and_jitter():
+    for name in ("refresh_queued_versions", "full_backfill"):
+        policy = defs.resolve_job_def(name).op_retry_policy
+        assert policy is not None and policy.max_retries >= 2
+        assert policy.backoff == dg.Backoff.EXPONENTIAL
+        assert policy.jitter == dg.Jitter.PLUS_MINUS

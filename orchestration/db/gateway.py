@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from orchestration.errors import ProgressError
@@ -182,24 +181,21 @@ def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, An
 
 
 def read_model_sizes(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
-    """Rows and bytes per read model (rows exact; they are indexed tables)."""
-    sizes = {}
-    for model in READ_MODELS:
-        rows, size = conn.execute(
-            sql.SQL("SELECT (SELECT count(*) FROM {}), pg_total_relation_size({})").format(
-                sql.Identifier(model.name), sql.Literal(model.name)
-            )
-        ).fetchone() or (0, 0)
-        sizes[model.name] = {"rows": int(rows), "bytes": int(size)}
-    return sizes
+    """Rows and bytes per read model (rows estimated above a million)."""
+    return {
+        name: {"rows": int(rows), "bytes": int(size)}
+        for name, rows, size, _ in conn.execute("SELECT * FROM progress_read_model_sizes()")
+    }
 
 
 def mismatches(conn: psycopg.Connection, read_model: str, logical_view: str,
-               scope_column: str | None = None, scope_ids: list[uuid.UUID] | None = None) -> int:
-    """Rows in which a read model and its logical view differ (both directions),
-    optionally only for some versions."""
+               scope_column: str | None = None, scope_ids: list[uuid.UUID] | None = None,
+               exclude: list[uuid.UUID] | None = None) -> int:
+    """Rows in which a read model and its logical view differ (both directions):
+    only for some scopes (versions or language entities), or all but some."""
     row = conn.execute(
-        "SELECT progress_count_mismatches(%s, %s, %s, %s)", [read_model, logical_view, scope_column, scope_ids]
+        "SELECT progress_count_mismatches(%s, %s, %s, %s, %s)",
+        [read_model, logical_view, scope_column, scope_ids, exclude],
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -209,42 +205,20 @@ def last_populated(conn: psycopg.Connection) -> datetime | None:
     return row[0] if row else None
 
 
-# --- Additions for the Dagster surface (equality checks, `dev`) ---
-
-def known_scope_ids(conn: psycopg.Connection, kind: str, scope_column: str) -> list[uuid.UUID]:
-    """Every scope a read model can hold rows for: the versions of a kind (existing
-    or still stored), or the language entities (existing or still stored)."""
-    if scope_column == "language_entity_id":
-        query = sql.SQL("SELECT id FROM language_entities UNION SELECT language_entity_id FROM {}").format(
-            sql.Identifier(f"language_entity_best_{kind}_version"))
-    else:
-        query = sql.SQL("SELECT id FROM {} UNION SELECT {} FROM {}").format(
-            sql.Identifier(f"{kind}_versions"), sql.Identifier(scope_column),
-            sql.Identifier(f"mv_{kind}_version_progress_summary"))
-    return [row[0] for row in conn.execute(query) if row[0] is not None]
-
-
-def unsettled_scope_ids(conn: psycopg.Connection, kind: str, scope_column: str) -> list[uuid.UUID]:
-    """Scopes whose stored rows may legitimately differ from the logical view right
-    now: versions still queued or dead-lettered, or (for best-version read models)
-    the language entities those versions belong to or are best for."""
-    versions = [row[0] for row in conn.execute(
-        "SELECT version_id FROM progress_refresh_queue WHERE kind = %(kind)s"
-        " UNION SELECT version_id FROM progress_refresh_dead_letter WHERE kind = %(kind)s",
-        {"kind": kind})]
-    if scope_column != "language_entity_id" or not versions:
-        return versions
-    return affected_language_entities(conn, kind, versions)
+def unsettled_scopes(conn: psycopg.Connection, kind: str, language_entities: bool) -> list[uuid.UUID]:
+    """Versions still queued or dead-lettered (or, for best-version read models,
+    their language entities): rows the equality checks expect to lag."""
+    row = conn.execute("SELECT progress_unsettled_scopes(%s, %s)", [kind, language_entities]).fetchone()
+    return list(row[0]) if row and row[0] else []
 
 
 def affected_language_entities(conn: psycopg.Connection, kind: str, versions: list[uuid.UUID]) -> list[uuid.UUID]:
-    """Language entities whose best version these versions can move (progress_affected_language_entities)."""
+    """Language entities whose best version these versions can move."""
     row = conn.execute("SELECT progress_affected_language_entities(%s, %s)", [kind, versions]).fetchone()
     return list(row[0]) if row and row[0] else []
 
 
 def has_versions(conn: psycopg.Connection) -> bool:
     """Whether any audio or text version exists (an empty database gets the demo)."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM audio_versions) OR EXISTS (SELECT 1 FROM text_versions)"
-                       ).fetchone()
+    row = conn.execute("SELECT EXISTS (SELECT FROM audio_versions) OR EXISTS (SELECT FROM text_versions)").fetchone()
     return bool(row and row[0])
