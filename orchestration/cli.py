@@ -266,6 +266,16 @@ def stop_embedded_command() -> None:
     click.echo("stopped" if stop_embedded() else "not running")
 
 
+def _register_dagster_commands() -> None:
+    from orchestration.dagster_dev import dev_command, simulate_command
+
+    cli.add_command(dev_command, "dev")
+    cli.add_command(simulate_command, "simulate")
+
+
+_register_dagster_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="progress-refresh", standalone_mode=False)

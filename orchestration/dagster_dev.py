@@ -142,8 +142,8 @@ def dev_command(host: str, port: int, demo: bool) -> None:
     Starts the embedded PostgreSQL (or uses PROGRESS_DATABASE_URL), migrates, loads
     the demo when the database is empty, keeps Dagster's own state in a `dagster`
     database on the embedded server (or DAGSTER_PG_URL), and runs `dagster dev`.
-    Ctrl-C stops everything; the embedded server keeps running
-    (`progress-refresh stop-embedded` stops it).
+    Ctrl-C stops everything, the embedded server too when this command
+    started it (one that was already running is left running).
 
     \b
     Example:
@@ -151,7 +151,7 @@ def dev_command(host: str, port: int, demo: bool) -> None:
       progress-refresh simulate --every 5     # in a second terminal
     """
     configured = configured_database_url()
-    product_dsn = configured or start_embedded(keep_running=True)
+    product_dsn = configured or start_embedded()
     with connection(product_dsn) as conn:
         applied = migrate(conn)
         if applied:
