@@ -8,7 +8,6 @@ reports, per read model, what it wrote. The base tables the apps write are
 external assets upstream, so the lineage reads from a recording to a summary.
 """
 
-
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -100,9 +99,7 @@ class RefreshConfig(dg.Config):
         description="Queue every version of this chain's kind, then drain in batches "
         "(resumable: a retried run continues with what is still queued).",
     )
-    max_versions: int | None = Field(
-        default=None, description="Refresh at most this many queued versions in this run."
-    )
+    max_versions: int | None = Field(default=None, description="Refresh at most this many queued versions in this run.")
 
 
 @dataclass
@@ -156,8 +153,9 @@ def _named_versions(context: dg.AssetExecutionContext, kind: str, names: Sequenc
     return mine
 
 
-def run_chain(context: dg.AssetExecutionContext, conn: psycopg.Connection, kind: str,
-              config: RefreshConfig) -> ChainRun:
+def run_chain(
+    context: dg.AssetExecutionContext, conn: psycopg.Connection, kind: str, config: RefreshConfig
+) -> ChainRun:
     """Refreshes this chain's versions as the config asks and logs progress as n/total."""
     policy = RefreshPolicy.from_env()
     if config.versions:
@@ -167,8 +165,11 @@ def run_chain(context: dg.AssetExecutionContext, conn: psycopg.Connection, kind:
             report = refresh_versions(conn, [(kind, v) for v in ids], policy, on_version=on_version)
         except ProgressError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
-        note = f"refreshed {len(report.refreshed)} named {kind} version(s)" if ids \
+        note = (
+            f"refreshed {len(report.refreshed)} named {kind} version(s)"
+            if ids
             else f"no {kind} versions named: nothing to refresh"
+        )
         return ChainRun("named", report, len(ids), note)
 
     if config.all_versions:
@@ -192,14 +193,17 @@ def run_chain(context: dg.AssetExecutionContext, conn: psycopg.Connection, kind:
         done = len(report.outcomes)
         note = f"{kind}: {done}/{max(total, done)} versions refreshed in {report.seconds:.2f}s"
         if report.failed:
-            note = f"{kind}: {done}/{max(total, done)} versions processed in {report.seconds:.2f}s: " \
-                   f"{len(report.refreshed)} refreshed, {len(report.failed)} failed"
+            note = (
+                f"{kind}: {done}/{max(total, done)} versions processed in {report.seconds:.2f}s: "
+                f"{len(report.refreshed)} refreshed, {len(report.failed)} failed"
+            )
     context.log.info(note)
     return ChainRun(mode, report, total, note)
 
 
-def materialization_metadata(model: ReadModel, run: ChainRun, sizes: dict[str, dict[str, int]],
-                             dead_letters: int) -> dict[str, dg.MetadataValue]:
+def materialization_metadata(
+    model: ReadModel, run: ChainRun, sizes: dict[str, dict[str, int]], dead_letters: int
+) -> dict[str, dg.MetadataValue]:
     """The same keys on every materialisation, so the UI can plot them over time."""
     report = run.report
     refreshed = report.versions_of(model.kind)
@@ -235,8 +239,9 @@ def build_chain_asset(kind: str) -> dg.AssetsDefinition:
         description=f"Refreshes the {kind} read models of the queued (or named, or all) {kind} versions: "
         "every level of a version in one transaction, so readers never see a half-refreshed version.",
     )
-    def refresh_chain(context: dg.AssetExecutionContext, config: RefreshConfig,
-                      postgres: PostgresResource) -> Iterator[dg.MaterializeResult]:
+    def refresh_chain(
+        context: dg.AssetExecutionContext, config: RefreshConfig, postgres: PostgresResource
+    ) -> Iterator[dg.MaterializeResult]:
         """Why: apps change recordings and texts all day; this keeps the chain's read
         models equal to their logical views by refreshing only the versions that changed."""
         started = time.perf_counter()
@@ -248,16 +253,22 @@ def build_chain_asset(kind: str) -> dg.AssetsDefinition:
                     allow_retries=False,
                     description=f"every {kind} version of this run failed ({len(run.report.failed)}); "
                     f"first error: {run.report.failed[0].error}",
-                    metadata={"failed_versions": dg.MetadataValue.json(
-                        [{"version": f"{o.kind}:{o.version_id}", "error": o.error}
-                         for o in run.report.failed[:MAX_IDS_IN_METADATA]])},
+                    metadata={
+                        "failed_versions": dg.MetadataValue.json(
+                            [
+                                {"version": f"{o.kind}:{o.version_id}", "error": o.error}
+                                for o in run.report.failed[:MAX_IDS_IN_METADATA]
+                            ]
+                        )
+                    },
                 )
             sizes = gateway.read_model_sizes(conn)
             dead_letters = int(gateway.queue_state(conn, kind).get("dead_letters", 0))
         for model in models:
             if dg.AssetKey(model.name) in context.selected_asset_keys:
-                yield dg.MaterializeResult(asset_key=model.name,
-                                           metadata=materialization_metadata(model, run, sizes, dead_letters))
+                yield dg.MaterializeResult(
+                    asset_key=model.name, metadata=materialization_metadata(model, run, sizes, dead_letters)
+                )
         context.log.debug(f"{kind} chain finished in {time.perf_counter() - started:.2f}s")
 
     return refresh_chain

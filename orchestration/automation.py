@@ -9,7 +9,6 @@ refresh step claims a slot of the `progress_refresh` pool, so with the shipped
 dagster.yaml only one refresh touches the database at a time.
 """
 
-
 import json
 import os
 import time
@@ -85,15 +84,16 @@ def sensor_interval_seconds() -> int:
 
 def sensor_thresholds() -> tuple[int, float]:
     """(minimum ready entries, maximum age in seconds of the oldest ready entry)."""
-    return (int(os.environ.get(SENSOR_MIN_DEPTH_ENV, DEFAULT_SENSOR_MIN_DEPTH)),
-            float(os.environ.get(SENSOR_MAX_AGE_ENV, DEFAULT_SENSOR_MAX_AGE_SECONDS)))
+    return (
+        int(os.environ.get(SENSOR_MIN_DEPTH_ENV, DEFAULT_SENSOR_MIN_DEPTH)),
+        float(os.environ.get(SENSOR_MAX_AGE_ENV, DEFAULT_SENSOR_MAX_AGE_SECONDS)),
+    )
 
 
 def pending_refresh_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
     """A queued or running refresh (either job drains the queue), if any."""
     for job in (refresh_queued_versions.name, full_backfill.name):
-        records = instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=PENDING_STATUSES),
-                                           limit=1)
+        records = instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=PENDING_STATUSES), limit=1)
         if records:
             return records[0]
     return None
@@ -128,14 +128,17 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
         waiting = f" ({depth} in backoff or being refreshed)" if depth else ""
         return dg.SkipReason(f"queue depth 0 ready{waiting}, oldest age 0s: nothing to refresh")
     if ready < min_depth and age < max_age:
-        return dg.SkipReason(f"queue depth {ready} ready < {min_depth} and oldest age {age:.0f}s < "
-                             f"{max_age:.0f}s: waiting to batch more changes")
+        return dg.SkipReason(
+            f"queue depth {ready} ready < {min_depth} and oldest age {age:.0f}s < "
+            f"{max_age:.0f}s: waiting to batch more changes"
+        )
     why = f"depth {ready} >= {min_depth}" if ready >= min_depth else f"oldest age {age:.0f}s >= {max_age:.0f}s"
     cursor = json.loads(context.cursor) if context.cursor else {}
     requests = int(cursor.get("requests", 0)) + 1
     oldest = state["oldest_enqueued_at"]
-    context.update_cursor(json.dumps({"requests": requests, "last_requested_at": time.time(),
-                                      "oldest_enqueued_at": oldest.isoformat()}))
+    context.update_cursor(
+        json.dumps({"requests": requests, "last_requested_at": time.time(), "oldest_enqueued_at": oldest.isoformat()})
+    )
     context.log.info(f"requesting a refresh: {why}")
     return dg.RunRequest(
         # Unique per request (a re-evaluated tick re-uses it, so no duplicate run).

@@ -9,7 +9,6 @@ never look like a wrong read model. Run after a refresh in the same run, a
 check compares only the versions that refresh wrote; on its own, everything.
 """
 
-
 import os
 import uuid
 from collections.abc import Iterator
@@ -79,8 +78,7 @@ def compare(conn: psycopg.Connection, model: ReadModel, versions: list[uuid.UUID
             scope = gateway.affected_language_entities(conn, model.kind, versions) if by_entity else versions
             settled = [s for s in scope if s not in set(unsettled)]
             compared = str(len(settled))
-            mismatching = gateway.mismatches(conn, model.name, model.logical_view, column, settled) \
-                if settled else 0
+            mismatching = gateway.mismatches(conn, model.name, model.logical_view, column, settled) if settled else 0
     return {"mismatching_rows": mismatching, "scopes_compared": compared, "scopes_left_out": len(unsettled)}
 
 
@@ -106,8 +104,9 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
         can_subset=True,
         description=f"Compares every {kind} read model with its logical view, row for row.",
     )
-    def check_read_models(context: dg.AssetCheckExecutionContext,
-                          postgres: PostgresResource) -> Iterator[dg.AssetCheckResult]:
+    def check_read_models(
+        context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+    ) -> Iterator[dg.AssetCheckResult]:
         """Why: the read models are maintained incrementally, per version; the logical views
         compute the same rows live. Any difference is a refresh bug users would read."""
         with postgres.connect() as conn:
@@ -119,20 +118,22 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
                 result = compare(conn, model, versions)
                 passed = result["mismatching_rows"] == 0
                 if not passed:
-                    context.log.error(f"{model.name} differs from {model.logical_view} "
-                                      f"in {result['mismatching_rows']} row(s)")
+                    context.log.error(
+                        f"{model.name} differs from {model.logical_view} in {result['mismatching_rows']} row(s)"
+                    )
                 yield dg.AssetCheckResult(
                     asset_key=model.name,
                     check_name=MATCHES_LOGICAL_VIEW,
                     passed=passed,
                     severity=dg.AssetCheckSeverity.ERROR,
-                    description=None if passed else
-                    f"{result['mismatching_rows']} row(s) differ from {model.logical_view}",
+                    description=None
+                    if passed
+                    else f"{result['mismatching_rows']} row(s) differ from {model.logical_view}",
                     metadata={
                         "mismatching_rows": dg.MetadataValue.int(result["mismatching_rows"]),
                         "scope": dg.MetadataValue.text(
-                            "whole table" if versions is None
-                            else f"{len(versions)} version(s) refreshed in this run"),
+                            "whole table" if versions is None else f"{len(versions)} version(s) refreshed in this run"
+                        ),
                         "scopes_compared": dg.MetadataValue.text(result["scopes_compared"]),
                         "scopes_left_out_as_queued": dg.MetadataValue.int(result["scopes_left_out"]),
                         "versions": dg.MetadataValue.json([str(v) for v in versions or []]),
@@ -165,8 +166,9 @@ def build_staleness_check(kind: str) -> dg.AssetChecksDefinition:
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=None if passed else
-            f"oldest queued {kind} change is {age:.0f}s old (limit {limit:.0f}s), {depth} queued",
+            description=None
+            if passed
+            else f"oldest queued {kind} change is {age:.0f}s old (limit {limit:.0f}s), {depth} queued",
             metadata={
                 "queue_depth": dg.MetadataValue.int(depth),
                 "ready": dg.MetadataValue.int(int(state["ready"])),

@@ -44,8 +44,14 @@ def _progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, in
     if not enabled or not console.is_terminal:
         yield lambda done, total: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task(description, total=None)
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
@@ -74,8 +80,12 @@ def cli() -> None:
 
 
 @cli.command("migrate")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
-              help="Read-model storage: per-version tables (default) or materialized views.")
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=None,
+    help="Read-model storage: per-version tables (default) or materialized views.",
+)
 def migrate_command(strategy: str | None) -> None:
     """Install or upgrade the schema (idempotent).
 
@@ -102,8 +112,7 @@ def seed_demo_command(audio_versions: int, text_versions: int, seed: int) -> Non
     from orchestration.demo_data import seed_demo
 
     with _database() as conn, _progress_bar("seeding demo", True) as update:
-        counts = seed_demo(conn, audio_versions=audio_versions, text_versions=text_versions,
-                           seed=seed, progress=update)
+        counts = seed_demo(conn, audio_versions=audio_versions, text_versions=text_versions, seed=seed, progress=update)
     click.echo(f"demo data: {counts}")
 
 
@@ -121,10 +130,19 @@ def _render_report(report: RefreshReport) -> None:
 @cli.command("refresh")
 @click.option("--queued", "mode", flag_value="queued", default=True, help="Drain the queue (default).")
 @click.option("--all", "mode", flag_value="all", help="Queue and refresh every version (resumable).")
-@click.option("--version", "versions", multiple=True, metavar="KIND:UUID",
-              help="Refresh these versions now (repeatable), e.g. audio:0b6e…")
-@click.option("--rebuild", type=click.Choice(["full", "concurrently", "safe"]), default=None,
-              help="Rebuild everything with the SQL API instead of per version.")
+@click.option(
+    "--version",
+    "versions",
+    multiple=True,
+    metavar="KIND:UUID",
+    help="Refresh these versions now (repeatable), e.g. audio:0b6e…",
+)
+@click.option(
+    "--rebuild",
+    type=click.Choice(["full", "concurrently", "safe"]),
+    default=None,
+    help="Rebuild everything with the SQL API instead of per version.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, as_json: bool) -> None:
     """Refresh read models: queued versions, named versions, or all.
@@ -183,12 +201,15 @@ def status_command(as_json: bool) -> None:
 
     def render() -> None:
         q = status["queue"]
-        console.print(f"queue: {q['depth']} queued ({q['ready']} ready, {q['claimed']} claimed, "
-                      f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
-                      f"{q['dead_letters']} dead letter(s)")
+        console.print(
+            f"queue: {q['depth']} queued ({q['ready']} ready, {q['claimed']} claimed, "
+            f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
+            f"{q['dead_letters']} dead letter(s)"
+        )
         for dead in status["dead_letters"]:
-            console.print(f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} "
-                          f"attempts: {dead['last_error']}")
+            console.print(
+                f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} attempts: {dead['last_error']}"
+            )
         table = Table()
         table.add_column("read model")
         table.add_column("rows", justify="right")
@@ -220,8 +241,9 @@ def enqueue_command(version: str) -> None:
 
 def _summaries(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return list(cur.execute(
-            """
+        return list(
+            cur.execute(
+                """
             SELECT 'audio' AS kind, v.name, s.covered_verses, s.total_verses,
                    round(s.verse_fraction * 100, 1) AS verse_pct, s.chapters_with_audio AS chapters,
                    s.books_complete
@@ -231,7 +253,10 @@ def _summaries(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
                    s.complete_chapters, s.books_complete
               FROM mv_text_version_progress_summary s JOIN text_versions v ON v.id = s.text_version_id
              ORDER BY 1, 2 LIMIT %s
-            """, [limit]))
+            """,
+                [limit],
+            )
+        )
 
 
 @cli.command("demo")
@@ -295,4 +320,3 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-

@@ -9,6 +9,7 @@ few seconds, so the sensor's runs show up in the UI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -105,10 +107,8 @@ def stop_child(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS)
             return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return process.wait()
 
 
@@ -116,8 +116,13 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
     """Runs command in its own process group; Ctrl-C or SIGTERM here stops it cleanly."""
     # Own session: Ctrl-C reaches only this process, which forwards one SIGINT. The
     # child gets SIGINT's default back, in case this process was started with it ignored.
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return process.wait()
@@ -134,8 +139,12 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
 @click.command("dev")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Host the Dagster UI listens on.")
 @click.option("--port", "-p", default=3000, show_default=True, type=int, help="Port of the Dagster UI.")
-@click.option("--demo/--no-demo", default=True, show_default=True,
-              help="Load the demo data when the database has no versions yet.")
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Load the demo data when the database has no versions yet.",
+)
 def dev_command(host: str, port: int, demo: bool) -> None:
     """Run Dagster (UI, daemon, sensor, schedules) against the product database.
 
@@ -181,16 +190,20 @@ def dev_command(host: str, port: int, demo: bool) -> None:
 
 # --- simulate ---------------------------------------------------------------
 
+
 def _publish_media_file(conn: psycopg.Connection, rng: random.Random) -> str | None:
     """A recording finishes uploading and is published (or a new chapter recording appears)."""
     pending = conn.execute(
         "SELECT mf.id, av.name FROM media_files mf JOIN audio_versions av ON av.id = mf.audio_version_id"
         " WHERE av.deleted_at IS NULL AND mf.deleted_at IS NULL AND mf.media_type = 'audio'"
         "   AND mf.is_bible_audio AND (mf.publish_status = 'pending' OR mf.upload_status <> 'completed')"
-        " ORDER BY random() LIMIT 1").fetchone()
+        " ORDER BY random() LIMIT 1"
+    ).fetchone()
     if pending:
-        conn.execute("UPDATE media_files SET upload_status = 'completed', publish_status = 'published'"
-                     " WHERE id = %s", [pending[0]])
+        conn.execute(
+            "UPDATE media_files SET upload_status = 'completed', publish_status = 'published' WHERE id = %s",
+            [pending[0]],
+        )
         return f"published pending media file {pending[0]} of {pending[1]!r}"
     row = conn.execute(
         "SELECT av.id, av.name, c.id, b.name, c.chapter_number"
@@ -198,14 +211,16 @@ def _publish_media_file(conn: psycopg.Connection, rng: random.Random) -> str | N
         "  JOIN chapters c ON c.book_id = b.id"
         " WHERE av.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM media_files mf"
         "        WHERE mf.audio_version_id = av.id AND mf.chapter_id = c.id AND mf.deleted_at IS NULL)"
-        " ORDER BY random() LIMIT 1").fetchone()
+        " ORDER BY random() LIMIT 1"
+    ).fetchone()
     if row is None:
         return None
     version_id, version, chapter, book, number = row
     conn.execute(
         "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status,"
         " publish_status, chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
-        [version_id, chapter])
+        [version_id, chapter],
+    )
     return f"published a recording of {book} {number} for {version!r}"
 
 
@@ -215,7 +230,8 @@ def _add_verse_texts(conn: psycopg.Connection, rng: random.Random) -> str | None
         "SELECT tv.id, tv.name, c.id, b.name, c.chapter_number"
         "  FROM text_versions tv JOIN books b ON b.bible_version_id = tv.bible_version_id"
         "  JOIN chapters c ON c.book_id = b.id WHERE tv.deleted_at IS NULL"
-        " ORDER BY random() LIMIT 1").fetchone()
+        " ORDER BY random() LIMIT 1"
+    ).fetchone()
     if row is None:
         return None
     version_id, version, chapter, book, number = row
@@ -226,7 +242,8 @@ def _add_verse_texts(conn: psycopg.Connection, rng: random.Random) -> str | None
         "    AND NOT EXISTS (SELECT 1 FROM verse_texts t WHERE t.verse_id = v.id AND t.text_version_id = %s)"
         "  ORDER BY v.verse_number LIMIT %s"
         " ON CONFLICT (verse_id, text_version_id) DO UPDATE SET deleted_at = NULL",
-        [version_id, chapter, version_id, count]).rowcount
+        [version_id, chapter, version_id, count],
+    ).rowcount
     if not inserted:
         return None
     return f"added {inserted} verse text(s) of {book} {number} to {version!r}"
@@ -245,23 +262,30 @@ def _soft_delete(conn: psycopg.Connection, rng: random.Random) -> str | None:
     row = conn.execute(
         "SELECT t.text_version_id, tv.name, v.chapter_id FROM verse_texts t"
         "  JOIN text_versions tv ON tv.id = t.text_version_id JOIN verses v ON v.id = t.verse_id"
-        " WHERE t.deleted_at IS NULL ORDER BY random() LIMIT 1").fetchone()
+        " WHERE t.deleted_at IS NULL ORDER BY random() LIMIT 1"
+    ).fetchone()
     if row is None:
         return None
     deleted = conn.execute(
         "UPDATE verse_texts t SET deleted_at = now() FROM verses v"
         " WHERE v.id = t.verse_id AND t.text_version_id = %s AND v.chapter_id = %s AND t.deleted_at IS NULL",
-        [row[0], row[2]]).rowcount
+        [row[0], row[2]],
+    ).rowcount
     return f"soft-deleted {deleted} verse text(s) of chapter {row[2]} in {row[1]!r}"
 
 
-CHANGES = ((_publish_media_file, 0.45), (_add_verse_texts, 0.4), (_soft_delete, 0.15))
+# Each change returns what it did, or None when there was nothing to change.
+CHANGES: tuple[tuple[Callable[[psycopg.Connection, random.Random], str | None], float], ...] = (
+    (_publish_media_file, 0.45),
+    (_add_verse_texts, 0.4),
+    (_soft_delete, 0.15),
+)
 
 
 def simulate_change(conn: psycopg.Connection, rng: random.Random) -> str:
     """Commits one random realistic change and says what it was."""
-    functions, weights = zip(*CHANGES)
-    first = rng.choices(functions, weights)[0]
+    functions = [change for change, _ in CHANGES]
+    first = rng.choices(functions, [weight for _, weight in CHANGES])[0]
     for change in (first, *(f for f in functions if f is not first)):
         with conn.transaction():
             done = change(conn, rng)
@@ -271,10 +295,16 @@ def simulate_change(conn: psycopg.Connection, rng: random.Random) -> str:
 
 
 @click.command("simulate")
-@click.option("--every", "interval", default=5.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between changes.")
-@click.option("--count", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Stop after this many changes (0: until Ctrl-C).")
+@click.option(
+    "--every", "interval", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds between changes."
+)
+@click.option(
+    "--count",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stop after this many changes (0: until Ctrl-C).",
+)
 @click.option("--seed", type=int, default=None, help="Random seed, for a repeatable sequence.")
 def simulate_command(interval: float, count: int, seed: int | None) -> None:
     """Commit a random realistic change every few seconds, as the apps would.

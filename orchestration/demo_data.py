@@ -183,7 +183,7 @@ class AudioVersionPlan:
         end: str | None = None,
         **not_live: Any,
     ) -> uuid.UUID:
-        live = {
+        live: dict[str, Any] = {
             "media_type": "audio",
             "is_bible_audio": True,
             "upload_status": "completed",
@@ -248,7 +248,9 @@ class AudioVersionPlan:
             # Crosses a book boundary: the end of one book into the next.
             index = self.rng.randrange(len(books) - 1)
             before, after = books[index][-1], books[index + 1][0]
-            self.add_file(start=before.verse(max(1, before.verse_count - 2)), end=after.verse(min(3, after.verse_count)))
+            self.add_file(
+                start=before.verse(max(1, before.verse_count - 2)), end=after.verse(min(3, after.verse_count))
+            )
         single = self.rng.choice(self.own.chapters)
         self.add_file(start=single.verse(1), end=None)  # no end: the start verse alone
         reversed_in = self.rng.choice(self.own.chapters)

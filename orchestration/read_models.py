@@ -56,21 +56,50 @@ def _chain(kind: Kind) -> tuple[ReadModel, ...]:
     summary = f"mv_{kind}_version_progress_summary"
     medium = "audio recordings" if kind == "audio" else "typed text"
     return (
-        ReadModel(verse, kind, "verse", (), f"{kind}_verse_coverage",
-                  f"Which verses each live {kind} version covers with {medium}: one row per covered verse."),
-        ReadModel(chapter, kind, "chapter", (verse,), f"{kind}_chapter_coverage",
-                  f"Per {kind} version and chapter with any coverage: how many verses are covered "
-                  "and whether the chapter is complete."),
-        ReadModel(book, kind, "book", (chapter,), f"{kind}_book_coverage",
-                  f"Every book of each live {kind} version's bible version, with its complete chapters "
-                  "(zero coverage included)."),
-        ReadModel(summary, kind, "summary", (verse, chapter, book), f"{kind}_version_progress_summary",
-                  f"How much of each live {kind} version is done: verse, chapter and book counts "
-                  "and fractions within its own bible version."),
-        ReadModel(f"language_entity_best_{kind}_version", kind, "best", (summary,),
-                  f"{kind}_best_version_by_language",
-                  f"The best live {kind} version of each language: highest verse, then chapter, "
-                  "then book fraction, then newest, then smallest id."),
+        ReadModel(
+            verse,
+            kind,
+            "verse",
+            (),
+            f"{kind}_verse_coverage",
+            f"Which verses each live {kind} version covers with {medium}: one row per covered verse.",
+        ),
+        ReadModel(
+            chapter,
+            kind,
+            "chapter",
+            (verse,),
+            f"{kind}_chapter_coverage",
+            f"Per {kind} version and chapter with any coverage: how many verses are covered "
+            "and whether the chapter is complete.",
+        ),
+        ReadModel(
+            book,
+            kind,
+            "book",
+            (chapter,),
+            f"{kind}_book_coverage",
+            f"Every book of each live {kind} version's bible version, with its complete chapters "
+            "(zero coverage included).",
+        ),
+        ReadModel(
+            summary,
+            kind,
+            "summary",
+            (verse, chapter, book),
+            f"{kind}_version_progress_summary",
+            f"How much of each live {kind} version is done: verse, chapter and book counts "
+            "and fractions within its own bible version.",
+        ),
+        ReadModel(
+            f"language_entity_best_{kind}_version",
+            kind,
+            "best",
+            (summary,),
+            f"{kind}_best_version_by_language",
+            f"The best live {kind} version of each language: highest verse, then chapter, "
+            "then book fraction, then newest, then smallest id.",
+        ),
     )
 
 

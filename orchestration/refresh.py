@@ -79,8 +79,10 @@ class RefreshReport:
             "failed": [{"kind": o.kind, "version_id": str(o.version_id), "error": o.error} for o in self.failed],
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
-            "rows": {name: {"inserted": c.inserted, "updated": c.updated, "deleted": c.deleted}
-                     for name, c in sorted(self.totals().items())},
+            "rows": {
+                name: {"inserted": c.inserted, "updated": c.updated, "deleted": c.deleted}
+                for name, c in sorted(self.totals().items())
+            },
         }
 
 
@@ -107,8 +109,9 @@ def drain_queue(
     report = RefreshReport()
     started = time.perf_counter()
     while max_versions is None or len(report.outcomes) < max_versions:
-        limit = policy.batch_size if max_versions is None else min(policy.batch_size,
-                                                                   max_versions - len(report.outcomes))
+        limit = (
+            policy.batch_size if max_versions is None else min(policy.batch_size, max_versions - len(report.outcomes))
+        )
         claims = gateway.claim_batch(conn, worker, limit, policy.lease_seconds, kind_list)
         if not claims:
             break
@@ -122,8 +125,7 @@ def drain_queue(
     return report
 
 
-def _drain_matviews(conn: psycopg.Connection,
-                    on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
+def _drain_matviews(conn: psycopg.Connection, on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
     """The matview strategy has no per-version refresh: the SQL drain claims
     every ready entry, refreshes all views once and settles the claims."""
     report = RefreshReport()

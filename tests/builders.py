@@ -69,8 +69,9 @@ def bible(
     spec = spec or {}
     total_verses = total_verses or {}
     result = Bible(bible_version_id)
-    conn.execute("INSERT INTO bible_versions (id, name) VALUES (%s, %s)",
-                 [bible_version_id, f"Bible {bible_version_id}"])
+    conn.execute(
+        "INSERT INTO bible_versions (id, name) VALUES (%s, %s)", [bible_version_id, f"Bible {bible_version_id}"]
+    )
     books, chapters, verses = [], [], []
     for book_number, (code, chapter_sizes) in enumerate(spec.items(), start=1):
         book_id = f"{bible_version_id}-{code}"
@@ -79,42 +80,52 @@ def bible(
         for chapter_number, size in enumerate(chapter_sizes, start=1):
             chapter_id = f"{book_id}-{chapter_number}"
             result.chapters[(code, chapter_number)] = chapter_id
-            chapters.append((chapter_id, book_id, chapter_number,
-                             total_verses.get((code, chapter_number), size)))
+            chapters.append((chapter_id, book_id, chapter_number, total_verses.get((code, chapter_number), size)))
             for verse_number in range(1, size + 1):
                 verse_id = f"{chapter_id}-{verse_number}"
                 result.verses[(code, chapter_number, verse_number)] = verse_id
-                verses.append((verse_id, chapter_id, verse_number,
-                               order_of(book_number, chapter_number, verse_number)))
+                verses.append((verse_id, chapter_id, verse_number, order_of(book_number, chapter_number, verse_number)))
     with conn.transaction():
         if books:
             conn.execute(
                 "INSERT INTO books (id, bible_version_id, book_number, name)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[])",
-                [list(col) for col in zip(*books, strict=True)])
+                [list(col) for col in zip(*books, strict=True)],
+            )
         if chapters:
             conn.execute(
                 "INSERT INTO chapters (id, book_id, chapter_number, total_verses)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[])",
-                [list(col) for col in zip(*chapters, strict=True)])
+                [list(col) for col in zip(*chapters, strict=True)],
+            )
         if verses:
             conn.execute(
                 "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::bigint[])",
-                [list(col) for col in zip(*verses, strict=True)])
+                [list(col) for col in zip(*verses, strict=True)],
+            )
     return result
 
 
 def language(conn: psycopg.Connection, name: str | None = None, *, id: uuid.UUID | None = None) -> uuid.UUID:
-    row = conn.execute("INSERT INTO language_entities (id, name) VALUES (%s, %s) RETURNING id",
-                       [id or uuid.uuid4(), name or "language"]).fetchone()
+    row = conn.execute(
+        "INSERT INTO language_entities (id, name) VALUES (%s, %s) RETURNING id",
+        [id or uuid.uuid4(), name or "language"],
+    ).fetchone()
     assert row is not None
     return row[0]
 
 
-def _version(conn: psycopg.Connection, table: str, bible_version_id: str | None,
-             language_entity_id: uuid.UUID | None, name: str | None, created_at: Any,
-             deleted_at: datetime | None, id: uuid.UUID | None) -> uuid.UUID:
+def _version(
+    conn: psycopg.Connection,
+    table: str,
+    bible_version_id: str | None,
+    language_entity_id: uuid.UUID | None,
+    name: str | None,
+    created_at: Any,
+    deleted_at: datetime | None,
+    id: uuid.UUID | None,
+) -> uuid.UUID:
     columns = ["id", "language_entity_id", "bible_version_id", "name", "deleted_at"]
     values: list[Any] = [id or uuid.uuid4(), language_entity_id, bible_version_id, name or table, deleted_at]
     if created_at is not UNSET:
@@ -122,22 +133,39 @@ def _version(conn: psycopg.Connection, table: str, bible_version_id: str | None,
         values.append(created_at)
     row = conn.execute(
         sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
-            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(values))),
-        values).fetchone()
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+        ),
+        values,
+    ).fetchone()
     assert row is not None
     return row[0]
 
 
-def audio_version(conn: psycopg.Connection, bible_version_id: str | None, language_entity_id: uuid.UUID | None = None,
-                  *, name: str | None = None, created_at: Any = UNSET, deleted_at: datetime | None = None,
-                  id: uuid.UUID | None = None) -> uuid.UUID:
+def audio_version(
+    conn: psycopg.Connection,
+    bible_version_id: str | None,
+    language_entity_id: uuid.UUID | None = None,
+    *,
+    name: str | None = None,
+    created_at: Any = UNSET,
+    deleted_at: datetime | None = None,
+    id: uuid.UUID | None = None,
+) -> uuid.UUID:
     return _version(conn, "audio_versions", bible_version_id, language_entity_id, name, created_at, deleted_at, id)
 
 
-def text_version(conn: psycopg.Connection, bible_version_id: str | None, language_entity_id: uuid.UUID | None = None,
-                 *, name: str | None = None, created_at: Any = UNSET, deleted_at: datetime | None = None,
-                 id: uuid.UUID | None = None) -> uuid.UUID:
+def text_version(
+    conn: psycopg.Connection,
+    bible_version_id: str | None,
+    language_entity_id: uuid.UUID | None = None,
+    *,
+    name: str | None = None,
+    created_at: Any = UNSET,
+    deleted_at: datetime | None = None,
+    id: uuid.UUID | None = None,
+) -> uuid.UUID:
     return _version(conn, "text_versions", bible_version_id, language_entity_id, name, created_at, deleted_at, id)
 
 
@@ -161,8 +189,19 @@ def media_file(
         "INSERT INTO media_files (id, audio_version_id, media_type, is_bible_audio, upload_status,"
         " publish_status, chapter_id, start_verse_id, end_verse_id, deleted_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        [id or uuid.uuid4(), audio_version_id, media_type, is_bible_audio, upload_status, publish_status,
-         chapter, start, end, deleted_at]).fetchone()
+        [
+            id or uuid.uuid4(),
+            audio_version_id,
+            media_type,
+            is_bible_audio,
+            upload_status,
+            publish_status,
+            chapter,
+            start,
+            end,
+            deleted_at,
+        ],
+    ).fetchone()
     assert row is not None
     file_id = row[0]
     verse_list = list(verses)
@@ -171,31 +210,46 @@ def media_file(
     return file_id
 
 
-def mapping(conn: psycopg.Connection, media_file_id: uuid.UUID, verse_id: str,
-            *, deleted_at: datetime | None = None) -> uuid.UUID:
+def mapping(
+    conn: psycopg.Connection, media_file_id: uuid.UUID, verse_id: str, *, deleted_at: datetime | None = None
+) -> uuid.UUID:
     row = conn.execute(
         "INSERT INTO media_files_verses (id, media_file_id, verse_id, deleted_at)"
         " VALUES (gen_random_uuid(), %s, %s, %s) RETURNING id",
-        [media_file_id, verse_id, deleted_at]).fetchone()
+        [media_file_id, verse_id, deleted_at],
+    ).fetchone()
     assert row is not None
     return row[0]
 
 
 def mappings(conn: psycopg.Connection, media_file_id: uuid.UUID, verse_ids: Sequence[str]) -> list[uuid.UUID]:
     """Live mappings of one file, in one statement."""
-    return [r[0] for r in conn.execute(
-        "INSERT INTO media_files_verses (id, media_file_id, verse_id)"
-        " SELECT gen_random_uuid(), %s, v FROM unnest(%s::text[]) AS v RETURNING id",
-        [media_file_id, list(verse_ids)])]
+    return [
+        r[0]
+        for r in conn.execute(
+            "INSERT INTO media_files_verses (id, media_file_id, verse_id)"
+            " SELECT gen_random_uuid(), %s, v FROM unnest(%s::text[]) AS v RETURNING id",
+            [media_file_id, list(verse_ids)],
+        )
+    ]
 
 
-def verse_texts(conn: psycopg.Connection, text_version_id: uuid.UUID, verse_ids: Sequence[str],
-                *, deleted_at: datetime | None = None) -> list[uuid.UUID]:
+def verse_texts(
+    conn: psycopg.Connection,
+    text_version_id: uuid.UUID,
+    verse_ids: Sequence[str],
+    *,
+    deleted_at: datetime | None = None,
+) -> list[uuid.UUID]:
     """Verse texts of one text version, in one statement."""
-    return [r[0] for r in conn.execute(
-        "INSERT INTO verse_texts (id, text_version_id, verse_id, verse_text, deleted_at)"
-        " SELECT gen_random_uuid(), %s, v, 'text of ' || v, %s FROM unnest(%s::text[]) AS v RETURNING id",
-        [text_version_id, deleted_at, list(verse_ids)])]
+    return [
+        r[0]
+        for r in conn.execute(
+            "INSERT INTO verse_texts (id, text_version_id, verse_id, verse_text, deleted_at)"
+            " SELECT gen_random_uuid(), %s, v, 'text of ' || v, %s FROM unnest(%s::text[]) AS v RETURNING id",
+            [text_version_id, deleted_at, list(verse_ids)],
+        )
+    ]
 
 
 # Queue, drain and checks ------------------------------------------------------
@@ -233,10 +287,16 @@ def assert_read_models_match(conn: psycopg.Connection) -> None:
         for m in READ_MODELS:
             if m.name not in bad:
                 continue
-            extra = conn.execute(sql.SQL("SELECT * FROM {} EXCEPT ALL SELECT * FROM {} LIMIT 5").format(
-                sql.Identifier(m.name), sql.Identifier(m.logical_view))).fetchall()
-            missing = conn.execute(sql.SQL("SELECT * FROM {} EXCEPT ALL SELECT * FROM {} LIMIT 5").format(
-                sql.Identifier(m.logical_view), sql.Identifier(m.name))).fetchall()
+            extra = conn.execute(
+                sql.SQL("SELECT * FROM {} EXCEPT ALL SELECT * FROM {} LIMIT 5").format(
+                    sql.Identifier(m.name), sql.Identifier(m.logical_view)
+                )
+            ).fetchall()
+            missing = conn.execute(
+                sql.SQL("SELECT * FROM {} EXCEPT ALL SELECT * FROM {} LIMIT 5").format(
+                    sql.Identifier(m.logical_view), sql.Identifier(m.name)
+                )
+            ).fetchall()
             details.append(f"{m.name}: only stored {extra}, only in view {missing}")
         raise AssertionError("read models differ from their logical views: " + "; ".join(details))
 
@@ -256,10 +316,15 @@ def fetch(conn: psycopg.Connection, query: str, params: Sequence[Any] | None = N
 
 
 def verse_ids(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> set[str]:
-    return {r[0] for r in conn.execute(
-        sql.SQL("SELECT verse_id FROM {} WHERE {} = %s").format(
-            sql.Identifier(f"mv_{kind}_verse_coverage"), sql.Identifier(f"{kind}_version_id")),
-        [version_id])}
+    return {
+        r[0]
+        for r in conn.execute(
+            sql.SQL("SELECT verse_id FROM {} WHERE {} = %s").format(
+                sql.Identifier(f"mv_{kind}_verse_coverage"), sql.Identifier(f"{kind}_version_id")
+            ),
+            [version_id],
+        )
+    }
 
 
 def chapter_rows(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> dict[str, tuple]:
@@ -267,8 +332,10 @@ def chapter_rows(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> 
     text: with_text, total, complete)."""
     rows = conn.execute(
         sql.SQL("SELECT * FROM {} WHERE {} = %s").format(
-            sql.Identifier(f"mv_{kind}_chapter_coverage"), sql.Identifier(f"{kind}_version_id")),
-        [version_id]).fetchall()
+            sql.Identifier(f"mv_{kind}_chapter_coverage"), sql.Identifier(f"{kind}_version_id")
+        ),
+        [version_id],
+    ).fetchall()
     return {r[1]: tuple(r[2:]) for r in rows}
 
 
@@ -276,16 +343,20 @@ def book_rows(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> dic
     """book_id -> (complete_chapters, total_chapters, is_complete)."""
     rows = conn.execute(
         sql.SQL("SELECT book_id, complete_chapters, total_chapters, is_complete FROM {} WHERE {} = %s").format(
-            sql.Identifier(f"mv_{kind}_book_coverage"), sql.Identifier(f"{kind}_version_id")),
-        [version_id]).fetchall()
+            sql.Identifier(f"mv_{kind}_book_coverage"), sql.Identifier(f"{kind}_version_id")
+        ),
+        [version_id],
+    ).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def summary(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> dict[str, Any] | None:
     cur = conn.execute(
         sql.SQL("SELECT * FROM {} WHERE {} = %s").format(
-            sql.Identifier(f"mv_{kind}_version_progress_summary"), sql.Identifier(f"{kind}_version_id")),
-        [version_id])
+            sql.Identifier(f"mv_{kind}_version_progress_summary"), sql.Identifier(f"{kind}_version_id")
+        ),
+        [version_id],
+    )
     row = cur.fetchone()
     if row is None:
         return None
@@ -296,8 +367,10 @@ def summary(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> dict[
 def best(conn: psycopg.Connection, kind: str, language_entity_id: uuid.UUID) -> uuid.UUID | None:
     row = conn.execute(
         sql.SQL("SELECT {} FROM {} WHERE language_entity_id = %s").format(
-            sql.Identifier(f"{kind}_version_id"), sql.Identifier(f"language_entity_best_{kind}_version")),
-        [language_entity_id]).fetchone()
+            sql.Identifier(f"{kind}_version_id"), sql.Identifier(f"language_entity_best_{kind}_version")
+        ),
+        [language_entity_id],
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -307,7 +380,11 @@ def rows_of_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) 
     for m in READ_MODELS:
         if m.kind != kind:
             continue
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
-            sql.Identifier(m.name), sql.Identifier(f"{kind}_version_id")), [version_id]).fetchone()
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                sql.Identifier(m.name), sql.Identifier(f"{kind}_version_id")
+            ),
+            [version_id],
+        ).fetchone()
         counts[m.name] = row[0] if row else 0
     return counts

@@ -106,4 +106,3 @@ def db(dsn: str) -> Iterator[psycopg.Connection]:
     """Autocommit connection to this test's fresh database."""
     with connect(dsn) as conn:
         yield conn
-

@@ -18,9 +18,20 @@ from orchestration.resources import PostgresResource
 from orchestration.structure import chapter_id, load_bible_structure, verse_id
 
 METADATA_KEYS = {
-    "versions_refreshed", "version_ids", "rows_inserted", "rows_updated", "rows_deleted", "rows_written",
-    "duration_seconds", "dagster/row_count", "table_size_bytes", "failed_versions", "failed_versions_count",
-    "dead_letters", "outcome", "mode",
+    "versions_refreshed",
+    "version_ids",
+    "rows_inserted",
+    "rows_updated",
+    "rows_deleted",
+    "rows_written",
+    "duration_seconds",
+    "dagster/row_count",
+    "table_size_bytes",
+    "failed_versions",
+    "failed_versions_count",
+    "dead_letters",
+    "outcome",
+    "mode",
 }
 
 
@@ -44,10 +55,14 @@ def seed(conn: psycopg.Connection, audio_versions: int = 1) -> dict[str, list[uu
     audio = [uuid.uuid4() for _ in range(audio_versions)]
     text = [uuid.uuid4()]
     for i, version in enumerate(audio):
-        conn.execute("INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name)"
-                     " VALUES (%s, %s, 'kjv', %s)", [version, language, f"audio {i}"])
-    conn.execute("INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)"
-                 " VALUES (%s, %s, 'kjv', 'text')", [text[0], language])
+        conn.execute(
+            "INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name) VALUES (%s, %s, 'kjv', %s)",
+            [version, language, f"audio {i}"],
+        )
+    conn.execute(
+        "INSERT INTO text_versions (id, language_entity_id, bible_version_id, name) VALUES (%s, %s, 'kjv', 'text')",
+        [text[0], language],
+    )
     return {"audio": audio, "text": text}
 
 
@@ -55,14 +70,16 @@ def publish_chapter(conn: psycopg.Connection, audio_version: uuid.UUID, chapter:
     conn.execute(
         "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status, publish_status,"
         " chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
-        [audio_version, chapter_id("kjv", "Gen", chapter)])
+        [audio_version, chapter_id("kjv", "Gen", chapter)],
+    )
 
 
 def add_verse_texts(conn: psycopg.Connection, text_version: uuid.UUID, verses: range) -> None:
     conn.execute(
         "INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
         " SELECT %s, v, 'In the beginning' FROM unnest(%s::text[]) AS v",
-        [text_version, [verse_id("kjv", "Gen", 1, n) for n in verses]])
+        [text_version, [verse_id("kjv", "Gen", 1, n) for n in verses]],
+    )
 
 
 def assert_read_models_equal_views(conn: psycopg.Connection) -> None:
@@ -71,20 +88,28 @@ def assert_read_models_equal_views(conn: psycopg.Connection) -> None:
 
 
 def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
-    return {event.asset_key.to_user_string(): event.materialization.metadata
-            for event in result.get_asset_materialization_events()}
+    return {
+        event.asset_key.to_user_string(): event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e
-            for e in (event.asset_check_evaluation_data for event in result.all_events
-                      if event.event_type_value == "ASSET_CHECK_EVALUATION")}
+    return {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e
+        for e in (
+            event.asset_check_evaluation_data
+            for event in result.all_events
+            if event.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
+    }
 
 
 def run_job(dsn: str, name: str, run_config: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
     instance = kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral()
-    result = defs_for(dsn).resolve_job_def(name).execute_in_process(
-        run_config=run_config or {}, instance=instance, **kwargs)
+    result = (
+        defs_for(dsn).resolve_job_def(name).execute_in_process(run_config=run_config or {}, instance=instance, **kwargs)
+    )
     _instances[result.run_id] = instance
     return result
 
@@ -112,7 +137,7 @@ def test_refresh_job_makes_read_models_equal_their_logical_views(db, dsn):
     metadata = materializations(result)
     assert set(metadata) == {model.name for model in READ_MODELS}
     for name, values in metadata.items():
-        assert METADATA_KEYS <= set(values), name
+        assert set(values) >= METADATA_KEYS, name
     verse = metadata["mv_audio_verse_coverage"]
     assert verse["versions_refreshed"].value == 1
     assert verse["version_ids"].value == [str(versions["audio"][0])]
@@ -161,8 +186,11 @@ def test_run_config_naming_versions_refreshes_only_those(db, dsn):
     publish_chapter(db, second, 2)
     op_config = {"config": {"versions": [f"audio:{first}"]}}
 
-    result = run_job(dsn, "refresh_queued_versions",
-                     {"ops": {"refresh_audio_progress": op_config, "refresh_text_progress": op_config}})
+    result = run_job(
+        dsn,
+        "refresh_queued_versions",
+        {"ops": {"refresh_audio_progress": op_config, "refresh_text_progress": op_config}},
+    )
 
     assert result.success
     refreshed = [row[0] for row in db.execute("SELECT audio_version_id FROM mv_audio_version_progress_summary")]
@@ -176,8 +204,9 @@ def test_run_config_naming_versions_refreshes_only_those(db, dsn):
 
 def test_unknown_named_version_fails_the_run_with_one_clear_line(dsn):
     op_config = {"config": {"versions": [f"audio:{uuid.uuid4()}"]}}
-    result = run_job(dsn, "refresh_queued_versions", {"ops": {"refresh_audio_progress": op_config}},
-                     raise_on_error=False)
+    result = run_job(
+        dsn, "refresh_queued_versions", {"ops": {"refresh_audio_progress": op_config}}, raise_on_error=False
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "unknown audio version" in failure.step_failure_data.error.message
@@ -285,7 +314,8 @@ def test_stale_queue_fails_the_staleness_check(db, dsn, age_seconds, passed):
     result = dg.materialize(
         [*base_table_specs, *read_model_assets, *all_checks],
         selection=dg.AssetSelection.checks(
-            dg.AssetCheckKey(dg.AssetKey("mv_audio_version_progress_summary"), "queue_not_stale")),
+            dg.AssetCheckKey(dg.AssetKey("mv_audio_version_progress_summary"), "queue_not_stale")
+        ),
         resources={"postgres": PostgresResource(database_url=dsn)},
     )
 
@@ -319,8 +349,7 @@ def test_retried_backfill_resumes_instead_of_requeueing(db, dsn, monkeypatch):
         # The failed versions wait out their backoff; make them ready, as time would.
         db.execute("UPDATE progress_refresh_queue SET not_before = NULL")
         options = dg.ReexecutionOptions.from_failure(first.run_id, instance)
-        with dg.execute_job(dg.reconstructable(full_backfill_job), instance,
-                            reexecution_options=options) as retry:
+        with dg.execute_job(dg.reconstructable(full_backfill_job), instance, reexecution_options=options) as retry:
             assert retry.success
             logs = [entry.user_message for entry in instance.all_logs(retry.run_id)]
     assert any("audio: resuming a backfill, 2 version(s) still queued" in m for m in logs), logs

@@ -19,19 +19,51 @@ from orchestration.db.connection import connect
 ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = {
-    "refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text", "refresh_10_mixed",
-    "full_rebuild", "full_rebuild_vs_concurrently", "concurrent_rebuild", "full_rebuild_wal",
-    "capture_bulk_insert", "capture_single_inserts",
-    "unchanged_time", "unchanged_rows", "unchanged_wal", "one_chapter_time", "one_chapter_rows", "one_chapter_wal",
-    "read_summary_audio", "read_summary_text", "read_chapters_audio", "read_chapters_text",
+    "refresh_1_audio_chapter",
+    "refresh_1_audio_range",
+    "refresh_1_text",
+    "refresh_10_mixed",
+    "full_rebuild",
+    "full_rebuild_vs_concurrently",
+    "concurrent_rebuild",
+    "full_rebuild_wal",
+    "capture_bulk_insert",
+    "capture_single_inserts",
+    "unchanged_time",
+    "unchanged_rows",
+    "unchanged_wal",
+    "one_chapter_time",
+    "one_chapter_rows",
+    "one_chapter_wal",
+    "read_summary_audio",
+    "read_summary_text",
+    "read_chapters_audio",
+    "read_chapters_text",
 }
 
 
 def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--sizes", "XS", "--repeat", "1", "--lookups", "10",
-         "--dsn", server_dsn, "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--sizes",
+            "XS",
+            "--repeat",
+            "1",
+            "--lookups",
+            "10",
+            "--dsn",
+            server_dsn,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr
     # Progress lines on stderr, the Markdown table on stdout.
@@ -64,6 +96,7 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     prefix = re.search(r"in (bench_\d+_)xs_template", result.stderr)
     assert prefix is not None, result.stderr
     with connect(server_dsn) as admin:
-        left = admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                             [prefix.group(1)]).fetchall()
+        left = admin.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix.group(1)]
+        ).fetchall()
     assert left == []

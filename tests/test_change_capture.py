@@ -77,8 +77,14 @@ def test_media_file_insert_queues_its_version_when_live(db, w):
     b.media_file(db, w.a2, chapter=w.A.chapter("EXO", 1))
     assert b.queued(db) == audio(w.a2)
     b.clear_queue(db)
-    for not_live in [{"upload_status": "failed"}, {"publish_status": "pending"}, {"media_type": "video"},
-                     {"is_bible_audio": None}, {"is_bible_audio": False}, {"deleted_at": NOW}]:
+    for not_live in [
+        {"upload_status": "failed"},
+        {"publish_status": "pending"},
+        {"media_type": "video"},
+        {"is_bible_audio": None},
+        {"is_bible_audio": False},
+        {"deleted_at": NOW},
+    ]:
         b.media_file(db, w.a2, chapter=w.A.chapter("EXO", 1), **not_live)
     assert b.queued(db) == set()
 
@@ -89,26 +95,36 @@ def test_media_file_delete_queues_its_version_when_it_was_live(db, w):
 
 
 def test_media_file_move_queues_old_and_new_version(db, w):
-    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s",
-                       [w.b1, w.f1]) == audio(w.a1, w.b1)
-    assert queue_after(db, "UPDATE media_files SET audio_version_id = NULL WHERE id = %s",
-                       [w.f1]) == audio(w.b1)
-    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s",
-                       [w.a2, w.f1]) == audio(w.a2)
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s", [w.b1, w.f1]) == audio(
+        w.a1, w.b1
+    )
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = NULL WHERE id = %s", [w.f1]) == audio(w.b1)
+    assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s", [w.a2, w.f1]) == audio(w.a2)
 
 
-@pytest.mark.parametrize(("column", "value"), [
-    ("upload_status", "failed"), ("publish_status", "archived"), ("media_type", "video"),
-    ("is_bible_audio", None), ("is_bible_audio", False), ("deleted_at", NOW),
-    ("chapter_id", "A-EXO-1"), ("chapter_id", None), ("start_verse_id", "A-GEN-2-1"), ("end_verse_id", "A-GEN-2-2"),
-])
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("upload_status", "failed"),
+        ("publish_status", "archived"),
+        ("media_type", "video"),
+        ("is_bible_audio", None),
+        ("is_bible_audio", False),
+        ("deleted_at", NOW),
+        ("chapter_id", "A-EXO-1"),
+        ("chapter_id", None),
+        ("start_verse_id", "A-GEN-2-1"),
+        ("end_verse_id", "A-GEN-2-2"),
+    ],
+)
 def test_media_file_relevant_change_queues_its_version(db, w, column, value):
     assert queue_after(db, f"UPDATE media_files SET {column} = %s WHERE id = %s", [value, w.f1]) == audio(w.a1)
 
 
 def test_media_file_becoming_live_queues_its_version(db, w):
-    assert queue_after(db, "UPDATE media_files SET upload_status = 'completed' WHERE id = %s",
-                       [w.f_pending]) == audio(w.a2)
+    assert queue_after(db, "UPDATE media_files SET upload_status = 'completed' WHERE id = %s", [w.f_pending]) == audio(
+        w.a2
+    )
 
 
 def test_media_file_update_that_changes_nothing_relevant_queues_nothing(db, w):
@@ -116,8 +132,14 @@ def test_media_file_update_that_changes_nothing_relevant_queues_nothing(db, w):
     assert queue_after(db, "UPDATE media_files SET upload_status = upload_status, chapter_id = chapter_id") == set()
     assert queue_after(db, "UPDATE media_files SET title = 'renamed'") == set()
     # a file that stays not live queues nothing either
-    assert queue_after(db, "UPDATE media_files SET upload_status = 'uploading', chapter_id = 'A-EXO-1'"
-                           " WHERE id = %s", [w.f_pending]) == set()
+    assert (
+        queue_after(
+            db,
+            "UPDATE media_files SET upload_status = 'uploading', chapter_id = 'A-EXO-1' WHERE id = %s",
+            [w.f_pending],
+        )
+        == set()
+    )
 
 
 def test_media_file_multi_row_update_queues_each_version_once(db, w):
@@ -140,8 +162,9 @@ def test_mapping_writes_queue_the_parent_files_version(db, w):
     # a mapping moved to another file: both files' versions
     other = b.media_file(db, w.b1, start=w.B.verse("EXO", 1, 1))
     m2 = b.mapping(db, other, w.B.verse("EXO", 1, 2))
-    assert queue_after(db, "UPDATE media_files_verses SET media_file_id = %s WHERE id = %s",
-                       [w.f1, m2]) == audio(w.a1, w.b1)
+    assert queue_after(db, "UPDATE media_files_verses SET media_file_id = %s WHERE id = %s", [w.f1, m2]) == audio(
+        w.a1, w.b1
+    )
 
 
 def test_mapping_update_that_changes_nothing_queues_nothing(db, w):
@@ -241,10 +264,11 @@ def test_structure_change_queues_versions_whose_coverage_reaches_into_it(db, w):
     b.media_file(db, w.b1, verses=[w.A.verse("EXO", 1, 1)])
     b.verse_texts(db, w.tb, [w.A.verse("EXO", 1, 1)])
     b.drain(db)
-    for statement in ["UPDATE chapters SET total_verses = 7 WHERE id = 'A-EXO-1'",
-                      "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
-                      " VALUES ('A-EXO-1-3', 'A-EXO-1', 3, 2001003)",
-                      "UPDATE chapters SET book_id = 'A-GEN' WHERE id = 'A-EXO-1'"]:
+    for statement in [
+        "UPDATE chapters SET total_verses = 7 WHERE id = 'A-EXO-1'",
+        "INSERT INTO verses (id, chapter_id, verse_number, global_order) VALUES ('A-EXO-1-3', 'A-EXO-1', 3, 2001003)",
+        "UPDATE chapters SET book_id = 'A-GEN' WHERE id = 'A-EXO-1'",
+    ]:
         assert queue_after(db, statement) >= audio(w.b1) | text(w.tb), statement
 
 
@@ -252,8 +276,10 @@ def test_structure_change_reaching_a_range_from_another_bible_queues_it(db, w):
     # a1 (bible A) holds a range of B's verses; a verse inserted into B inside that range
     b.media_file(db, w.a1, start=w.B.verse("GEN", 2, 1), end=w.B.verse("EXO", 1, 1))
     b.drain(db)
-    queued = queue_after(db, "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
-                             " VALUES ('B-GEN-2-3', 'B-GEN-2', 3, 1002003)")
+    queued = queue_after(
+        db,
+        "INSERT INTO verses (id, chapter_id, verse_number, global_order) VALUES ('B-GEN-2-3', 'B-GEN-2', 3, 1002003)",
+    )
     assert queued >= audio(w.a1, w.b1) | text(w.tb)
     b.drain(db)
     b.assert_read_models_match(db)
@@ -280,7 +306,8 @@ def test_BUG_reordering_a_ranges_end_verse_in_another_bible_queues_the_range_ver
     queued = queue_after(db, "UPDATE verses SET global_order = 1001002 WHERE id = 'A-GEN-1-3'")
     b.drain(db)
     assert b.mismatch_counts(db)["mv_audio_verse_coverage"] == 0, (
-        "stale: mv_audio_verse_coverage still holds B-GEN-1-3 for the range's version")
+        "stale: mv_audio_verse_coverage still holds B-GEN-1-3 for the range's version"
+    )
     assert ("audio", v) in queued
     assert b.verse_ids(db, "audio", v) == {"B-GEN-1-1", "B-GEN-1-2"}
 
@@ -289,9 +316,9 @@ def test_BUG_reordering_a_ranges_end_verse_in_another_bible_queues_the_range_ver
 
 
 def test_enqueue_rejects_bad_input(db, w):
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown version kind 'bogus'"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"unknown version kind 'bogus'"):
         db.execute("SELECT enqueue_progress_refresh('bogus', %s)", [w.a1])
-    with pytest.raises(psycopg.Error, match="(?i)null"):
+    with pytest.raises(psycopg.Error, match=r"(?i)null"):
         db.execute("SELECT enqueue_progress_refresh('audio', NULL)")
     missing = uuid.uuid4()
     with pytest.raises(psycopg.Error, match=f"unknown audio version {missing}"):

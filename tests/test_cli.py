@@ -19,8 +19,9 @@ def run_cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = Non
     if dsn is not None:
         environment["PROGRESS_DATABASE_URL"] = dsn
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "orchestration", *args], capture_output=True, text=True,
-                          env=environment, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration", *args], capture_output=True, text=True, env=environment, timeout=120
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -87,8 +88,9 @@ def test_newer_schema_is_refused(dsn: str) -> None:
 
 def test_unknown_version_is_refused(dsn: str) -> None:
     missing = uuid.uuid4()
-    assert_one_line_error(run_cli("refresh", "--version", f"audio:{missing}", dsn=dsn),
-                          "unknown audio version", str(missing))
+    assert_one_line_error(
+        run_cli("refresh", "--version", f"audio:{missing}", dsn=dsn), "unknown audio version", str(missing)
+    )
     assert_one_line_error(run_cli("enqueue", f"text:{missing}", dsn=dsn), "unknown text version")
 
 
@@ -121,10 +123,14 @@ def test_refresh_queued_then_status_shows_rows(dsn: str) -> None:
         conn.execute("INSERT INTO chapters VALUES ('b-1-1', 'b-1', 1, 1)")
         conn.execute("INSERT INTO verses VALUES ('b-1-1-1', 'b-1-1', 1, 1)")
         conn.execute("INSERT INTO language_entities (id, name) VALUES (gen_random_uuid(), 'L')")
-        conn.execute("INSERT INTO text_versions (language_entity_id, bible_version_id, name)"
-                     " SELECT id, 'b', 'T' FROM language_entities")
-        conn.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
-                     " SELECT id, 'b-1-1-1', 'text' FROM text_versions")
+        conn.execute(
+            "INSERT INTO text_versions (language_entity_id, bible_version_id, name)"
+            " SELECT id, 'b', 'T' FROM language_entities"
+        )
+        conn.execute(
+            "INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
+            " SELECT id, 'b-1-1-1', 'text' FROM text_versions"
+        )
     result = run_cli("refresh", "--json", dsn=dsn)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -8,6 +8,7 @@ measures and prints the time from the commit to the summary showing it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -68,8 +69,10 @@ def free_port() -> int:
 
 def graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"})
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
 
@@ -96,8 +99,9 @@ def sensor_run_statuses(port: int) -> list[str]:
 
 
 def covered_verses(conn: psycopg.Connection, version: uuid.UUID) -> int | None:
-    row = conn.execute("SELECT covered_verses FROM mv_audio_version_progress_summary WHERE audio_version_id = %s",
-                       [version]).fetchone()
+    row = conn.execute(
+        "SELECT covered_verses FROM mv_audio_version_progress_summary WHERE audio_version_id = %s", [version]
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -105,10 +109,8 @@ def stop_everything(process: subprocess.Popen) -> None:
     """dagster dev stops its webserver, daemon and code server on SIGINT; whatever is
     left in its process group (run workers) is killed."""
     stop_child(process, timeout=20)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.e2e
@@ -116,8 +118,11 @@ def test_sensor_run_refreshes_a_committed_change(db, dsn, server_dsn, tmp_path):
     load_bible_structure(db, "kjv", chapters_limit=3)
     language, version = uuid.uuid4(), uuid.uuid4()
     db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'E2E language')", [language])
-    db.execute("INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name)"
-               " VALUES (%s, %s, 'kjv', 'E2E audio')", [version, language])
+    db.execute(
+        "INSERT INTO audio_versions (id, language_entity_id, bible_version_id, name)"
+        " VALUES (%s, %s, 'kjv', 'E2E audio')",
+        [version, language],
+    )
     drain_queue(db)
     assert covered_verses(db, version) == 0
 
@@ -136,16 +141,24 @@ def test_sensor_run_refreshes_a_committed_change(db, dsn, server_dsn, tmp_path):
     )
     log = tmp_path / "dagster_dev.log"
     with log.open("w") as output:
-        process = subprocess.Popen(dagster_command("127.0.0.1", port), cwd=PROJECT_ROOT, env=env,
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            dagster_command("127.0.0.1", port),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         started = time.monotonic()
         wait_for_webserver(port, process, log)
         print(f"\ndagster dev served after {time.monotonic() - started:.1f}s")
 
-        db.execute("INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status,"
-                   " publish_status, chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
-                   [version, chapter_id("kjv", "Gen", 1)])
+        db.execute(
+            "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status,"
+            " publish_status, chapter_id) VALUES (%s, 'audio', true, 'completed', 'published', %s)",
+            [version, chapter_id("kjv", "Gen", 1)],
+        )
         committed = time.monotonic()
 
         shown_after = succeeded_after = None
@@ -162,8 +175,10 @@ def test_sensor_run_refreshes_a_committed_change(db, dsn, server_dsn, tmp_path):
 
         assert shown_after is not None, f"summary never showed the change:\n{log.read_text()[-4000:]}"
         assert succeeded_after is not None, f"no successful sensor run:\n{log.read_text()[-4000:]}"
-        print(f"change committed -> summary shows it: {shown_after:.1f}s; "
-              f"sensor-triggered run succeeded after {succeeded_after:.1f}s")
+        print(
+            f"change committed -> summary shows it: {shown_after:.1f}s; "
+            f"sensor-triggered run succeeded after {succeeded_after:.1f}s"
+        )
         assert len(sensor_run_statuses(port)) == 1  # one run for the change, never one per version
     finally:
         stop_everything(process)
@@ -172,10 +187,14 @@ def test_sensor_run_refreshes_a_committed_change(db, dsn, server_dsn, tmp_path):
 
 
 def test_storage_url_for_the_embedded_socket_and_for_a_password():
-    assert sqlalchemy_url("postgresql://postgres:@/postgres?host=/srv/pgdata", "dagster") == \
-        "postgresql+psycopg2://postgres@/dagster?host=%2Fsrv%2Fpgdata"
-    assert sqlalchemy_url("postgresql://app:p%40ss@db.example.com:6543/app?sslmode=require") == \
-        "postgresql+psycopg2://app:p%40ss@db.example.com:6543/app?sslmode=require"
+    assert (
+        sqlalchemy_url("postgresql://postgres:@/postgres?host=/srv/pgdata", "dagster")
+        == "postgresql+psycopg2://postgres@/dagster?host=%2Fsrv%2Fpgdata"
+    )
+    assert (
+        sqlalchemy_url("postgresql://app:p%40ss@db.example.com:6543/app?sslmode=require")
+        == "postgresql+psycopg2://app:p%40ss@db.example.com:6543/app?sslmode=require"
+    )
 
 
 def test_simulated_changes_are_committed_and_queued(db):
@@ -186,10 +205,14 @@ def test_simulated_changes_are_committed_and_queued(db):
     load_bible_structure(db, "kjv", chapters_limit=3)
     language = uuid.uuid4()
     db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'Sim language')", [language])
-    db.execute("INSERT INTO audio_versions (language_entity_id, bible_version_id, name)"
-               " VALUES (%s, 'kjv', 'Sim audio')", [language])
-    db.execute("INSERT INTO text_versions (language_entity_id, bible_version_id, name)"
-               " VALUES (%s, 'kjv', 'Sim text')", [language])
+    db.execute(
+        "INSERT INTO audio_versions (language_entity_id, bible_version_id, name) VALUES (%s, 'kjv', 'Sim audio')",
+        [language],
+    )
+    db.execute(
+        "INSERT INTO text_versions (language_entity_id, bible_version_id, name) VALUES (%s, 'kjv', 'Sim text')",
+        [language],
+    )
     drain_queue(db)
     rng = random.Random(1)
     said = [simulate_change(db, rng) for _ in range(6)]

@@ -40,6 +40,7 @@ def test_read_models_have_their_group_kind_and_description(graph):
 
 def test_read_model_lineage_is_verse_chapter_book_summary_best(graph):
     for kind in ("audio", "text"):
+
         def parents(name: str) -> set[str]:
             keys = graph.get(dg.AssetKey(name)).parent_keys
             return {k.to_user_string() for k in keys if k.to_user_string() in READ_MODEL_NAMES}
@@ -48,7 +49,10 @@ def test_read_model_lineage_is_verse_chapter_book_summary_best(graph):
         assert parents(f"mv_{kind}_chapter_coverage") == {f"mv_{kind}_verse_coverage"}
         assert parents(f"mv_{kind}_book_coverage") == {f"mv_{kind}_chapter_coverage"}
         assert parents(f"mv_{kind}_version_progress_summary") == {
-            f"mv_{kind}_verse_coverage", f"mv_{kind}_chapter_coverage", f"mv_{kind}_book_coverage"}
+            f"mv_{kind}_verse_coverage",
+            f"mv_{kind}_chapter_coverage",
+            f"mv_{kind}_book_coverage",
+        }
         assert parents(f"language_entity_best_{kind}_version") == {f"mv_{kind}_version_progress_summary"}
 
 
@@ -86,10 +90,13 @@ def test_jobs_carry_the_concurrency_tag():
         assert selected == READ_MODEL_NAMES
 
 
-@pytest.mark.parametrize("name, cron, job", [
-    ("refresh_queued_every_15_minutes", "*/15 * * * *", "refresh_queued_versions"),
-    ("full_backfill_nightly", "0 3 * * *", "full_backfill"),
-])
+@pytest.mark.parametrize(
+    "name, cron, job",
+    [
+        ("refresh_queued_every_15_minutes", "*/15 * * * *", "refresh_queued_versions"),
+        ("full_backfill_nightly", "0 3 * * *", "full_backfill"),
+    ],
+)
 def test_schedules(name, cron, job):
     schedule = defs.resolve_schedule_def(name)
     assert schedule.cron_schedule == cron

@@ -7,11 +7,11 @@ import random
 import psycopg
 
 from orchestration.demo_data import (
-    DemoCounts,
-    LanguageRow,
     LANGUAGE_NAMES,
     MINI_BIBLE_VERSION_ID,
     Bible,
+    DemoCounts,
+    LanguageRow,
     mini_bible_rows,
     new_id,
     plan_versions,
@@ -29,8 +29,18 @@ def scalar(conn: psycopg.Connection, query: str, params: object = None) -> objec
 
 
 def table_sizes(conn: psycopg.Connection) -> dict[str, int]:
-    tables = ("language_entities", "bible_versions", "books", "chapters", "verses", "audio_versions",
-              "text_versions", "media_files", "media_files_verses", "verse_texts")
+    tables = (
+        "language_entities",
+        "bible_versions",
+        "books",
+        "chapters",
+        "verses",
+        "audio_versions",
+        "text_versions",
+        "media_files",
+        "media_files_verses",
+        "verse_texts",
+    )
     return {table: int(scalar(conn, f"SELECT count(*) FROM {table}")) for table in tables}  # type: ignore[arg-type]
 
 
@@ -100,7 +110,9 @@ def test_seed_demo_creates_the_advertised_mix_and_is_idempotent(db: psycopg.Conn
     mix = {
         "chapter file": "SELECT count(*) FROM media_files WHERE chapter_id IS NOT NULL",
         "range": "SELECT count(*) FROM media_files WHERE start_verse_id IS NOT NULL AND end_verse_id IS NOT NULL",
-        "range without end": "SELECT count(*) FROM media_files WHERE start_verse_id IS NOT NULL AND end_verse_id IS NULL",
+        "range without end": (
+            "SELECT count(*) FROM media_files WHERE start_verse_id IS NOT NULL AND end_verse_id IS NULL"
+        ),
         "reversed range": """SELECT count(*) FROM media_files f JOIN verses s ON s.id = f.start_verse_id
                              JOIN verses e ON e.id = f.end_verse_id WHERE e.global_order < s.global_order""",
         "range across books": """SELECT count(*) FROM media_files f JOIN verses s ON s.id = f.start_verse_id

@@ -13,6 +13,7 @@ import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import psycopg
 import pytest
@@ -104,24 +105,32 @@ class Workload:
     def op_insert_version(self, kind: str | None = None) -> None:
         kind = kind or self.rng.choice(["audio", "text"])
         make = b.audio_version if kind == "audio" else b.text_version
-        make(self.db, self.bible_version(), self.language(), created_at=self.created_at(),
-             deleted_at=datetime(2024, 1, 1, tzinfo=UTC) if self.chance(0.15) else None, id=self.uuid())
+        make(
+            self.db,
+            self.bible_version(),
+            self.language(),
+            created_at=self.created_at(),
+            deleted_at=datetime(2024, 1, 1, tzinfo=UTC) if self.chance(0.15) else None,
+            id=self.uuid(),
+        )
 
     def op_version_change(self) -> None:
         table = self.rng.choice(["audio_versions", "text_versions"])
         version = self.pick(f"SELECT id FROM {table}")
         if version is None:
             return
-        column, value = self.rng.choice([
-            ("deleted_at", datetime(2024, 2, 1, tzinfo=UTC)),
-            ("deleted_at", None),
-            ("deleted_at", None),
-            ("deleted_at", None),
-            ("language_entity_id", self.language()),
-            ("created_at", self.created_at()),
-            ("bible_version_id", self.bible_version()),
-            ("name", f"renamed {self.counter}"),
-        ])
+        column, value = self.rng.choice(
+            [
+                ("deleted_at", datetime(2024, 2, 1, tzinfo=UTC)),
+                ("deleted_at", None),
+                ("deleted_at", None),
+                ("deleted_at", None),
+                ("language_entity_id", self.language()),
+                ("created_at", self.created_at()),
+                ("bible_version_id", self.bible_version()),
+                ("name", f"renamed {self.counter}"),
+            ]
+        )
         self.db.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", [value, version])
 
     def op_version_hard_delete(self) -> None:
@@ -145,38 +154,54 @@ class Workload:
             row = self.db.execute(
                 "SELECT (array_agg(v.id ORDER BY v.global_order))[1],"
                 "       (array_agg(v.id ORDER BY v.global_order DESC))[1]"
-                "  FROM verses v JOIN chapters c ON c.id = v.chapter_id WHERE c.book_id = %s", [book]).fetchone()
+                "  FROM verses v JOIN chapters c ON c.id = v.chapter_id WHERE c.book_id = %s",
+                [book],
+            ).fetchone()
             start, end = row if row else (None, None)
         if coverage in ("mappings", "mixed"):
             verses = self.pick_some("SELECT id FROM verses", self.rng.randint(1, 4))
-        b.media_file(self.db, self.audio_version(allow_null=True), chapter=chapter, start=start, end=end,
-                     verses=verses, id=self.uuid(), **status)
+        b.media_file(
+            self.db,
+            self.audio_version(allow_null=True),
+            chapter=chapter,
+            start=start,
+            end=end,
+            verses=verses,
+            id=self.uuid(),
+            **status,
+        )
 
     def op_file_status(self) -> None:
         f = self.pick("SELECT id FROM media_files")
         if f is None:
             return
-        column, value = self.rng.choice([
-            ("upload_status", self.rng.choice(["pending", "uploading", "completed", "completed", "failed"])),
-            ("publish_status", self.rng.choice(["pending", "published", "published", "archived"])),
-            ("media_type", self.rng.choice(["audio", "audio", "video"])),
-            ("is_bible_audio", self.rng.choice([True, True, False, None])),
-            ("deleted_at", self.rng.choice([None, None, datetime(2024, 3, 1, tzinfo=UTC)])),
-        ])
+        column, value = self.rng.choice(
+            [
+                ("upload_status", self.rng.choice(["pending", "uploading", "completed", "completed", "failed"])),
+                ("publish_status", self.rng.choice(["pending", "published", "published", "archived"])),
+                ("media_type", self.rng.choice(["audio", "audio", "video"])),
+                ("is_bible_audio", self.rng.choice([True, True, False, None])),
+                ("deleted_at", self.rng.choice([None, None, datetime(2024, 3, 1, tzinfo=UTC)])),
+            ]
+        )
         self.db.execute(f"UPDATE media_files SET {column} = %s WHERE id = %s", [value, f])
 
     def op_file_make_live(self) -> None:
         f = self.pick("SELECT id FROM media_files")
         if f is not None:
-            self.db.execute("UPDATE media_files SET media_type = 'audio', is_bible_audio = true,"
-                            " upload_status = 'completed', publish_status = 'published', deleted_at = NULL"
-                            " WHERE id = %s", [f])
+            self.db.execute(
+                "UPDATE media_files SET media_type = 'audio', is_bible_audio = true,"
+                " upload_status = 'completed', publish_status = 'published', deleted_at = NULL"
+                " WHERE id = %s",
+                [f],
+            )
 
     def op_file_move(self) -> None:
         f = self.pick("SELECT id FROM media_files")
         if f is not None:
-            self.db.execute("UPDATE media_files SET audio_version_id = %s WHERE id = %s",
-                            [self.audio_version(allow_null=True), f])
+            self.db.execute(
+                "UPDATE media_files SET audio_version_id = %s WHERE id = %s", [self.audio_version(allow_null=True), f]
+            )
 
     def op_file_coverage(self) -> None:
         f = self.pick("SELECT id FROM media_files")
@@ -197,7 +222,9 @@ class Workload:
         bible = self.rng.choice(["A", "B"])
         self.db.execute(
             "UPDATE media_files SET publish_status = %s WHERE audio_version_id IN"
-            " (SELECT id FROM audio_versions WHERE bible_version_id = %s)", [value, bible])
+            " (SELECT id FROM audio_versions WHERE bible_version_id = %s)",
+            [value, bible],
+        )
 
     def op_mapping(self) -> None:
         action = self.rng.choice(["insert", "insert", "soft", "undelete", "delete", "verse", "file"])
@@ -206,7 +233,9 @@ class Workload:
             if f is not None:
                 self.db.execute(
                     "INSERT INTO media_files_verses (id, media_file_id, verse_id) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (media_file_id, verse_id) DO NOTHING", [self.uuid(), f, self.verse()])
+                    " ON CONFLICT (media_file_id, verse_id) DO NOTHING",
+                    [self.uuid(), f, self.verse()],
+                )
             return
         m = self.pick("SELECT id FROM media_files_verses")
         if m is None:
@@ -220,8 +249,10 @@ class Workload:
         elif action == "verse":
             self.db.execute("UPDATE media_files_verses SET verse_id = %s WHERE id = %s", [self.verse(), m])
         else:
-            self.db.execute("UPDATE media_files_verses SET media_file_id = %s WHERE id = %s",
-                            [self.pick("SELECT id FROM media_files"), m])
+            self.db.execute(
+                "UPDATE media_files_verses SET media_file_id = %s WHERE id = %s",
+                [self.pick("SELECT id FROM media_files"), m],
+            )
 
     def op_insert_texts(self) -> None:
         t = self.text_version()
@@ -231,7 +262,9 @@ class Workload:
         self.db.execute(
             "INSERT INTO verse_texts (id, text_version_id, verse_id, verse_text)"
             " SELECT gen_random_uuid(), %s, v, 'text' FROM unnest(%s::text[]) AS v"
-            " ON CONFLICT (verse_id, text_version_id) DO UPDATE SET deleted_at = NULL", [t, verses])
+            " ON CONFLICT (verse_id, text_version_id) DO UPDATE SET deleted_at = NULL",
+            [t, verses],
+        )
 
     def op_verse_text(self) -> None:
         vt = self.pick("SELECT id FROM verse_texts")
@@ -251,40 +284,64 @@ class Workload:
         elif action == "text":
             self.db.execute("UPDATE verse_texts SET verse_text = 'revised' WHERE id = %s", [vt])
         else:
-            self.db.execute("UPDATE verse_texts SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END"
-                            " WHERE verse_id IN (SELECT id FROM verses WHERE chapter_id = %s)", [self.chapter()])
+            self.db.execute(
+                "UPDATE verse_texts SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END"
+                " WHERE verse_id IN (SELECT id FROM verses WHERE chapter_id = %s)",
+                [self.chapter()],
+            )
 
     def op_structure(self) -> None:
         self.counter += 1
-        action = self.rng.choice(["insert_verse", "insert_verse", "delete_verse", "total_verses", "total_verses",
-                                  "move_chapter", "move_verse", "reorder_verse", "insert_chapter",
-                                  "delete_chapter", "insert_book", "delete_book", "move_book"])
+        action = self.rng.choice(
+            [
+                "insert_verse",
+                "insert_verse",
+                "delete_verse",
+                "total_verses",
+                "total_verses",
+                "move_chapter",
+                "move_verse",
+                "reorder_verse",
+                "insert_chapter",
+                "delete_chapter",
+                "insert_book",
+                "delete_book",
+                "move_book",
+            ]
+        )
         db = self.db
         if action == "insert_verse":
             c = self.chapter()
             if c is None:
                 return
-            row = db.execute("SELECT coalesce(max(v.global_order), b.book_number * 1000000 + c.chapter_number * 1000),"
-                             "       coalesce(max(v.verse_number), 0)"
-                             "  FROM chapters c JOIN books b ON b.id = c.book_id"
-                             "  LEFT JOIN verses v ON v.chapter_id = c.id WHERE c.id = %s"
-                             " GROUP BY b.book_number, c.chapter_number", [c]).fetchone()
+            row = db.execute(
+                "SELECT coalesce(max(v.global_order), b.book_number * 1000000 + c.chapter_number * 1000),"
+                "       coalesce(max(v.verse_number), 0)"
+                "  FROM chapters c JOIN books b ON b.id = c.book_id"
+                "  LEFT JOIN verses v ON v.chapter_id = c.id WHERE c.id = %s"
+                " GROUP BY b.book_number, c.chapter_number",
+                [c],
+            ).fetchone()
             order, number = row if row else (self.counter * 1000, 0)
-            db.execute("INSERT INTO verses (id, chapter_id, verse_number, global_order) VALUES (%s, %s, %s, %s)",
-                       [f"{c}-n{self.counter}", c, number + 1, order + self.rng.choice([-1, 1, 2])])
+            db.execute(
+                "INSERT INTO verses (id, chapter_id, verse_number, global_order) VALUES (%s, %s, %s, %s)",
+                [f"{c}-n{self.counter}", c, number + 1, order + self.rng.choice([-1, 1, 2])],
+            )
         elif action == "delete_verse":
             db.execute("DELETE FROM verses WHERE id = %s", [self.verse()])
         elif action == "total_verses":
-            db.execute("UPDATE chapters SET total_verses = %s WHERE id = %s",
-                       [self.rng.randint(0, 4), self.chapter()])
+            db.execute("UPDATE chapters SET total_verses = %s WHERE id = %s", [self.rng.randint(0, 4), self.chapter()])
         elif action == "move_chapter":
-            db.execute("UPDATE chapters SET book_id = %s WHERE id = %s",
-                       [self.pick("SELECT id FROM books"), self.chapter()])
+            db.execute(
+                "UPDATE chapters SET book_id = %s WHERE id = %s", [self.pick("SELECT id FROM books"), self.chapter()]
+            )
         elif action == "move_verse":
             db.execute("UPDATE verses SET chapter_id = %s WHERE id = %s", [self.chapter(), self.verse()])
         elif action == "reorder_verse":
-            db.execute("UPDATE verses SET global_order = global_order + %s WHERE id = %s",
-                       [self.rng.choice([-1500, -2, 2, 1500]), self.verse()])
+            db.execute(
+                "UPDATE verses SET global_order = global_order + %s WHERE id = %s",
+                [self.rng.choice([-1500, -2, 2, 1500]), self.verse()],
+            )
         elif action == "insert_chapter":
             book = self.pick("SELECT id FROM books")
             if book is None:
@@ -292,29 +349,47 @@ class Workload:
             cid = f"{book}-c{self.counter}"
             n = self.rng.randint(0, 3)
             with db.transaction():
-                db.execute("INSERT INTO chapters (id, book_id, chapter_number, total_verses)"
-                           " VALUES (%s, %s, %s, %s)", [cid, book, 50 + self.counter, self.rng.randint(n, n + 1)])
-                db.execute("INSERT INTO verses (id, chapter_id, verse_number, global_order)"
-                           " SELECT %s || '-' || i, %s, i, 900000000 + %s * 100 + i FROM generate_series(1, %s) i",
-                           [cid, cid, self.counter, n])
+                db.execute(
+                    "INSERT INTO chapters (id, book_id, chapter_number, total_verses) VALUES (%s, %s, %s, %s)",
+                    [cid, book, 50 + self.counter, self.rng.randint(n, n + 1)],
+                )
+                db.execute(
+                    "INSERT INTO verses (id, chapter_id, verse_number, global_order)"
+                    " SELECT %s || '-' || i, %s, i, 900000000 + %s * 100 + i FROM generate_series(1, %s) i",
+                    [cid, cid, self.counter, n],
+                )
         elif action == "delete_chapter":
             if self.chance(0.5):
                 db.execute("DELETE FROM chapters WHERE id = %s", [self.chapter()])
         elif action == "insert_book":
-            db.execute("INSERT INTO books (id, bible_version_id, book_number, name) VALUES (%s, %s, %s, 'new')",
-                       [f"book{self.counter}", self.rng.choice(["A", "B", "EMPTY"]), 10 + self.counter])
+            db.execute(
+                "INSERT INTO books (id, bible_version_id, book_number, name) VALUES (%s, %s, %s, 'new')",
+                [f"book{self.counter}", self.rng.choice(["A", "B", "EMPTY"]), 10 + self.counter],
+            )
         elif action == "delete_book":
             if self.chance(0.3):
                 db.execute("DELETE FROM books WHERE id = %s", [self.pick("SELECT id FROM books")])
         else:
-            db.execute("UPDATE books SET bible_version_id = %s WHERE id = %s",
-                       [self.rng.choice(["A", "B", "EMPTY"]), self.pick("SELECT id FROM books")])
+            db.execute(
+                "UPDATE books SET bible_version_id = %s WHERE id = %s",
+                [self.rng.choice(["A", "B", "EMPTY"]), self.pick("SELECT id FROM books")],
+            )
 
-    OPS: list[tuple[str, int]] = [
-        ("op_insert_file", 7), ("op_file_status", 7), ("op_file_make_live", 4), ("op_file_move", 4),
-        ("op_file_coverage", 4), ("op_file_delete", 2), ("op_files_bulk", 1), ("op_mapping", 6),
-        ("op_insert_texts", 5), ("op_verse_text", 6), ("op_insert_version", 2), ("op_version_change", 6),
-        ("op_version_hard_delete", 1), ("op_structure", 7),
+    OPS: ClassVar[list[tuple[str, int]]] = [
+        ("op_insert_file", 7),
+        ("op_file_status", 7),
+        ("op_file_make_live", 4),
+        ("op_file_move", 4),
+        ("op_file_coverage", 4),
+        ("op_file_delete", 2),
+        ("op_files_bulk", 1),
+        ("op_mapping", 6),
+        ("op_insert_texts", 5),
+        ("op_verse_text", 6),
+        ("op_insert_version", 2),
+        ("op_version_change", 6),
+        ("op_version_hard_delete", 1),
+        ("op_structure", 7),
     ]
 
     def random_op(self) -> None:
@@ -364,8 +439,13 @@ def full_rebuild(db: psycopg.Connection) -> None:
     db.execute("SELECT refresh_progress_materialized_views_full()")
 
 
-def run_workload(db: psycopg.Connection, seed: int, final: Callable[[psycopg.Connection], None],
-                 rounds: int = 5, weights: dict[str, int] | None = None) -> None:
+def run_workload(
+    db: psycopg.Connection,
+    seed: int,
+    final: Callable[[psycopg.Connection], None],
+    rounds: int = 5,
+    weights: dict[str, int] | None = None,
+) -> None:
     workload = Workload(db, seed, weights)
     workload.setup()
     b.drain(db)

@@ -42,34 +42,43 @@ def cover(db: psycopg.Connection, kind: str, version: uuid.UUID, verses: list[st
         b.verse_texts(db, version, verses)
 
 
-def new_version(db: psycopg.Connection, kind: str, bible_version_id: str | None,
-                language_entity_id: uuid.UUID | None, **kwargs) -> uuid.UUID:
+def new_version(
+    db: psycopg.Connection, kind: str, bible_version_id: str | None, language_entity_id: uuid.UUID | None, **kwargs
+) -> uuid.UUID:
     make = b.audio_version if kind == "audio" else b.text_version
     return make(db, bible_version_id, language_entity_id, **kwargs)
 
 
-def audio_summary(db, version, covered, total_verses, chapters_with_audio, total_chapters,
-                  books_complete, total_books) -> dict:
+def audio_summary(
+    db, version, covered, total_verses, chapters_with_audio, total_chapters, books_complete, total_books
+) -> dict:
     return {
         "audio_version_id": version,
-        "covered_verses": covered, "total_verses": total_verses,
+        "covered_verses": covered,
+        "total_verses": total_verses,
         "verse_fraction": frac(db, covered, total_verses),
-        "chapters_with_audio": chapters_with_audio, "total_chapters": total_chapters,
+        "chapters_with_audio": chapters_with_audio,
+        "total_chapters": total_chapters,
         "chapter_fraction": frac(db, chapters_with_audio, total_chapters),
-        "books_complete": books_complete, "total_books": total_books,
+        "books_complete": books_complete,
+        "total_books": total_books,
         "book_fraction": frac(db, books_complete, total_books),
     }
 
 
-def text_summary(db, version, covered, total_verses, complete_chapters, total_chapters,
-                 books_complete, total_books) -> dict:
+def text_summary(
+    db, version, covered, total_verses, complete_chapters, total_chapters, books_complete, total_books
+) -> dict:
     return {
         "text_version_id": version,
-        "covered_verses": covered, "total_verses": total_verses,
+        "covered_verses": covered,
+        "total_verses": total_verses,
         "verse_fraction": frac(db, covered, total_verses),
-        "complete_chapters": complete_chapters, "total_chapters": total_chapters,
+        "complete_chapters": complete_chapters,
+        "total_chapters": total_chapters,
         "chapter_fraction": frac(db, complete_chapters, total_chapters),
-        "books_complete": books_complete, "total_books": total_books,
+        "books_complete": books_complete,
+        "total_books": total_books,
         "book_fraction": frac(db, books_complete, total_books),
     }
 
@@ -195,10 +204,14 @@ def test_mappings_count_unless_soft_deleted_and_may_point_into_another_bible(db)
     assert b.chapter_rows(db, "audio", v) == {"A-GEN-1": (2, 3, True, False), "B-GEN-1": (1, 2, True, False)}
     assert b.summary(db, "audio", v) == audio_summary(db, v, 2, 3, 1, 1, 0, 1)
 
-    db.execute("UPDATE media_files_verses SET deleted_at = NULL WHERE media_file_id = %s AND verse_id = %s",
-               [f, A.verse("GEN", 1, 2)])
-    db.execute("UPDATE media_files_verses SET deleted_at = now() WHERE media_file_id = %s AND verse_id = %s",
-               [f, B.verse("GEN", 1, 1)])
+    db.execute(
+        "UPDATE media_files_verses SET deleted_at = NULL WHERE media_file_id = %s AND verse_id = %s",
+        [f, A.verse("GEN", 1, 2)],
+    )
+    db.execute(
+        "UPDATE media_files_verses SET deleted_at = now() WHERE media_file_id = %s AND verse_id = %s",
+        [f, B.verse("GEN", 1, 1)],
+    )
     refresh(db)
     assert b.verse_ids(db, "audio", v) == {"A-GEN-1-1", "A-GEN-1-2", "A-GEN-1-3"}
     assert b.chapter_rows(db, "audio", v) == {"A-GEN-1": (3, 3, True, True)}
@@ -343,11 +356,15 @@ def test_book_without_coverage_or_chapters_still_has_a_row(db):
     assert b.summary(db, "text", t) == text_summary(db, t, 2, 4, 1, 3, 1, 3)
 
 
-@pytest.mark.parametrize(("spec", "totals"), [
-    ({}, (0, 0, 0)),
-    ({"GEN": []}, (0, 0, 1)),
-    ({"GEN": [0, 0]}, (0, 2, 1)),
-], ids=["no-books", "no-chapters", "no-verses"])
+@pytest.mark.parametrize(
+    ("spec", "totals"),
+    [
+        ({}, (0, 0, 0)),
+        ({"GEN": []}, (0, 0, 1)),
+        ({"GEN": [0, 0]}, (0, 2, 1)),
+    ],
+    ids=["no-books", "no-chapters", "no-verses"],
+)
 @pytest.mark.parametrize("kind", ["audio", "text"])
 def test_bible_version_without_structure_gives_null_fractions(db, kind, spec, totals):
     b.bible(db, "E", spec)
@@ -358,8 +375,14 @@ def test_bible_version_without_structure_gives_null_fractions(db, kind, spec, to
     s = b.summary(db, kind, v)
     assert s is not None
     middle = "chapters_with_audio" if kind == "audio" else "complete_chapters"
-    assert (s["covered_verses"], s["total_verses"], s[middle], s["total_chapters"],
-            s["books_complete"], s["total_books"]) == (0, verses, 0, chapters, 0, books)
+    assert (
+        s["covered_verses"],
+        s["total_verses"],
+        s[middle],
+        s["total_chapters"],
+        s["books_complete"],
+        s["total_books"],
+    ) == (0, verses, 0, chapters, 0, books)
     assert s["verse_fraction"] is None
     assert s["chapter_fraction"] == (None if chapters == 0 else 0)
     assert s["book_fraction"] == (None if books == 0 else 0)
@@ -394,8 +417,8 @@ def test_summary_totals_count_rows_not_chapters_total_verses(db, kind):
 
 
 def test_text_rules(db):
-    A = b.bible(db, "A", {"GEN": [2, 3], "EXO": [2]})
-    B = b.bible(db, "B", {"GEN": [2]})
+    b.bible(db, "A", {"GEN": [2, 3], "EXO": [2]})
+    b.bible(db, "B", {"GEN": [2]})
     le = b.language(db)
     t = b.text_version(db, "A", le)
     t2 = b.text_version(db, "A", le)
@@ -404,14 +427,16 @@ def test_text_rules(db):
     refresh(db)
     assert b.verse_ids(db, "text", t) == {"A-GEN-1-1", "A-GEN-1-2", "A-GEN-2-1", "B-GEN-1-1"}
     assert b.chapter_rows(db, "text", t) == {
-        "A-GEN-1": (2, 2, True), "A-GEN-2": (1, 3, False), "B-GEN-1": (1, 2, False)}
+        "A-GEN-1": (2, 2, True),
+        "A-GEN-2": (1, 3, False),
+        "B-GEN-1": (1, 2, False),
+    }
     assert b.book_rows(db, "text", t) == {"A-GEN": (1, 2, False), "A-EXO": (0, 1, False)}
     # complete_chapters replaces chapters_with_audio: 1 complete of 3, though 2 have text
     assert b.summary(db, "text", t) == text_summary(db, t, 3, 7, 1, 3, 0, 2)
     assert b.best(db, "text", le) == t
 
-    db.execute("UPDATE verse_texts SET deleted_at = NULL WHERE text_version_id = %s AND verse_id = 'A-GEN-2-2'",
-               [t])
+    db.execute("UPDATE verse_texts SET deleted_at = NULL WHERE text_version_id = %s AND verse_id = 'A-GEN-2-2'", [t])
     b.verse_texts(db, t, ["A-GEN-2-3"])
     refresh(db)
     assert b.chapter_rows(db, "text", t)["A-GEN-2"] == (3, 3, True)
@@ -419,8 +444,9 @@ def test_text_rules(db):
     assert b.summary(db, "text", t) == text_summary(db, t, 5, 7, 2, 3, 1, 2)
 
     # texts moved to another text version, and a soft delete
-    db.execute("UPDATE verse_texts SET text_version_id = %s WHERE text_version_id = %s AND verse_id LIKE 'A-GEN-1-%%'",
-               [t2, t])
+    db.execute(
+        "UPDATE verse_texts SET text_version_id = %s WHERE text_version_id = %s AND verse_id LIKE 'A-GEN-1-%%'", [t2, t]
+    )
     db.execute("UPDATE verse_texts SET deleted_at = now() WHERE verse_id = 'A-GEN-2-3'")
     refresh(db)
     assert b.chapter_rows(db, "text", t) == {"A-GEN-2": (2, 3, False), "B-GEN-1": (1, 2, False)}
@@ -444,8 +470,10 @@ def test_best_version_ordering(db, kind):
     Q = b.bible(db, "Q", {"GEN": [2], "EXO": [1, 1, 1, 1]})
     R = b.bible(db, "R", {"GEN": [1], "EXO": [1, 1]})
     b.bible(db, "EMPTY", {})
-    ents = {name: b.language(db, name) for name in
-            ["verse", "chapter", "book", "nulls", "created", "created_null", "uuid", "uuid_null_created"]}
+    ents = {
+        name: b.language(db, name)
+        for name in ["verse", "chapter", "book", "nulls", "created", "created_null", "uuid", "uuid_null_created"]
+    }
 
     def version(entity, bible, n, created_at):
         return new_version(db, kind, bible, ents[entity], created_at=created_at, id=uid(n))
@@ -484,18 +512,35 @@ def test_best_version_ordering(db, kind):
 
     middle = "chapters_with_audio" if kind == "audio" else "complete_chapters"
     s = {v: b.summary(db, kind, v) for v in (x, y, x2, y2, x3, y3)}
-    assert (s[x]["covered_verses"], s[x][middle], s[y]["covered_verses"], s[y][middle]) == \
-        (2, 2, 3, 1 if kind == "audio" else 0)
+    assert (s[x]["covered_verses"], s[x][middle], s[y]["covered_verses"], s[y][middle]) == (
+        2,
+        2,
+        3,
+        1 if kind == "audio" else 0,
+    )
     assert (s[x2]["covered_verses"], s[x2][middle], s[x2]["books_complete"]) == (2, 1, 1)
     assert (s[y2]["covered_verses"], s[y2][middle], s[y2]["books_complete"]) == (2, 2, 0)
-    assert (s[x3]["verse_fraction"], s[x3]["chapter_fraction"], s[x3]["book_fraction"]) == \
-        (frac(db, 1, 3), frac(db, 1, 3), frac(db, 1, 2))
-    assert (s[y3]["verse_fraction"], s[y3]["chapter_fraction"], s[y3]["book_fraction"]) == \
-        (frac(db, 1, 3), frac(db, 1, 3), 0)
+    assert (s[x3]["verse_fraction"], s[x3]["chapter_fraction"], s[x3]["book_fraction"]) == (
+        frac(db, 1, 3),
+        frac(db, 1, 3),
+        frac(db, 1, 2),
+    )
+    assert (s[y3]["verse_fraction"], s[y3]["chapter_fraction"], s[y3]["book_fraction"]) == (
+        frac(db, 1, 3),
+        frac(db, 1, 3),
+        0,
+    )
 
     assert {name: b.best(db, kind, e) for name, e in ents.items()} == {
-        "verse": y, "chapter": y2, "book": x3, "nulls": x4, "created": x5, "created_null": x6,
-        "uuid": x7, "uuid_null_created": x8}
+        "verse": y,
+        "chapter": y2,
+        "book": x3,
+        "nulls": x4,
+        "created": x5,
+        "created_null": x6,
+        "uuid": x7,
+        "uuid_null_created": x8,
+    }
 
 
 @pytest.mark.parametrize("kind", ["audio", "text"])

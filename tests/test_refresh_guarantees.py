@@ -25,7 +25,8 @@ MV_TABLES = [m.name for m in READ_MODELS]
 def queue_row(db: psycopg.Connection, kind: str, version: uuid.UUID):
     return db.execute(
         "SELECT generation, claimed_by, lease_until FROM progress_refresh_queue WHERE kind = %s AND version_id = %s",
-        [kind, version]).fetchone()
+        [kind, version],
+    ).fetchone()
 
 
 def small_world(db: psycopg.Connection) -> tuple[b.Bible, uuid.UUID, uuid.UUID]:
@@ -176,7 +177,8 @@ def test_change_committed_mid_refresh_sql_drain(db, dsn):
         gate.close()
         # one call of the SQL drain: one batch, one transaction
         thread, result = run_in_thread(
-            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall())
+            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
+        )
         gate.wait_until_held(refresher)
         # a change to a version that is not being refreshed commits during the drain
         b.media_file(writer2, other, chapter=A.chapter("GEN", 1))
@@ -191,8 +193,10 @@ def test_change_committed_mid_refresh_sql_drain(db, dsn):
         gate.open()
         assert finish(thread, result) == [("audio", v)]
         finish(wthread, wresult)
-    print(f"\nduring one SQL drain call, a writer to the version being drained"
-          f" {'waited for the drain to commit' if writer_waited else 'did not wait'}")
+    print(
+        f"\nduring one SQL drain call, a writer to the version being drained"
+        f" {'waited for the drain to commit' if writer_waited else 'did not wait'}"
+    )
 
     assert b.queued(db) == {("audio", v), ("audio", other)}
     b.drain(db)
@@ -210,10 +214,16 @@ def xact_writes(db: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
     yet flushed to the cumulative statistics (PostgreSQL 15+: this includes
     committed transactions whose counts are still pending), so callers compare
     two readings taken inside one transaction."""
-    return {name: tuple(db.execute(
-        "SELECT pg_stat_get_xact_tuples_inserted(%s::regclass), pg_stat_get_xact_tuples_updated(%s::regclass),"
-        "       pg_stat_get_xact_tuples_deleted(%s::regclass)", [name, name, name]).fetchone())
-        for name in MV_TABLES}
+    return {
+        name: tuple(
+            db.execute(
+                "SELECT pg_stat_get_xact_tuples_inserted(%s::regclass), pg_stat_get_xact_tuples_updated(%s::regclass),"
+                "       pg_stat_get_xact_tuples_deleted(%s::regclass)",
+                [name, name, name],
+            ).fetchone()
+        )
+        for name in MV_TABLES
+    }
 
 
 def xact_delta(before: dict, after: dict) -> dict[str, tuple[int, int, int]]:
@@ -225,8 +235,9 @@ def table_stats(db: psycopg.Connection) -> dict[str, tuple[int, int, int]]:
     db.execute("SELECT pg_stat_force_next_flush()")
     db.execute("SELECT 1")  # the flush happens when the session goes idle
     db.execute("SELECT pg_stat_clear_snapshot()")
-    rows = db.execute("SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
-                      " WHERE relname = ANY (%s)", [MV_TABLES]).fetchall()
+    rows = db.execute(
+        "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = ANY (%s)", [MV_TABLES]
+    ).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
@@ -238,8 +249,14 @@ def rich_world(db: psycopg.Connection) -> tuple[uuid.UUID, uuid.UUID]:
     b.audio_version(db, "A", le)
     t = b.text_version(db, "A", le)
     b.text_version(db, "A", le)
-    b.media_file(db, v, chapter=A.chapter("GEN", 1), start=A.verse("GEN", 2, 2), end=A.verse("EXO", 1, 1),
-                 verses=[B.verse("GEN", 1, 1)])
+    b.media_file(
+        db,
+        v,
+        chapter=A.chapter("GEN", 1),
+        start=A.verse("GEN", 2, 2),
+        end=A.verse("EXO", 1, 1),
+        verses=[B.verse("GEN", 1, 1)],
+    )
     b.verse_texts(db, t, A.chapter_verses("GEN", 1) + A.chapter_verses("EXO", 2) + [B.verse("GEN", 1, 2)])
     b.drain(db)
     b.assert_read_models_match(db)
@@ -318,7 +335,9 @@ def test_whole_bible_version_refreshes_only_what_changed(db):
     db.execute(
         "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status, publish_status,"
         " chapter_id) SELECT %s, 'audio', true, 'completed', 'published', c.id"
-        " FROM chapters c JOIN books bk ON bk.id = c.book_id WHERE bk.bible_version_id = %s", [v, bible_id])
+        " FROM chapters c JOIN books bk ON bk.id = c.book_id WHERE bk.bible_version_id = %s",
+        [v, bible_id],
+    )
     b.clear_queue(db)
 
     first, first_seconds = timed_refresh(db, "audio", v)
@@ -337,9 +356,12 @@ def test_whole_bible_version_refreshes_only_what_changed(db):
         "SELECT c.id, c.book_id, count(vs.id) FROM chapters c JOIN books bk ON bk.id = c.book_id"
         "  JOIN verses vs ON vs.chapter_id = c.id WHERE bk.bible_version_id = %s"
         " GROUP BY c.id, c.book_id, bk.book_number, c.chapter_number"
-        " ORDER BY bk.book_number DESC, c.chapter_number LIMIT 1 OFFSET 5", [bible_id]).fetchone()
-    db.execute("UPDATE media_files SET deleted_at = now() WHERE audio_version_id = %s AND chapter_id = %s",
-               [v, chapter])
+        " ORDER BY bk.book_number DESC, c.chapter_number LIMIT 1 OFFSET 5",
+        [bible_id],
+    ).fetchone()
+    db.execute(
+        "UPDATE media_files SET deleted_at = now() WHERE audio_version_id = %s AND chapter_id = %s", [v, chapter]
+    )
     with db.transaction():
         pending = xact_writes(db)
         one, one_seconds = timed_refresh(db, "audio", v)
@@ -350,13 +372,11 @@ def test_whole_bible_version_refreshes_only_what_changed(db):
             "mv_audio_version_progress_summary": (0, 1, 0),
             "language_entity_best_audio_version": (0, 0, 0),
         }
-        assert xact_delta(pending, xact_writes(db)) == {
-            name: one.get(name, (0, 0, 0)) for name in MV_TABLES}
+        assert xact_delta(pending, xact_writes(db)) == {name: one.get(name, (0, 0, 0)) for name in MV_TABLES}
     assert b.book_rows(db, "audio", v)[book][2] is False
 
     # and back
-    db.execute("UPDATE media_files SET deleted_at = NULL WHERE audio_version_id = %s AND chapter_id = %s",
-               [v, chapter])
+    db.execute("UPDATE media_files SET deleted_at = NULL WHERE audio_version_id = %s AND chapter_id = %s", [v, chapter])
     back, back_seconds = timed_refresh(db, "audio", v)
     assert back == {
         "mv_audio_verse_coverage": (size, 0, 0),
@@ -367,6 +387,8 @@ def test_whole_bible_version_refreshes_only_what_changed(db):
     }
     b.clear_queue(db)
     b.assert_read_models_match(db)
-    print(f"\nwhole-bible audio version ({total_verses} verses, {total_chapters} chapters):"
-          f" first refresh {first_seconds * 1000:.0f} ms, no-change refresh {unchanged_seconds * 1000:.0f} ms,"
-          f" one chapter removed {one_seconds * 1000:.0f} ms, restored {back_seconds * 1000:.0f} ms")
+    print(
+        f"\nwhole-bible audio version ({total_verses} verses, {total_chapters} chapters):"
+        f" first refresh {first_seconds * 1000:.0f} ms, no-change refresh {unchanged_seconds * 1000:.0f} ms,"
+        f" one chapter removed {one_seconds * 1000:.0f} ms, restored {back_seconds * 1000:.0f} ms"
+    )

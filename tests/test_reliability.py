@@ -29,8 +29,10 @@ def build_structure(conn: psycopg.Connection) -> uuid.UUID:
     conn.execute("INSERT INTO bible_versions VALUES ('b', 'B')")
     conn.execute("INSERT INTO books VALUES ('b-1', 'b', 1, 'One')")
     conn.execute("INSERT INTO chapters SELECT 'b-1-' || c, 'b-1', c, 3 FROM generate_series(1, 3) c")
-    conn.execute("INSERT INTO verses SELECT 'b-1-' || c || '-' || v, 'b-1-' || c, v, c * 10 + v"
-                 "  FROM generate_series(1, 3) c, generate_series(1, 3) v")
+    conn.execute(
+        "INSERT INTO verses SELECT 'b-1-' || c || '-' || v, 'b-1-' || c, v, c * 10 + v"
+        "  FROM generate_series(1, 3) c, generate_series(1, 3) v"
+    )
     language = uuid.uuid4()
     conn.execute("INSERT INTO language_entities VALUES (%s, 'L')", [language])
     return language
@@ -39,14 +41,19 @@ def build_structure(conn: psycopg.Connection) -> uuid.UUID:
 def add_text_versions(conn: psycopg.Connection, language: uuid.UUID, count: int) -> list[uuid.UUID]:
     versions = [uuid.uuid4() for _ in range(count)]
     for version in versions:
-        conn.execute("INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)"
-                     " VALUES (%s, %s, 'b', 'T')", [version, language])
+        conn.execute(
+            "INSERT INTO text_versions (id, language_entity_id, bible_version_id, name) VALUES (%s, %s, 'b', 'T')",
+            [version, language],
+        )
     return versions
 
 
 def add_texts(conn: psycopg.Connection, version: uuid.UUID, verses: list[str]) -> None:
-    conn.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
-                 " SELECT %s, v, 'text' FROM unnest(%s::text[]) v ON CONFLICT DO NOTHING", [version, verses])
+    conn.execute(
+        "INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
+        " SELECT %s, v, 'text' FROM unnest(%s::text[]) v ON CONFLICT DO NOTHING",
+        [version, verses],
+    )
 
 
 def total_mismatches(conn: psycopg.Connection, versions: list[uuid.UUID] | None = None) -> int:
@@ -60,8 +67,9 @@ def total_mismatches(conn: psycopg.Connection, versions: list[uuid.UUID] | None 
 
 
 def summary_rows(conn: psycopg.Connection, versions: list[uuid.UUID]) -> list[tuple]:
-    return conn.execute("SELECT * FROM mv_text_version_progress_summary WHERE text_version_id = ANY(%s)"
-                        " ORDER BY 1", [versions]).fetchall()
+    return conn.execute(
+        "SELECT * FROM mv_text_version_progress_summary WHERE text_version_id = ANY(%s) ORDER BY 1", [versions]
+    ).fetchall()
 
 
 def drain_all(conn: psycopg.Connection) -> None:
@@ -90,9 +98,12 @@ def test_killed_refresh_leaves_versions_old_or_new_and_the_rest_queued(db, dsn) 
         BEGIN IF NEW.text_version_id = '{slow}' THEN PERFORM pg_sleep(60); END IF; RETURN NEW; END $$;
         CREATE TRIGGER test_hang BEFORE INSERT ON mv_text_verse_coverage
             FOR EACH ROW EXECUTE FUNCTION test_hang();""")
-    worker = subprocess.Popen([sys.executable, "-m", "orchestration", "refresh"],
-                              env=cli_env(dsn, PROGRESS_LEASE_SECONDS="2", PROGRESS_BATCH_SIZE="10"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "orchestration", "refresh"],
+        env=cli_env(dsn, PROGRESS_LEASE_SECONDS="2", PROGRESS_BATCH_SIZE="10"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -120,8 +131,7 @@ def test_killed_refresh_leaves_versions_old_or_new_and_the_rest_queued(db, dsn) 
     assert gateway.queue_state(db)["depth"] == 0
 
 
-def _writer(dsn: str, versions: list[uuid.UUID], stop: threading.Event, errors: list[BaseException],
-            seed: int) -> None:
+def _writer(dsn: str, versions: list[uuid.UUID], stop: threading.Event, errors: list[BaseException], seed: int) -> None:
     rng = random.Random(seed)
     try:
         with connect(dsn) as conn:
@@ -131,14 +141,22 @@ def _writer(dsn: str, versions: list[uuid.UUID], stop: threading.Event, errors: 
                 if action < 0.4:
                     add_texts(conn, version, rng.sample(VERSES, rng.randint(1, 4)))
                 elif action < 0.7:
-                    conn.execute("UPDATE verse_texts SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END"
-                                 " WHERE text_version_id = %s AND verse_id = %s", [version, rng.choice(VERSES)])
+                    conn.execute(
+                        "UPDATE verse_texts SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END"
+                        " WHERE text_version_id = %s AND verse_id = %s",
+                        [version, rng.choice(VERSES)],
+                    )
                 elif action < 0.85:
-                    conn.execute("DELETE FROM verse_texts WHERE text_version_id = %s AND verse_id = %s",
-                                 [version, rng.choice(VERSES)])
+                    conn.execute(
+                        "DELETE FROM verse_texts WHERE text_version_id = %s AND verse_id = %s",
+                        [version, rng.choice(VERSES)],
+                    )
                 else:
-                    conn.execute("UPDATE text_versions SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END,"
-                                 " created_at = now() WHERE id = %s", [version])
+                    conn.execute(
+                        "UPDATE text_versions SET deleted_at = CASE WHEN deleted_at IS NULL THEN now() END,"
+                        " created_at = now() WHERE id = %s",
+                        [version],
+                    )
     except BaseException as exc:  # surfaced by the test
         errors.append(exc)
 
@@ -197,8 +215,9 @@ def test_readers_never_see_a_summary_missing_nor_wait(db, dsn) -> None:
         with connect(dsn) as reader:
             while not stop.is_set():
                 started = time.perf_counter()
-                rows = reader.execute("SELECT covered_verses FROM mv_text_version_progress_summary"
-                                      " WHERE text_version_id = %s", [watched]).fetchall()
+                rows = reader.execute(
+                    "SELECT covered_verses FROM mv_text_version_progress_summary WHERE text_version_id = %s", [watched]
+                ).fetchall()
                 observations.append((len(rows), time.perf_counter() - started))
 
     reader = threading.Thread(target=read)
@@ -207,8 +226,10 @@ def test_readers_never_see_a_summary_missing_nor_wait(db, dsn) -> None:
         rng = random.Random(3)
         for round_ in range(30):
             add_texts(db, watched, rng.sample(VERSES, 3))
-            db.execute("UPDATE verse_texts SET deleted_at = now() WHERE text_version_id = %s AND verse_id = %s",
-                       [watched, rng.choice(VERSES)])
+            db.execute(
+                "UPDATE verse_texts SET deleted_at = now() WHERE text_version_id = %s AND verse_id = %s",
+                [watched, rng.choice(VERSES)],
+            )
             if round_ % 3 == 0:
                 db.execute("SELECT refresh_progress_materialized_views_concurrently()")
             else:
@@ -239,7 +260,8 @@ def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
     assert sorted(o.version_id for o in first.refreshed) == sorted(v for v in versions if v != poisoned)
     assert [(o.version_id, "poisoned version" in (o.error or "")) for o in first.failed] == [(poisoned, True)]
     attempts, not_before_in_future = db.execute(
-        "SELECT attempts, not_before > now() FROM progress_refresh_queue WHERE version_id = %s", [poisoned]).fetchone()
+        "SELECT attempts, not_before > now() FROM progress_refresh_queue WHERE version_id = %s", [poisoned]
+    ).fetchone()
     assert (attempts, not_before_in_future) == (1, True)
     assert drain_queue(db).outcomes == []  # backing off: not retried at once
 
@@ -265,11 +287,15 @@ def test_requeue_dead_letters_puts_them_back(db) -> None:
     language = build_structure(db)
     (version,) = add_text_versions(db, language, 1)
     db.execute("DELETE FROM progress_refresh_queue")
-    db.execute("INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
-               " VALUES ('text', %s, 3, 'boom', now())", [version])
+    db.execute(
+        "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
+        " VALUES ('text', %s, 3, 'boom', now())",
+        [version],
+    )
     assert gateway.requeue_dead_letters(db) == [("text", version)]
     assert db.execute("SELECT kind, version_id, attempts FROM progress_refresh_queue").fetchall() == [
-        ("text", version, 0)]
+        ("text", version, 0)
+    ]
     assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
 
 

@@ -51,11 +51,14 @@ def test_writer_changes_are_captured_but_writer_cannot_refresh(db, dsn, roles) -
     version = seed_text_version(db)
     db.execute("DELETE FROM progress_refresh_queue")
     with as_role(dsn, roles["writer"]) as writer:
-        writer.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'x')",
-                       [version])
-        for call in ("SELECT * FROM drain_progress_refresh_queue()",
-                     "SELECT refresh_progress_materialized_views_concurrently()",
-                     "SELECT refresh_progress_materialized_views_full()"):
+        writer.execute(
+            "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'x')", [version]
+        )
+        for call in (
+            "SELECT * FROM drain_progress_refresh_queue()",
+            "SELECT refresh_progress_materialized_views_concurrently()",
+            "SELECT refresh_progress_materialized_views_full()",
+        ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 writer.execute(call)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -69,8 +72,7 @@ def test_writer_changes_are_captured_but_writer_cannot_refresh(db, dsn, roles) -
 
 def test_refresher_can_drain_but_not_rebuild_from_scratch(db, dsn, roles) -> None:
     version = seed_text_version(db)
-    db.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'x')",
-               [version])
+    db.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'x')", [version])
     with as_role(dsn, roles["refresher"]) as refresher:
         drained = refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
         assert drained == [("text", version)]
@@ -78,8 +80,7 @@ def test_refresher_can_drain_but_not_rebuild_from_scratch(db, dsn, roles) -> Non
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             refresher.execute("SELECT refresh_progress_materialized_views_full()")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            refresher.execute("INSERT INTO progress_refresh_queue (kind, version_id) VALUES ('text', %s)",
-                              [version])
+            refresher.execute("INSERT INTO progress_refresh_queue (kind, version_id) VALUES ('text', %s)", [version])
     assert db.execute("SELECT covered_verses FROM mv_text_version_progress_summary").fetchall() == [(1,)]
 
 

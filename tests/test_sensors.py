@@ -24,22 +24,28 @@ def default_thresholds(monkeypatch):
 
 def queue_versions(conn: psycopg.Connection, count: int) -> None:
     """Inserting a version queues it (change capture)."""
-    conn.execute("INSERT INTO bible_versions (id, name) VALUES ('kjv', 'King James Version')"
-                 " ON CONFLICT DO NOTHING")
-    conn.execute("INSERT INTO audio_versions (id, bible_version_id, name)"
-                 " SELECT gen_random_uuid(), 'kjv', 'v' || n FROM generate_series(1, %s) AS n", [count])
+    conn.execute("INSERT INTO bible_versions (id, name) VALUES ('kjv', 'King James Version') ON CONFLICT DO NOTHING")
+    conn.execute(
+        "INSERT INTO audio_versions (id, bible_version_id, name)"
+        " SELECT gen_random_uuid(), 'kjv', 'v' || n FROM generate_series(1, %s) AS n",
+        [count],
+    )
 
 
 def add_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus) -> None:
     """A run record in the given status, as the daemon would leave it."""
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("progress_refresh"),
-                                                    "__repository__"), job_name)
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("progress_refresh"), "__repository__"), job_name
+    )
     create_run_for_test(instance, job_name=job_name, status=status, remote_job_origin=origin)
 
 
 def evaluate(dsn: str, instance: dg.DagsterInstance | None = None, cursor: str | None = None):
-    with dg.build_sensor_context(instance=instance or dg.DagsterInstance.ephemeral(), cursor=cursor,
-                                 resources={"postgres": PostgresResource(database_url=dsn)}) as context:
+    with dg.build_sensor_context(
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        cursor=cursor,
+        resources={"postgres": PostgresResource(database_url=dsn)},
+    ) as context:
         return refresh_queue_sensor.evaluate_tick(context)
 
 

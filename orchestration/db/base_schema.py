@@ -16,8 +16,16 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "audio_versions": ("id", "language_entity_id", "bible_version_id", "name", "created_at", "deleted_at"),
     "text_versions": ("id", "language_entity_id", "bible_version_id", "name", "created_at", "deleted_at"),
     "media_files": (
-        "id", "audio_version_id", "media_type", "is_bible_audio", "upload_status", "publish_status",
-        "chapter_id", "start_verse_id", "end_verse_id", "deleted_at",
+        "id",
+        "audio_version_id",
+        "media_type",
+        "is_bible_audio",
+        "upload_status",
+        "publish_status",
+        "chapter_id",
+        "start_verse_id",
+        "end_verse_id",
+        "deleted_at",
     ),
     "media_files_verses": ("id", "media_file_id", "verse_id", "deleted_at"),
     "verse_texts": ("id", "text_version_id", "verse_id", "verse_text", "deleted_at"),
@@ -47,9 +55,7 @@ def base_tables_present(conn: psycopg.Connection) -> bool:
         return False
     missing_tables = [table for table in REQUIRED_COLUMNS if table not in found]
     if missing_tables:
-        raise ProgressError(
-            "the database has some base tables but is missing: " + ", ".join(missing_tables)
-        )
+        raise ProgressError("the database has some base tables but is missing: " + ", ".join(missing_tables))
     missing_columns = [
         f"{table}.{column}"
         for table, columns in REQUIRED_COLUMNS.items()

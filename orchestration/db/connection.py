@@ -18,16 +18,26 @@ def describe_connection_error(exc: Exception, dsn: str) -> str:
     detail = " ".join(str(exc).split()) or type(exc).__name__
     where = redact(dsn)
     lowered = detail.lower()
-    if isinstance(exc, psycopg.ProgrammingError) or "invalid dsn" in lowered or "missing \"=\"" in lowered \
-            or "invalid connection option" in lowered or "invalid uri" in lowered \
-            or "invalid integer value" in lowered:
+    if (
+        isinstance(exc, psycopg.ProgrammingError)
+        or "invalid dsn" in lowered
+        or 'missing "="' in lowered
+        or "invalid connection option" in lowered
+        or "invalid uri" in lowered
+        or "invalid integer value" in lowered
+    ):
         return f"invalid database URL {where!r}: {detail}"
     if "password authentication failed" in lowered or "no password supplied" in lowered:
         return f"authentication failed for {where}: check the user and password in the URL"
     if "does not exist" in lowered and "database" in lowered:
         return f"database not found at {where}: {detail}"
-    if "timeout" in lowered or "connection refused" in lowered or "could not translate host" in lowered \
-            or "no such file or directory" in lowered or "name or service not known" in lowered:
+    if (
+        "timeout" in lowered
+        or "connection refused" in lowered
+        or "could not translate host" in lowered
+        or "no such file or directory" in lowered
+        or "name or service not known" in lowered
+    ):
         return f"cannot reach PostgreSQL at {where}: {detail}"
     return f"cannot connect to PostgreSQL at {where}: {detail}"
 

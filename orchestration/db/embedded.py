@@ -67,4 +67,3 @@ def database_url(keep_running: bool = False) -> str:
     from orchestration.db.settings import configured_database_url
 
     return configured_database_url() or start_embedded(keep_running=keep_running)
-

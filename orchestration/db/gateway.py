@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from orchestration.errors import ProgressError
-from orchestration.read_models import KINDS, READ_MODELS
+from orchestration.read_models import KINDS
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,13 @@ def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, state
     )
 
 
-def claim_batch(conn: psycopg.Connection, worker: str, limit: int, lease_seconds: float,
-                kinds: list[str] | None = None) -> list[Claim]:
+def claim_batch(
+    conn: psycopg.Connection, worker: str, limit: int, lease_seconds: float, kinds: list[str] | None = None
+) -> list[Claim]:
     """Claims up to limit queued versions in a short transaction of its own."""
     with conn.transaction():
         rows = conn.execute(
-            "SELECT kind, version_id, generation"
-            "  FROM progress_claim_batch(%s, %s, make_interval(secs => %s), %s)",
+            "SELECT kind, version_id, generation  FROM progress_claim_batch(%s, %s, make_interval(secs => %s), %s)",
             [worker, limit, lease_seconds, kinds],
         ).fetchall()
     return [Claim(kind, version_id, generation) for kind, version_id, generation in rows]
@@ -175,9 +175,13 @@ def queue_state(conn: psycopg.Connection, kind: str | None = None) -> dict[str, 
 
 def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return list(cur.execute(
-            "SELECT kind, version_id, attempts, last_error, first_queued_at, failed_at"
-            "  FROM progress_refresh_dead_letter ORDER BY failed_at DESC LIMIT %s", [limit]))
+        return list(
+            cur.execute(
+                "SELECT kind, version_id, attempts, last_error, first_queued_at, failed_at"
+                "  FROM progress_refresh_dead_letter ORDER BY failed_at DESC LIMIT %s",
+                [limit],
+            )
+        )
 
 
 def read_model_sizes(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
@@ -188,9 +192,14 @@ def read_model_sizes(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
     }
 
 
-def mismatches(conn: psycopg.Connection, read_model: str, logical_view: str,
-               scope_column: str | None = None, scope_ids: list[uuid.UUID] | None = None,
-               exclude: list[uuid.UUID] | None = None) -> int:
+def mismatches(
+    conn: psycopg.Connection,
+    read_model: str,
+    logical_view: str,
+    scope_column: str | None = None,
+    scope_ids: list[uuid.UUID] | None = None,
+    exclude: list[uuid.UUID] | None = None,
+) -> int:
     """Rows in which a read model and its logical view differ (both directions):
     only for some scopes (versions or language entities), or all but some."""
     row = conn.execute(

@@ -149,7 +149,8 @@ def _write_read_model_registry(conn: psycopg.Connection) -> None:
     defined = {
         name: (view, tuple(keys))
         for name, view, keys in conn.execute(
-            "SELECT stored_name, logical_view, key_columns FROM progress_read_model_definitions")
+            "SELECT stored_name, logical_view, key_columns FROM progress_read_model_definitions"
+        )
     }
     declared = {model.name: (model.logical_view, model.key_columns) for model in READ_MODELS}
     if defined != declared:
@@ -165,8 +166,5 @@ def _write_read_model_registry(conn: psycopg.Connection) -> None:
             INSERT INTO progress_read_models (name, kind, level, logical_view, upstreams, description)
             VALUES (%s, %s, %s, %s, %s, %s)
             """,
-            [
-                (m.name, m.kind, m.level, m.logical_view, list(m.upstreams), m.description)
-                for m in READ_MODELS
-            ],
+            [(m.name, m.kind, m.level, m.logical_view, list(m.upstreams), m.description) for m in READ_MODELS],
         )
