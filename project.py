@@ -2,7 +2,7 @@
 """The project's two commands, needing nothing but Python 3.11+:
 
     python3 project.py run    # the product on its embedded PostgreSQL (Dagster UI on 127.0.0.1:3000)
-    python3 project.py test   # the test suite
+    python3 project.py test   # lint (ruff, mypy) and the test suite, on PostgreSQL 18 and 15
 
 Both create .venv/ and install the project into it on first use (again
 whenever pyproject.toml changes); extra arguments go to the command.
@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".installed-from"
+# Debian's postgresql-15 package (the major version many Supabase projects run).
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 def _python() -> str:
@@ -54,10 +56,30 @@ def main() -> int:
         print(f"error: installing the project failed ({exc.returncode})", file=sys.stderr)
         return 1
     if command == "run":
-        args = [str(BIN / "progress-refresh"), "dev", *extra]
-    else:
-        args = [_python(), "-m", "pytest", *extra]
-    return subprocess.run(args, cwd=ROOT).returncode
+        return subprocess.run([str(BIN / "progress-refresh"), "dev", *extra], cwd=ROOT).returncode
+    return run_tests(extra)
+
+
+def run_tests(extra: list[str]) -> int:
+    """Quality gates first, then the suite on the embedded PostgreSQL 18, then again
+    on Debian's PostgreSQL 15 when its binaries are installed (or on the server of
+    PROGRESS_TEST_DATABASE_URL alone, when given)."""
+    steps: list[tuple[str, list[str], dict[str, str]]] = [
+        ("ruff check", [str(BIN / "ruff"), "check", "orchestration", "tests", "bench"], {}),
+        ("ruff format", [str(BIN / "ruff"), "format", "--check", "orchestration", "tests", "bench"], {}),
+        ("mypy", [str(BIN / "mypy")], {}),
+        ("tests on the embedded PostgreSQL", [_python(), "-m", "pytest", *extra], {}),
+    ]
+    if PG15_BIN.joinpath("postgres").exists() and not os.environ.get("PROGRESS_TEST_DATABASE_URL"):
+        steps.append(("tests on PostgreSQL 15", [_python(), "-m", "pytest", *extra],
+                      {"PROGRESS_TEST_POSTGRES_BIN": str(PG15_BIN)}))
+    for name, args, env in steps:
+        print(f"==> {name}", flush=True)
+        code = subprocess.run(args, cwd=ROOT, env={**os.environ, **env}).returncode
+        if code != 0:
+            print(f"==> {name} failed ({code})", flush=True)
+            return code
+    return 0
 
 
 if __name__ == "__main__":

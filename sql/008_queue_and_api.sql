@@ -77,7 +77,7 @@ $$;
 CREATE OR REPLACE FUNCTION progress_refresh_claimed(
     p_kind text, p_version uuid, p_generation bigint, p_with_entities boolean DEFAULT true)
 RETURNS TABLE (read_model text, inserted bigint, updated bigint, deleted bigint, error text)
-SECURITY DEFINER SET search_path FROM CURRENT
+SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
@@ -131,7 +131,7 @@ $$;
 -- Refreshes one version now, queued or not; its queue entry, if any, is
 -- settled as a drain would.
 CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
-RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     queued_generation bigint;
@@ -151,7 +151,7 @@ $$;
 -- later with backoff; language entities are refreshed once, at the end of the
 -- batch, in sorted order, so concurrent drains never deadlock.
 CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
-RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     claimed record;

