@@ -54,6 +54,12 @@ PENDING_STATUSES = [
 
 read_model_selection = dg.AssetSelection.assets(*(model.name for model in READ_MODELS))
 
+# Steps run in the run's own process by default (a refresh is one database call
+# per version; extra processes only add start-up time). To spread a run over
+# processes, give it run config {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
+# (docs/operators-guide.md): the chains share the queue safely.
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
 refresh_queued_versions = dg.define_asset_job(
     name="refresh_queued_versions",
     selection=read_model_selection,
@@ -62,19 +68,23 @@ refresh_queued_versions = dg.define_asset_job(
     "the logical views. Run config may name versions or ask for all instead.",
     tags=REFRESH_TAGS,
     op_retry_policy=REFRESH_RETRY_POLICY,
-    executor_def=dg.in_process_executor,
+    executor_def=dg.multi_or_in_process_executor,
+    config=IN_PROCESS,
 )
 
 full_backfill = dg.define_asset_job(
     name="full_backfill",
     selection=read_model_selection,
-    config={"ops": {asset.node_def.name: {"config": {"all_versions": True}} for asset in read_model_assets}},
+    config={
+        **IN_PROCESS,
+        "ops": {asset.node_def.name: {"config": {"all_versions": True}} for asset in read_model_assets},
+    },
     description="Why: a safety net for anything change capture could miss (a trigger disabled during "
     "a bulk load, a restored backup). Queues every version and drains the queue in batches, logging "
     "n/total; a killed or failed run, when retried, continues with what is still queued.",
     tags=REFRESH_TAGS,
     op_retry_policy=REFRESH_RETRY_POLICY,
-    executor_def=dg.in_process_executor,
+    executor_def=dg.multi_or_in_process_executor,
 )
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -355,3 +359,43 @@ def test_retried_backfill_resumes_instead_of_requeueing(db, dsn, monkeypatch):
     assert any("audio: resuming a backfill, 2 version(s) still queued" in m for m in logs), logs
     assert not any("queued all" in m for m in logs)
     assert_read_models_equal_views(db)
+
+
+MULTIPROCESS_RUN_CONFIG = Path(__file__).parents[1] / "docs" / "examples" / "multiprocess_run_config.yaml"
+
+
+def test_multiprocess_executor_configuration_refreshes_both_chains(db, dsn, tmp_path):
+    """The documented run config, launched as an operator would, from the command line."""
+    versions = seed(db, audio_versions=2)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "PROGRESS_DATABASE_URL": dsn, "DAGSTER_HOME": str(home)}
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [
+            str(dagster),
+            "job",
+            "execute",
+            "-m",
+            "orchestration.definitions",
+            "-a",
+            "defs",
+            "-j",
+            "refresh_queued_versions",
+            "-c",
+            str(MULTIPROCESS_RUN_CONFIG),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Executing steps using multiprocess executor" in output
+    assert "RUN_SUCCESS" in output
+    assert_read_models_equal_views(db)
+    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0
