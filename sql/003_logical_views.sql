@@ -92,23 +92,7 @@ BEGIN
 END
 $$;
 
--- Generates progress_rows_<view>(scope) once the stored read models exist;
--- the stored table's row type is the return type, so a body whose columns
--- drift from its table fails here, at migrate time.
-CREATE OR REPLACE FUNCTION progress_install_rows_functions() RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    d progress_read_model_definitions%ROWTYPE;
-BEGIN
-    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
-        EXECUTE format(
-            'CREATE OR REPLACE FUNCTION %I(p_scope uuid) RETURNS SETOF %I LANGUAGE sql STABLE AS %L',
-            'progress_rows_' || d.logical_view, d.stored_name,
-            format('SELECT * FROM (%s) r WHERE r.%I = p_scope',
-                   progress_definition_sql(d.body, 'stored'), d.scope_column));
-    END LOOP;
-END
-$$;
+DROP FUNCTION IF EXISTS progress_install_rows_functions();
 
 INSERT INTO progress_read_model_definitions
     (logical_view, stored_name, kind, install_order, scope_column, key_columns, body) VALUES

@@ -61,6 +61,25 @@ BEGIN
 END
 $$;
 
+-- A generated function running one difference statement, counting its rows.
+CREATE OR REPLACE FUNCTION progress_create_diff_function(p_name text, p_parameters text, p_statement text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format($fn$
+        CREATE OR REPLACE FUNCTION %1$I(%2$s OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
+        SECURITY DEFINER SET search_path FROM CURRENT
+        LANGUAGE plpgsql AS $body$
+        BEGIN
+            %3$s
+        END
+        $body$ $fn$, p_name, p_parameters, p_statement);
+END
+$$;
+
+-- Generates, per read model, progress_rows_<view>(scope) (its definition read
+-- from the stored level below, one scope: the stored read model's row type is
+-- the return type, so a definition drifting from its storage fails at migrate
+-- time), progress_sync_<view>(scope) and progress_rebuild_<view>().
 CREATE OR REPLACE FUNCTION progress_install_refresh_functions() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -83,29 +102,13 @@ BEGIN
         vals := ARRAY(SELECT c FROM unnest(cols) AS c WHERE c <> ALL (keys));
 
         -- Rows are written only where they differ: an unchanged scope writes nothing.
-        EXECUTE format($fn$
-            CREATE OR REPLACE FUNCTION %1$I(p_scope uuid,
-                OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
-            SECURITY DEFINER SET search_path FROM CURRENT
-            LANGUAGE plpgsql AS $body$
-            BEGIN
-                %2$s
-            END
-            $body$ $fn$,
-            'progress_sync_' || d.logical_view,
+        PERFORM progress_create_diff_function(
+            'progress_sync_' || d.logical_view, 'p_scope uuid,',
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
         -- The same difference over every scope at once: the concurrent rebuild.
-        EXECUTE format($fn$
-            CREATE OR REPLACE FUNCTION %1$I(
-                OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
-            SECURITY DEFINER SET search_path FROM CURRENT
-            LANGUAGE plpgsql AS $body$
-            BEGIN
-                %2$s
-            END
-            $body$ $fn$,
-            'progress_rebuild_' || d.logical_view,
+        PERFORM progress_create_diff_function(
+            'progress_rebuild_' || d.logical_view, '',
             progress_diff_statement(d, progress_definition_sql(d.body, 'stored'), 'true', keys, vals));
     END LOOP;
 END

@@ -235,9 +235,12 @@ CREATE OR REPLACE FUNCTION progress_queue_snapshot() RETURNS jsonb LANGUAGE sql 
       FROM progress_refresh_queue
 $$;
 
--- Rebuilds every read model from scratch, level by level. Readers wait for
--- it (like REFRESH MATERIALIZED VIEW): meant for the first populate.
-CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
+-- Rebuilds every read model, level by level. Concurrently, only rows that
+-- differ are written and readers keep reading the previous rows; otherwise
+-- the read models are emptied and refilled, and readers wait (like REFRESH
+-- MATERIALIZED VIEW without CONCURRENTLY): the fastest first populate. Queue
+-- entries older than the rebuild are settled by it.
+CREATE OR REPLACE FUNCTION progress_rebuild_all(p_concurrently boolean) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -245,41 +248,30 @@ DECLARE
     before jsonb := progress_queue_snapshot();
 BEGIN
     IF progress_storage_strategy() = 'matview' THEN
-        PERFORM progress_refresh_matviews(false);
-        PERFORM progress_settle_after_rebuild(before);
-        RETURN;
+        PERFORM progress_refresh_matviews(p_concurrently);
+    ELSIF p_concurrently THEN
+        FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+            EXECUTE format('SELECT * FROM %I()', 'progress_rebuild_' || d.logical_view);
+        END LOOP;
+    ELSE
+        EXECUTE 'TRUNCATE ' || (SELECT string_agg(quote_ident(stored_name), ', ')
+                                  FROM progress_read_model_definitions);
+        FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+            EXECUTE format('INSERT INTO %I %s', d.stored_name, progress_definition_sql(d.body, 'stored'));
+        END LOOP;
     END IF;
-    EXECUTE 'TRUNCATE ' || (SELECT string_agg(quote_ident(stored_name), ', ')
-                              FROM progress_read_model_definitions);
-    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
-        EXECUTE format('INSERT INTO %I %s', d.stored_name, progress_definition_sql(d.body, 'stored'));
-    END LOOP;
     PERFORM progress_settle_after_rebuild(before);
     PERFORM progress_mark_populated();
 END
 $$;
 
--- Rebuilds everything while readers keep reading the previous rows: only
--- rows that differ are written, in this one transaction.
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$ SELECT progress_rebuild_all(false) $$;
+
 CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_concurrently() RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE plpgsql AS $$
-DECLARE
-    d progress_read_model_definitions%ROWTYPE;
-    before jsonb := progress_queue_snapshot();
-BEGIN
-    IF progress_storage_strategy() = 'matview' THEN
-        PERFORM progress_refresh_matviews(true);
-        PERFORM progress_settle_after_rebuild(before);
-        RETURN;
-    END IF;
-    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
-        EXECUTE format('SELECT * FROM %I()', 'progress_rebuild_' || d.logical_view);
-    END LOOP;
-    PERFORM progress_settle_after_rebuild(before);
-    PERFORM progress_mark_populated();
-END
-$$;
+LANGUAGE sql AS $$ SELECT progress_rebuild_all(true) $$;
 
 CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT

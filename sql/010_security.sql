@@ -45,8 +45,10 @@ BEGIN
                 'refresh_progress_materialized_views_safe', 'requeue_progress_dead_letters'))
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', fn, public_roles);
-        IF fn::text NOT LIKE 'refresh_progress_materialized_views_full%'
-           AND fn::text NOT LIKE 'progress_install%' AND fn::text NOT LIKE 'progress_apply_grants%' THEN
+        -- Emptying every read model, and (re)installing, are for the admin only.
+        IF NOT fn::text LIKE ANY (ARRAY['refresh_progress_materialized_views_full%', 'progress_rebuild_all%',
+                                        'progress_install%', 'progress_create_diff_function%',
+                                        'progress_apply_grants%']) THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO progress_refresher', fn);
         END IF;
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO progress_admin', fn);

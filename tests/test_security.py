@@ -96,3 +96,10 @@ def test_writing_functions_are_security_definer_with_fixed_search_path(db) -> No
         """
     ).fetchall()
     assert loose == []
+
+
+def test_refresher_cannot_reach_the_full_rebuild_another_way(db, dsn, roles) -> None:
+    with as_role(dsn, roles["refresher"]) as refresher:
+        for call in ("SELECT progress_rebuild_all(false)", "SELECT progress_install_storage('table')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                refresher.execute(call)
