@@ -92,8 +92,6 @@ BEGIN
 END
 $$;
 
-DROP FUNCTION IF EXISTS progress_install_rows_functions();
-
 INSERT INTO progress_read_model_definitions
     (logical_view, stored_name, kind, install_order, scope_column, key_columns, body) VALUES
 ('audio_verse_coverage', 'mv_audio_verse_coverage', 'audio', 1, 'audio_version_id', '{audio_version_id,verse_id}', $body$
