@@ -107,11 +107,16 @@ SELECT f.audio_version_id, covered.verse_id
   FROM progress_live_bible_audio_files f
   JOIN progress_verse_structure sv ON sv.verse_id = f.start_verse_id
   LEFT JOIN verses ev ON ev.id = f.end_verse_id
-  JOIN progress_verse_structure covered
-    ON covered.bible_version_id = sv.bible_version_id
-   AND covered.global_order BETWEEN sv.global_order
-                                AND CASE WHEN f.end_verse_id IS NULL THEN sv.global_order
-                                         ELSE ev.global_order END
+  -- Each range is an index range scan on verses.global_order: OFFSET 0 keeps
+  -- the planner from flattening this into a join that compares every range
+  -- with every verse of the bible version.
+ CROSS JOIN LATERAL (
+        SELECT s.verse_id FROM progress_verse_structure s
+         WHERE s.bible_version_id = sv.bible_version_id
+           AND s.global_order BETWEEN sv.global_order
+                                  AND CASE WHEN f.end_verse_id IS NULL THEN sv.global_order
+                                           ELSE ev.global_order END
+        OFFSET 0) AS covered
 $body$),
 ('audio_chapter_coverage', 'mv_audio_chapter_coverage', 'audio', 2, 'audio_version_id', '{audio_version_id,chapter_id}', $body$
 SELECT vc.audio_version_id,

@@ -134,6 +134,9 @@ def migrate(conn: psycopg.Connection, strategy: str | None = None) -> list[str]:
             conn.execute("SELECT progress_install_storage(%s)", [strategy])
             conn.execute("SELECT progress_install_refresh_functions()")
             applied_names.append(f"storage strategy {strategy}")
+        # The generated refresh functions embed the read-model definitions: regenerate
+        # them on every migrate, so a changed definition never leaves a stale copy.
+        conn.execute("SELECT progress_install_refresh_functions()")
         _write_read_model_registry(conn)
         conn.execute("SELECT progress_apply_grants()")
     return applied_names
