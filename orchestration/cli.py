@@ -157,7 +157,12 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
     parsed = [gateway.parse_version(v) for v in versions]
     with _database() as conn:
         if rebuild:
-            gateway.rebuild_all(conn, rebuild)
+            # One SQL call with no progress to report: a spinner shows it is working.
+            if as_json or not console.is_terminal:
+                gateway.rebuild_all(conn, rebuild)
+            else:
+                with console.status(f"rebuilding every read model ({rebuild})…"):
+                    gateway.rebuild_all(conn, rebuild)
             _emit({"rebuild": rebuild, "ok": True}, as_json, lambda: click.echo(f"rebuilt ({rebuild})"))
             return
         with _progress_bar("refreshing", not as_json) as update:

