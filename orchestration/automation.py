@@ -12,6 +12,7 @@ dagster.yaml only one refresh touches the database at a time.
 import json
 import os
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -58,7 +59,7 @@ read_model_selection = dg.AssetSelection.assets(*(model.name for model in READ_M
 # per version; extra processes only add start-up time). To spread a run over
 # processes, give it run config {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
 # (docs/operators-guide.md): the chains share the queue safely.
-IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 
 refresh_queued_versions = dg.define_asset_job(
     name="refresh_queued_versions",
