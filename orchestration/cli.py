@@ -228,7 +228,13 @@ def status_command(as_json: bool) -> None:
 
 @cli.command("requeue-dead-letters")
 def requeue_dead_letters_command() -> None:
-    """Put dead-lettered versions back in the queue with fresh attempts."""
+    """Put dead-lettered versions back in the queue with fresh attempts.
+
+    \b
+    Example:
+      progress-refresh status                  # see the dead letters and their errors
+      progress-refresh requeue-dead-letters
+    """
     with _database() as conn:
         moved = gateway.requeue_dead_letters(conn)
     click.echo(f"requeued {len(moved)} version(s)")
@@ -237,7 +243,12 @@ def requeue_dead_letters_command() -> None:
 @cli.command("enqueue")
 @click.argument("version", metavar="KIND:UUID")
 def enqueue_command(version: str) -> None:
-    """Queue one version for the next refresh."""
+    """Queue one version for the next refresh.
+
+    \b
+    Example:
+      progress-refresh enqueue audio:0b6e3c1a-5f7e-4a39-9c1e-2f3d4a5b6c7d
+    """
     kind, version_id = gateway.parse_version(version)
     with _database() as conn:
         gateway.enqueue(conn, kind, version_id)
@@ -292,7 +303,12 @@ def demo_command(limit: int) -> None:
 
 @cli.command("stop-embedded")
 def stop_embedded_command() -> None:
-    """Stop the embedded PostgreSQL if it is running."""
+    """Stop the embedded PostgreSQL if it is running.
+
+    \b
+    Example:
+      progress-refresh stop-embedded
+    """
     click.echo("stopped" if stop_embedded() else "not running")
 
 
