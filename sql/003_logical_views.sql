@@ -52,8 +52,8 @@ CREATE OR REPLACE VIEW progress_live_bible_audio_files AS
 SELECT mf.id, mf.audio_version_id, mf.chapter_id, mf.start_verse_id, mf.end_verse_id
   FROM media_files mf
   JOIN audio_versions av ON av.id = mf.audio_version_id AND av.deleted_at IS NULL
- WHERE progress_is_live_bible_audio(mf.media_type, mf.is_bible_audio, mf.upload_status,
-                                    mf.publish_status, mf.deleted_at);
+ WHERE progress_is_live_bible_audio(mf.media_type::text, mf.is_bible_audio, mf.upload_status::text,
+                                    mf.publish_status::text, mf.deleted_at);
 
 -- The bible version each verse belongs to (ranges stay inside the start verse's).
 CREATE OR REPLACE VIEW progress_verse_structure AS

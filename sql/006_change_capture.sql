@@ -21,24 +21,24 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM progress_enqueue_versions('audio', ARRAY(
             SELECT n.audio_version_id FROM new_rows n
-             WHERE progress_is_live_bible_audio(n.media_type, n.is_bible_audio, n.upload_status,
-                                                n.publish_status, n.deleted_at)));
+             WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                                n.publish_status::text, n.deleted_at)));
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM progress_enqueue_versions('audio', ARRAY(
             SELECT o.audio_version_id FROM old_rows o
-             WHERE progress_is_live_bible_audio(o.media_type, o.is_bible_audio, o.upload_status,
-                                                o.publish_status, o.deleted_at)));
+             WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                                o.publish_status::text, o.deleted_at)));
     ELSE
         PERFORM progress_enqueue_versions('audio', ARRAY(
             SELECT affected.version_id
               FROM old_rows o
               FULL JOIN new_rows n ON n.id = o.id
              CROSS JOIN LATERAL (VALUES
-                   (CASE WHEN progress_is_live_bible_audio(o.media_type, o.is_bible_audio,
-                              o.upload_status, o.publish_status, o.deleted_at)
+                   (CASE WHEN progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                                           o.publish_status::text, o.deleted_at)
                          THEN o.audio_version_id END),
-                   (CASE WHEN progress_is_live_bible_audio(n.media_type, n.is_bible_audio,
-                              n.upload_status, n.publish_status, n.deleted_at)
+                   (CASE WHEN progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                                           n.publish_status::text, n.deleted_at)
                          THEN n.audio_version_id END)) AS affected (version_id)
              WHERE (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
                     o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)

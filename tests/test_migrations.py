@@ -68,3 +68,37 @@ def test_migrate_again_is_a_no_op_and_each_migration_is_idempotent(empty_dsn: st
                 conn.execute(migration.sql)  # every file runs again on a migrated database
             conn.execute("SELECT progress_apply_grants()")
         assert schema_of(conn) == before
+
+
+def test_existing_base_tables_with_enum_statuses_work(empty_dsn: str) -> None:
+    """Supabase projects often use enums for the status columns; extra columns with defaults are fine too."""
+    base = load_migrations()[0].sql
+    enums = {
+        "media_type": ("media_type_enum", "'audio', 'video'"),
+        "upload_status": ("upload_status_enum", "'pending', 'uploading', 'completed', 'failed'"),
+        "publish_status": ("publish_status_enum", "'pending', 'published', 'archived'"),
+    }
+    with connect(empty_dsn) as conn:
+        conn.execute(base)
+        for column, (type_name, values) in enums.items():
+            conn.execute(f"CREATE TYPE {type_name} AS ENUM ({values})")
+            conn.execute(f"ALTER TABLE media_files DROP CONSTRAINT IF EXISTS media_files_{column}_check")
+            conn.execute(f"ALTER TABLE media_files ALTER COLUMN {column} DROP DEFAULT")
+            conn.execute(f"ALTER TABLE media_files ALTER COLUMN {column} TYPE {type_name} USING {column}::{type_name}")
+        conn.execute("ALTER TABLE media_files ADD COLUMN duration_seconds int NOT NULL DEFAULT 0")
+        migrate(conn)
+        conn.execute("INSERT INTO bible_versions VALUES ('b', 'B')")
+        conn.execute("INSERT INTO books VALUES ('b-1', 'b', 1, 'One')")
+        conn.execute("INSERT INTO chapters VALUES ('b-1-1', 'b-1', 1, 2)")
+        conn.execute("INSERT INTO verses VALUES ('b-1-1-1', 'b-1-1', 1, 1), ('b-1-1-2', 'b-1-1', 2, 2)")
+        conn.execute("INSERT INTO audio_versions (id, bible_version_id, name) VALUES (gen_random_uuid(), 'b', 'A')")
+        conn.execute(
+            "INSERT INTO media_files (audio_version_id, media_type, is_bible_audio, upload_status, publish_status,"
+            " chapter_id) SELECT id, 'audio', true, 'completed', 'published', 'b-1-1' FROM audio_versions"
+        )
+        assert conn.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 1
+        while conn.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall():
+            pass
+        assert conn.execute(
+            "SELECT covered_verses, verse_fraction FROM mv_audio_version_progress_summary"
+        ).fetchall() == [(2, 1)]
