@@ -105,6 +105,18 @@ def strategy_db(strategy_dsn: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
+def matview_db(server_dsn: str, matview_template: str) -> Iterator[psycopg.Connection]:
+    """Autocommit connection to a fresh database migrated with the matview strategy, populated."""
+    name = _create_database(server_dsn, matview_template)
+    try:
+        with connect(database_dsn(server_dsn, name)) as conn:
+            conn.execute("SELECT refresh_progress_materialized_views_full()")
+            yield conn
+    finally:
+        _drop_database(server_dsn, name)
+
+
+@pytest.fixture
 def empty_dsn(server_dsn: str) -> Iterator[str]:
     """URL of a fresh database with nothing installed."""
     name = _create_database(server_dsn, "template0")

@@ -484,3 +484,25 @@ def test_random_workload_concurrent_rebuild(db, seed):
 @pytest.mark.parametrize("seed", [301, 302])
 def test_random_workload_full_rebuild(db, seed):
     run_workload(db, seed, full_rebuild)
+
+
+# The materialized-view strategy passes the same correctness suite: its drain
+# refreshes every view, its rebuilds are REFRESH [CONCURRENTLY].
+@pytest.mark.parametrize("seed", range(8))
+def test_matview_strategy_random_workload_sql_drain(matview_db, seed):
+    run_workload(matview_db, seed, sql_drain)
+
+
+@pytest.mark.parametrize("seed", [111, 112])
+def test_matview_strategy_random_workload_python_drain(matview_db, seed):
+    run_workload(matview_db, seed, python_drain)
+
+
+@pytest.mark.parametrize("seed", [411])
+def test_matview_strategy_random_workload_structure_heavy(matview_db, seed):
+    run_workload(matview_db, seed, sql_drain, rounds=6, weights={"op_structure": 25, "op_version_change": 10})
+
+
+@pytest.mark.parametrize(("seed", "final"), [(211, concurrent_rebuild), (311, full_rebuild)])
+def test_matview_strategy_random_workload_rebuilds(matview_db, seed, final):
+    run_workload(matview_db, seed, final)
