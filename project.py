@@ -64,9 +64,10 @@ def run_tests(extra: list[str]) -> int:
     """Quality gates first, then the suite on the embedded PostgreSQL 18, then again
     on Debian's PostgreSQL 15 when its binaries are installed (or on the server of
     PROGRESS_TEST_DATABASE_URL alone, when given)."""
+    sources = [name for name in ("orchestration", "tests", "bench") if (ROOT / name).is_dir()]
     steps: list[tuple[str, list[str], dict[str, str]]] = [
-        ("ruff check", [str(BIN / "ruff"), "check", "orchestration", "tests", "bench"], {}),
-        ("ruff format", [str(BIN / "ruff"), "format", "--check", "orchestration", "tests", "bench"], {}),
+        ("ruff check", [str(BIN / "ruff"), "check", *sources], {}),
+        ("ruff format", [str(BIN / "ruff"), "format", "--check", *sources], {}),
         ("mypy", [str(BIN / "mypy")], {}),
         ("tests on the embedded PostgreSQL", [_python(), "-m", "pytest", *extra], {}),
     ]
