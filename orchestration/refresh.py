@@ -57,7 +57,7 @@ class RefreshReport:
 
     @property
     def failed(self) -> list[VersionOutcome]:
-        return [o for o in self.outcomes if not o.ok]
+        return [o for o in self.outcomes if o.error is not None]
 
     def totals(self) -> dict[str, ReadModelCounts]:
         """Rows inserted, updated and deleted per read model, summed over versions."""
@@ -117,7 +117,7 @@ def drain_queue(
             break
         report.batches += 1
         for claim in claims:
-            outcome = gateway.refresh_claimed(conn, claim)
+            outcome = gateway.refresh_claimed(conn, claim, worker)
             report.outcomes.append(outcome)
             if on_version is not None:
                 on_version(outcome)

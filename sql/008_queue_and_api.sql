@@ -70,21 +70,32 @@ BEGIN
 END
 $$;
 
--- Refreshes a claimed version and settles its queue entry. A failure rolls
--- back this version only and is recorded; the caller goes on with the rest.
--- With p_with_entities false the caller refreshes the language entities
--- itself (once per batch, see drain_progress_refresh_queue).
+-- Refreshes a claimed version. A failure rolls back this version only and is
+-- recorded; the caller goes on with the rest. A claim no longer held by
+-- p_worker (its lease expired and another worker took it) is left alone: no
+-- rows are returned. With p_with_entities false the caller refreshes the
+-- language entities itself (once per batch, see drain_progress_refresh_queue).
+--
+-- The caller settles the entry afterwards with progress_finish(), in its own
+-- transaction or (the SQL drain, which holds its claimed rows) the same one:
+-- a refresh holding language-entity locks must never wait for a queue row,
+-- which a drain may hold while it waits for those locks.
+DROP FUNCTION IF EXISTS progress_refresh_claimed(text, uuid, bigint, boolean);
+DROP FUNCTION IF EXISTS progress_refresh_claimed(text, uuid, bigint, text, boolean);
 CREATE OR REPLACE FUNCTION progress_refresh_claimed(
-    p_kind text, p_version uuid, p_generation bigint, p_with_entities boolean DEFAULT true)
+    p_kind text, p_version uuid, p_worker text, p_with_entities boolean DEFAULT true)
 RETURNS TABLE (read_model text, inserted bigint, updated bigint, deleted bigint, error text)
 SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
 BEGIN
+    IF NOT EXISTS (SELECT FROM progress_refresh_queue q
+                    WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker) THEN
+        RETURN;
+    END IF;
     BEGIN
         done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities) AS c);
-        PERFORM progress_finish(p_kind, p_version, p_generation);
     EXCEPTION WHEN OTHERS THEN
         PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
@@ -137,8 +148,10 @@ DECLARE
     queued_generation bigint;
 BEGIN
     PERFORM progress_check_version(kind, version_id);
+    -- The entry is locked before anything else, as in progress_refresh_claimed.
     SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
-     WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id;
+     WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
+       FOR UPDATE;
     RETURN QUERY SELECT * FROM progress_refresh_version(kind, version_id);
     IF queued_generation IS NOT NULL THEN
         PERFORM progress_finish(kind, version_id, queued_generation);
@@ -158,6 +171,7 @@ DECLARE
     failures int;
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
+    worker text := 'sql:' || pg_backend_pid();
 BEGIN
     IF progress_storage_strategy() = 'matview' THEN
         -- Everything is refreshed at once, so every ready entry is claimed first.
@@ -165,7 +179,7 @@ BEGIN
         RETURN;
     END IF;
     FOR claimed IN
-        SELECT * FROM progress_claim_batch('sql:' || pg_backend_pid(),
+        SELECT * FROM progress_claim_batch(worker,
                                            progress_setting('drain_batch_size')::int,
                                            make_interval(secs => progress_setting('lease_seconds')::int))
     LOOP
@@ -177,8 +191,9 @@ BEGIN
                 || progress_affected_language_entities('text', ARRAY[claimed.version_id]);
         END IF;
         SELECT count(*) FILTER (WHERE r.error IS NOT NULL) INTO failures
-          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, claimed.generation, false) AS r;
+          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, worker, false) AS r;
         IF failures = 0 THEN
+            PERFORM progress_finish(claimed.kind, claimed.version_id, claimed.generation);
             kind := claimed.kind;
             version_id := claimed.version_id;
             RETURN NEXT;

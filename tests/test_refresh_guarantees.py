@@ -52,7 +52,7 @@ def test_change_committed_after_claim_stays_queued(db, dsn):
         b.media_file(writer, v, chapter=A.chapter("EXO", 1))
     assert queue_row(db, "audio", v)[0] == claim.generation + 1
 
-    outcome = gateway.refresh_claimed(db, claim)
+    outcome = gateway.refresh_claimed(db, claim, "test-worker")
     assert outcome.ok, outcome.error
     generation, claimed_by, lease_until = queue_row(db, "audio", v)
     assert generation == claim.generation + 1
@@ -143,7 +143,7 @@ def test_change_committed_mid_refresh_python_path(db, dsn):
         [claim] = gateway.claim_batch(refresher, "test-worker", 10, 300)
         gate.arm(refresher)
         gate.close()
-        thread, result = run_in_thread(lambda: gateway.refresh_claimed(refresher, claim))
+        thread, result = run_in_thread(lambda: gateway.refresh_claimed(refresher, claim, "test-worker"))
         gate.wait_until_held(refresher)
         # the refresh has computed and written the verse level: commit a change now
         b.media_file(writer, v, chapter=A.chapter("EXO", 1))
@@ -392,3 +392,17 @@ def test_whole_bible_version_refreshes_only_what_changed(db):
         f" first refresh {first_seconds * 1000:.0f} ms, no-change refresh {unchanged_seconds * 1000:.0f} ms,"
         f" one chapter removed {one_seconds * 1000:.0f} ms, restored {back_seconds * 1000:.0f} ms"
     )
+
+
+def test_a_claim_taken_over_after_its_lease_expired_is_not_refreshed_twice(db):
+    version = db.execute(
+        "INSERT INTO text_versions (id, name) VALUES (gen_random_uuid(), 'T') RETURNING id"
+    ).fetchone()[0]
+    [stale] = gateway.claim_batch(db, "slow-worker", 10, 0)  # a lease that has already expired
+    [fresh] = gateway.claim_batch(db, "other-worker", 10, 300)  # so another worker claims it
+    assert stale.version_id == fresh.version_id == version
+    outcome = gateway.refresh_claimed(db, stale, "slow-worker")
+    assert outcome.skipped and not outcome.ok and outcome.error is None
+    assert db.execute("SELECT claimed_by FROM progress_refresh_queue").fetchall() == [("other-worker",)]
+    assert gateway.refresh_claimed(db, fresh, "other-worker").ok
+    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0

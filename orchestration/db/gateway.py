@@ -41,10 +41,11 @@ class VersionOutcome:
     version_id: uuid.UUID
     counts: list[ReadModelCounts] = field(default_factory=list)
     error: str | None = None
+    skipped: bool = False  # the claim was lost to another worker: not refreshed here
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        return self.error is None and not self.skipped
 
 
 def parse_version(text: str) -> tuple[str, uuid.UUID]:
@@ -86,25 +87,35 @@ def claim_batch(
     return [Claim(kind, version_id, generation) for kind, version_id, generation in rows]
 
 
-def refresh_claimed(conn: psycopg.Connection, claim: Claim) -> VersionOutcome:
-    """Refreshes one claimed version in its own transaction and settles its queue entry."""
+def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> VersionOutcome:
+    """Refreshes one claimed version in a transaction of its own, then settles its
+    queue entry in another (a refresh never waits for a queue row: see
+    progress_refresh_claimed). A claim another worker took over is skipped."""
     outcome = VersionOutcome(claim.kind, claim.version_id)
     try:
         with conn.transaction():
             rows = conn.execute(
                 "SELECT read_model, inserted, updated, deleted, error FROM progress_refresh_claimed(%s, %s, %s)",
-                [claim.kind, claim.version_id, claim.generation],
+                [claim.kind, claim.version_id, worker],
             ).fetchall()
     except psycopg.Error as exc:
         # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
         outcome.error = " ".join(str(exc).split())
         record_failure(conn, claim.kind, claim.version_id, outcome.error)
         return outcome
+    if not rows:
+        outcome.skipped = True
+        return outcome
     for read_model, inserted, updated, deleted, error in rows:
         if error is not None:
             outcome.error = error
         else:
             outcome.counts.append(ReadModelCounts(read_model, inserted, updated, deleted))
+    if outcome.error is None:
+        # Killed between the two transactions, the entry stays claimed; once its
+        # lease expires it is refreshed again, which changes nothing.
+        with conn.transaction():
+            conn.execute("SELECT progress_finish(%s, %s, %s)", [claim.kind, claim.version_id, claim.generation])
     return outcome
 
 
