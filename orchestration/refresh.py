@@ -70,6 +70,11 @@ class RefreshReport:
                 acc[2] += c.deleted
         return {name: ReadModelCounts(name, *acc) for name, acc in sums.items()}
 
+    def record(self, outcome: VersionOutcome, on_version: Callable[[VersionOutcome], None] | None) -> None:
+        self.outcomes.append(outcome)
+        if on_version is not None:
+            on_version(outcome)
+
     def versions_of(self, kind: str) -> list[uuid.UUID]:
         return [o.version_id for o in self.refreshed if o.kind == kind]
 
@@ -117,10 +122,7 @@ def drain_queue(
             break
         report.batches += 1
         for claim in claims:
-            outcome = gateway.refresh_claimed(conn, claim, worker)
-            report.outcomes.append(outcome)
-            if on_version is not None:
-                on_version(outcome)
+            report.record(gateway.refresh_claimed(conn, claim, worker), on_version)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -133,10 +135,7 @@ def _drain_matviews(conn: psycopg.Connection, on_version: Callable[[VersionOutco
     while batch := gateway.drain_sql_batch(conn):
         report.batches += 1
         for kind, version_id in batch:
-            outcome = VersionOutcome(kind, version_id)
-            report.outcomes.append(outcome)
-            if on_version is not None:
-                on_version(outcome)
+            report.record(VersionOutcome(kind, version_id), on_version)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -152,10 +151,7 @@ def refresh_versions(
     report = RefreshReport(batches=1)
     started = time.perf_counter()
     for kind, version_id in versions:
-        outcome = gateway.refresh_version(conn, kind, version_id)
-        report.outcomes.append(outcome)
-        if on_version is not None:
-            on_version(outcome)
+        report.record(gateway.refresh_version(conn, kind, version_id), on_version)
     report.seconds = time.perf_counter() - started
     return report
 
