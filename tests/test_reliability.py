@@ -49,10 +49,12 @@ def add_text_versions(conn: psycopg.Connection, language: uuid.UUID, count: int)
 
 
 def add_texts(conn: psycopg.Connection, version: uuid.UUID, verses: list[str]) -> None:
+    # Sorted, as any app inserting many rows must: two writers inserting the same
+    # keys in different orders deadlock on the unique index, triggers or not.
     conn.execute(
         "INSERT INTO verse_texts (text_version_id, verse_id, verse_text)"
         " SELECT %s, v, 'text' FROM unnest(%s::text[]) v ON CONFLICT DO NOTHING",
-        [version, verses],
+        [version, sorted(verses)],
     )
 
 
