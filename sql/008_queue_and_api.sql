@@ -255,12 +255,40 @@ $$;
 -- the read models are emptied and refilled, and readers wait (like REFRESH
 -- MATERIALIZED VIEW without CONCURRENTLY): the fastest first populate. Queue
 -- entries older than the rebuild are settled by it.
+-- Drops every index of a table, its key included, and returns the statements
+-- that re-create them exactly (names, constraints, user-added indexes).
+CREATE OR REPLACE FUNCTION progress_drop_indexes(p_table regclass) RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    ddl text[];
+    dropping text[];
+BEGIN
+    SELECT coalesce(array_agg(CASE WHEN c.oid IS NULL THEN pg_get_indexdef(i.indexrelid)
+                                   ELSE format('ALTER TABLE %s ADD CONSTRAINT %I %s', p_table, c.conname,
+                                               pg_get_constraintdef(c.oid)) END
+                              ORDER BY i.indisprimary DESC, i.indexrelid), '{}'),
+           coalesce(array_agg(CASE WHEN c.oid IS NULL THEN format('DROP INDEX %s', i.indexrelid::regclass)
+                                   ELSE format('ALTER TABLE %s DROP CONSTRAINT %I', p_table, c.conname) END), '{}')
+      INTO ddl, dropping
+      FROM pg_index i
+      LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+                               AND c.contype IN ('p', 'u', 'x')
+     WHERE i.indrelid = p_table;
+    FOR i IN 1 .. cardinality(dropping) LOOP
+        EXECUTE dropping[i];
+    END LOOP;
+    RETURN ddl;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION progress_rebuild_all(p_concurrently boolean) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
     before jsonb := progress_queue_snapshot();
+    index_ddl text[];
+    ddl text;
 BEGIN
     IF progress_storage_strategy() = 'matview' THEN
         PERFORM progress_refresh_matviews(p_concurrently);
@@ -272,7 +300,14 @@ BEGIN
         EXECUTE 'TRUNCATE ' || (SELECT string_agg(quote_ident(stored_name), ', ')
                                   FROM progress_read_model_definitions);
         FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+            -- Like REFRESH, build each index once over the finished rows rather
+            -- than inserting into it row by row: several times faster. The
+            -- table is locked by the TRUNCATE, so nobody sees it without them.
+            index_ddl := progress_drop_indexes(d.stored_name::regclass);
             EXECUTE format('INSERT INTO %I %s', d.stored_name, progress_definition_sql(d.body, 'stored'));
+            FOREACH ddl IN ARRAY index_ddl LOOP
+                EXECUTE ddl;
+            END LOOP;
         END LOOP;
     END IF;
     PERFORM progress_settle_after_rebuild(before);

@@ -47,7 +47,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', fn, public_roles);
         -- Emptying every read model, and (re)installing, are for the admin only.
         IF NOT fn::text LIKE ANY (ARRAY['refresh_progress_materialized_views_full%', 'progress_rebuild_all%',
-                                        'progress_install%', 'progress_create_diff_function%',
+                                        'progress_install%', 'progress_create_diff_function%', 'progress_drop_indexes%',
                                         'progress_apply_grants%']) THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO progress_refresher', fn);
         END IF;

@@ -406,3 +406,35 @@ def test_a_claim_taken_over_after_its_lease_expired_is_not_refreshed_twice(db):
     assert db.execute("SELECT claimed_by FROM progress_refresh_queue").fetchall() == [("other-worker",)]
     assert gateway.refresh_claimed(db, fresh, "other-worker").ok
     assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0
+
+
+# (d) a full rebuild ---------------------------------------------------------------------
+
+INDEX_DEFINITIONS = """
+    SELECT c.relname, i.relname, pg_get_indexdef(x.indexrelid), con.contype
+      FROM pg_index x
+      JOIN pg_class c ON c.oid = x.indrelid
+      JOIN pg_class i ON i.oid = x.indexrelid
+      LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid
+     WHERE c.relname = ANY(%s)
+     ORDER BY 1, 2"""
+
+
+def test_full_rebuild_keeps_every_key_and_index(db):
+    """The rebuild drops the indexes to build them once at the end: none may go missing."""
+    rich_world(db)
+    names = [m.name for m in READ_MODELS]
+    db.execute("CREATE INDEX dashboard_percent ON mv_audio_version_progress_summary (verse_fraction)")
+    before = db.execute(INDEX_DEFINITIONS, [names]).fetchall()
+    assert {r[0] for r in before if r[3] == "p"} == set(names)  # every read model has its key
+    rows_before = {name: db.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall() for name in names}
+
+    db.execute("SELECT refresh_progress_materialized_views_full()")
+
+    assert db.execute(INDEX_DEFINITIONS, [names]).fetchall() == before
+    assert {name: db.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall() for name in names} == rows_before
+    b.assert_read_models_match(db)
+    # the key still holds
+    key_table = READ_MODELS[0]
+    with pytest.raises(psycopg.errors.UniqueViolation), db.transaction():
+        db.execute(f"INSERT INTO {key_table.name} SELECT * FROM {key_table.name} LIMIT 1")
