@@ -95,9 +95,14 @@ $$;
 INSERT INTO progress_read_model_definitions
     (logical_view, stored_name, kind, install_order, scope_column, key_columns, body) VALUES
 ('audio_verse_coverage', 'mv_audio_verse_coverage', 'audio', 1, 'audio_version_id', '{audio_version_id,verse_id}', $body$
-SELECT f.audio_version_id, mfv.verse_id
+SELECT f.audio_version_id, mapped.verse_id
   FROM progress_live_bible_audio_files f
-  JOIN media_files_verses mfv ON mfv.media_file_id = f.id AND mfv.deleted_at IS NULL
+  -- A lookup per file (index-only on media_files_verses): OFFSET 0 keeps the
+  -- planner from hashing every mapping of the database for one version.
+ CROSS JOIN LATERAL (
+        SELECT mfv.verse_id FROM media_files_verses mfv
+         WHERE mfv.media_file_id = f.id AND mfv.deleted_at IS NULL
+        OFFSET 0) AS mapped
 UNION
 SELECT f.audio_version_id, v.id
   FROM progress_live_bible_audio_files f

@@ -303,8 +303,12 @@ BEGIN
             -- Like REFRESH, build each index once over the finished rows rather
             -- than inserting into it row by row: several times faster. The
             -- table is locked by the TRUNCATE, so nobody sees it without them.
+            -- Rows go in key order, so each version's rows share a few pages
+            -- and a per-version refresh reads those, not one page per row.
             index_ddl := progress_drop_indexes(d.stored_name::regclass);
-            EXECUTE format('INSERT INTO %I %s', d.stored_name, progress_definition_sql(d.body, 'stored'));
+            EXECUTE format('INSERT INTO %I SELECT * FROM (%s) r ORDER BY %s', d.stored_name,
+                           progress_definition_sql(d.body, 'stored'),
+                           array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(d.key_columns) k), ', '));
             FOREACH ddl IN ARRAY index_ddl LOOP
                 EXECUTE ddl;
             END LOOP;
