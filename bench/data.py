@@ -53,7 +53,7 @@ class Size:
 
 
 SIZES: dict[str, Size] = {
-    # XS exists for the smoke test only (every coverage style, a few seconds per refresh).
+    # XS: a quick size for development (every coverage style, a few seconds per refresh).
     "XS": Size("XS", 4, 4),
     "S": Size("S", 20, 20),
     "M": Size("M", 200, 200),

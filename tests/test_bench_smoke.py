@@ -1,10 +1,6 @@
 """Smoke test of the benchmark (bench/): the whole pipeline (generate, clone,
-install both strategies, every measurement, report) at the smallest size with
-one repetition, against the test server; well under a minute on 2 cores.
-
-Size XS (4 audio + 4 text versions, every coverage style) stands in for S: with
-the current SQL one matview refresh at S takes seconds and the benchmark runs
-dozens of them, which would not fit in a minute."""
+install both strategies, every measurement, report) at size S with one
+repetition, against the test server; about a minute on 2 cores."""
 
 from __future__ import annotations
 
@@ -49,7 +45,7 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
             "-m",
             "bench",
             "--sizes",
-            "XS",
+            "S",
             "--repeat",
             "1",
             "--lookups",
@@ -73,9 +69,9 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "sizes", "targets"} <= set(results)
     assert results["meta"]["repeat"] == 1
-    size = results["sizes"]["XS"]
+    size = results["sizes"]["S"]
     assert {"audio_versions", "text_versions", "verse_texts", "read_model_rows"} <= set(size["data"])
-    assert size["data"]["audio_versions"] == 4 and size["data"]["text_versions"] == 4
+    assert size["data"]["audio_versions"] == 20 and size["data"]["text_versions"] == 20
     assert set(size["metrics"]) == METRICS
     for metric_id, metric in size["metrics"].items():
         assert {"label", "unit", "baseline", "ours", "ratio"} <= set(metric), metric_id
@@ -89,11 +85,11 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     assert all({"id", "target", "measured", "met"} <= set(t) for t in results["targets"])
 
     markdown = (tmp_path / "results.md").read_text()
-    assert "## Size XS" in markdown and "## Targets" in markdown
+    assert "## Size S" in markdown and "## Targets" in markdown
     assert (tmp_path / "refresh_vs_versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Every database the run created is gone.
-    prefix = re.search(r"in (bench_\d+_)xs_template", result.stderr)
+    prefix = re.search(r"in (bench_\d+_)s_template", result.stderr)
     assert prefix is not None, result.stderr
     with connect(server_dsn) as admin:
         left = admin.execute(
