@@ -242,22 +242,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 points.append((x, m))
         if not points:
             continue
-        ax.plot(
-            [x for x, _ in points],
-            [m["baseline"]["median"] for _, m in points],
-            marker=marker,
-            linestyle="--",
-            color="tab:red",
-            label=f"matview (REFRESH CONCURRENTLY): {label}",
-        )
-        ax.plot(
-            [x for x, _ in points],
-            [m["ours"]["median"] for _, m in points],
-            marker=marker,
-            linestyle="-",
-            color="tab:blue",
-            label=f"table (per version): {label}",
-        )
+        for side, linestyle, color, strategy in (
+            ("baseline", "--", "tab:red", "matview (REFRESH CONCURRENTLY)"),
+            ("ours", "-", "tab:blue", "table (per version)"),
+        ):
+            ax.plot(
+                [x for x, _ in points],
+                [m[side]["median"] for _, m in points],
+                marker=marker,
+                linestyle=linestyle,
+                color=color,
+                label=f"{strategy}: {label}",
+            )
     for x, s in zip(xs, sizes, strict=True):
         ax.annotate(
             f"size {s}",

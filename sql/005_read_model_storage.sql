@@ -30,6 +30,12 @@ LANGUAGE sql STABLE AS $$
       JOIN pg_class c ON c.oid = to_regclass(d.stored_name)
 $$;
 
+-- A quoted, comma-separated column list for generated DDL.
+CREATE OR REPLACE FUNCTION progress_column_list(p_columns text[]) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT array_to_string(ARRAY(SELECT quote_ident(c) FROM unnest(p_columns) AS c), ', ')
+$$;
+
 -- Creates the stored read models for a strategy, replacing those of the
 -- other strategy (their rows are dropped: repopulate with
 -- refresh_progress_materialized_views_full()). Idempotent.
@@ -59,15 +65,15 @@ BEGIN
         IF p_strategy = 'table' THEN
             EXECUTE format('CREATE TABLE %I AS %s WITH NO DATA', d.stored_name, select_rows);
             EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (%s)', d.stored_name,
-                           array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(d.key_columns) k), ', '));
+                           progress_column_list(d.key_columns));
         ELSE
             EXECUTE format('CREATE MATERIALIZED VIEW %I AS %s WITH NO DATA', d.stored_name, select_rows);
             EXECUTE format('CREATE UNIQUE INDEX %I ON %I (%s)', d.stored_name || '_key', d.stored_name,
-                           array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(d.key_columns) k), ', '));
+                           progress_column_list(d.key_columns));
         END IF;
         IF cardinality(d.lookup_columns) > 0 THEN
             EXECUTE format('CREATE INDEX %I ON %I (%s)', d.stored_name || '_lookup', d.stored_name,
-                           array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(d.lookup_columns) k), ', '));
+                           progress_column_list(d.lookup_columns));
         END IF;
     END LOOP;
     INSERT INTO progress_refresh_settings (key, value) VALUES ('storage_strategy', p_strategy)

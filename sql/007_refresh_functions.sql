@@ -55,8 +55,8 @@ BEGIN
         array_to_string(ARRAY(SELECT format('o.%I AS %I', k, 'old_' || k) FROM unnest(p_keys) AS k), ', '),
         p_keys[1], key_match, differs, old_key_match,
         array_to_string(ARRAY(SELECT format('j.%I', c) FROM unnest(p_keys || p_values) AS c), ', '),
-        array_to_string(ARRAY(SELECT quote_ident(c) FROM unnest(p_keys || p_values) AS c), ', '),
-        array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(p_keys) AS k), ', '),
+        progress_column_list(p_keys || p_values),
+        progress_column_list(p_keys),
         on_conflict);
 END
 $$;

@@ -250,11 +250,6 @@ CREATE OR REPLACE FUNCTION progress_queue_snapshot() RETURNS jsonb LANGUAGE sql 
       FROM progress_refresh_queue
 $$;
 
--- Rebuilds every read model, level by level. Concurrently, only rows that
--- differ are written and readers keep reading the previous rows; otherwise
--- the read models are emptied and refilled, and readers wait (like REFRESH
--- MATERIALIZED VIEW without CONCURRENTLY): the fastest first populate. Queue
--- entries older than the rebuild are settled by it.
 -- Drops every index of a table, its key included, and returns the statements
 -- that re-create them exactly (names, constraints, user-added indexes).
 CREATE OR REPLACE FUNCTION progress_drop_indexes(p_table regclass) RETURNS text[]
@@ -262,6 +257,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ddl text[];
     dropping text[];
+    statement text;
 BEGIN
     SELECT coalesce(array_agg(CASE WHEN c.oid IS NULL THEN pg_get_indexdef(i.indexrelid)
                                    ELSE format('ALTER TABLE %s ADD CONSTRAINT %I %s', p_table, c.conname,
@@ -274,13 +270,18 @@ BEGIN
       LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
                                AND c.contype IN ('p', 'u', 'x')
      WHERE i.indrelid = p_table;
-    FOR i IN 1 .. cardinality(dropping) LOOP
-        EXECUTE dropping[i];
+    FOREACH statement IN ARRAY dropping LOOP
+        EXECUTE statement;
     END LOOP;
     RETURN ddl;
 END
 $$;
 
+-- Rebuilds every read model, level by level. Concurrently, only rows that
+-- differ are written and readers keep reading the previous rows; otherwise
+-- the read models are emptied and refilled, and readers wait (like REFRESH
+-- MATERIALIZED VIEW without CONCURRENTLY): the fastest first populate. Queue
+-- entries older than the rebuild are settled by it.
 CREATE OR REPLACE FUNCTION progress_rebuild_all(p_concurrently boolean) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -308,7 +309,7 @@ BEGIN
             index_ddl := progress_drop_indexes(d.stored_name::regclass);
             EXECUTE format('INSERT INTO %I SELECT * FROM (%s) r ORDER BY %s', d.stored_name,
                            progress_definition_sql(d.body, 'stored'),
-                           array_to_string(ARRAY(SELECT quote_ident(k) FROM unnest(d.key_columns) k), ', '));
+                           progress_column_list(d.key_columns));
             FOREACH ddl IN ARRAY index_ddl LOOP
                 EXECUTE ddl;
             END LOOP;
