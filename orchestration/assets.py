@@ -2,15 +2,19 @@
 
 PostgreSQL does the refreshing; Dagster orchestrates and observes it. Refreshing
 a version rewrites all of its levels (verse, chapter, book, summary, best) in
-one SQL transaction, so each chain (audio, text) is ONE multi-asset whose specs
-are that chain's five read models: a run drains the queue for its kind and
-reports, per read model, what it wrote. The base tables the apps write are
-external assets upstream, so the lineage reads from a recording to a summary.
+one SQL transaction, so the read models are ONE multi-asset (one step) whose
+specs are the ten read models: a run drains the queue with its workers, oldest
+change first whatever its kind, and reports, per read model, what it wrote. One
+step rather than one per chain, because steps of a run execute one after the
+other: a run that keeps draining audio would keep text changes waiting. A run
+of a subset (say the audio models) drains only that kind. The base tables the
+apps write are external assets upstream, so the lineage reads from a recording
+to a summary.
 """
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -18,14 +22,16 @@ import psycopg
 from pydantic import Field
 
 from orchestration.db import gateway
+from orchestration.db.connection import connect as open_connection
 from orchestration.errors import ProgressError
-from orchestration.read_models import KINDS, ReadModel, of_kind
+from orchestration.read_models import KINDS, READ_MODELS, ReadModel
 from orchestration.refresh import RefreshPolicy, RefreshReport, drain_queue, refresh_versions
-from orchestration.resources import PostgresResource
+from orchestration.resources import APPLICATION_NAME, PostgresResource
 
 # The Dagster pool every refresh step claims a slot of; dagster.yaml gives it a
-# limit of 1, so only one refresh step touches the database at a time.
+# limit of 1, so only one refresh step (with its workers) touches the database at a time.
 REFRESH_POOL = "progress_refresh"
+REFRESH_STEP = "refresh_progress"
 BASE_TABLES_GROUP = "base_tables"
 # Version ids shown in metadata (the count is always complete).
 MAX_IDS_IN_METADATA = 20
@@ -92,19 +98,31 @@ class RefreshConfig(dg.Config):
     versions: list[str] = Field(
         default_factory=list,
         description='Refresh these versions now, queued or not, e.g. ["audio:0b6e…"]. '
-        "Each chain takes the versions of its own kind.",
+        "Versions of a kind the run does not select are left out.",
     )
     all_versions: bool = Field(
         default=False,
-        description="Queue every version of this chain's kind, then drain in batches "
+        description="Queue every version of the selected kinds, then drain in batches "
         "(resumable: a retried run continues with what is still queued).",
     )
     max_versions: int | None = Field(default=None, description="Refresh at most this many queued versions in this run.")
+    keep_draining: bool = Field(
+        default=False,
+        description="Keep claiming changes that arrive while the run drains, until the queue has had nothing "
+        "ready for $PROGRESS_RUN_IDLE_SECONDS (10) or the run has drained for $PROGRESS_RUN_MAX_SECONDS (120). "
+        "The sensor's runs do, so a stream of writes is one run, not one per tick.",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Workers refreshing in parallel, each with its own connection; "
+        "default $PROGRESS_REFRESH_WORKERS (2).",
+    )
 
 
 @dataclass
 class ChainRun:
-    """What one chain's run did, ready to be turned into metadata."""
+    """What one chain (kind) got from a run, ready to be turned into metadata."""
 
     mode: str
     report: RefreshReport
@@ -129,76 +147,112 @@ def _resuming(context: dg.AssetExecutionContext) -> bool:
     return False
 
 
-def _progress_logger(context: dg.AssetExecutionContext, kind: str, total: int, every: int):
+def _progress_logger(context: dg.AssetExecutionContext, total: int, every: int):
     done = [0]
 
     def on_version(outcome: gateway.VersionOutcome) -> None:
         done[0] += 1
-        if not outcome.ok:
-            context.log.warning(f"{kind}:{outcome.version_id} failed: {outcome.error}")
+        if outcome.error is not None:
+            context.log.warning(f"{outcome.kind}:{outcome.version_id} failed: {outcome.error}")
         if done[0] % every == 0:
-            context.log.info(f"{kind}: {done[0]}/{max(total, done[0])} versions processed")
+            context.log.info(f"{done[0]}/{max(total, done[0])} versions processed")
 
     return on_version
 
 
-def _named_versions(context: dg.AssetExecutionContext, kind: str, names: Sequence[str]) -> list[uuid.UUID]:
+def _named_versions(
+    context: dg.AssetExecutionContext, kinds: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, uuid.UUID]]:
     try:
         parsed = [gateway.parse_version(name) for name in names]
     except ProgressError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    mine = [version_id for k, version_id in parsed if k == kind]
+    mine = [(kind, version_id) for kind, version_id in parsed if kind in kinds]
     if len(mine) < len(parsed):
-        context.log.info(f"{len(parsed) - len(mine)} named version(s) of the other kind are left to its chain")
+        context.log.info(f"{len(parsed) - len(mine)} named version(s) of a kind this run does not select are left out")
     return mine
 
 
-def run_chain(
-    context: dg.AssetExecutionContext, conn: psycopg.Connection, kind: str, config: RefreshConfig
-) -> ChainRun:
-    """Refreshes this chain's versions as the config asks and logs progress as n/total."""
+def _chain_note(kind: str, mode: str, report: RefreshReport, total: int) -> str:
+    if mode == "named":
+        if not report.outcomes:
+            return f"no {kind} versions named: nothing to refresh"
+        return f"refreshed {len(report.refreshed)} named {kind} version(s)"
+    if not report.outcomes:
+        return f"nothing queued for {kind}: its read models are already fresh"
+    done = len(report.outcomes)
+    if report.failed:
+        return (
+            f"{kind}: {done}/{max(total, done)} versions processed in {report.seconds:.2f}s: "
+            f"{len(report.refreshed)} refreshed, {len(report.failed)} failed"
+        )
+    return f"{kind}: {done}/{max(total, done)} versions refreshed in {report.seconds:.2f}s"
+
+
+def run_refresh(
+    context: dg.AssetExecutionContext,
+    conn: psycopg.Connection,
+    kinds: Sequence[str],
+    config: RefreshConfig,
+    connect: Callable[[], psycopg.Connection],
+) -> dict[str, ChainRun]:
+    """Refreshes the selected kinds' versions as the config asks (the queue with
+    parallel workers, named versions, or all) and logs progress as n/total."""
     policy = RefreshPolicy.from_env()
+    totals: dict[str, int]
     if config.versions:
-        ids = _named_versions(context, kind, config.versions)
-        on_version = _progress_logger(context, kind, len(ids), policy.batch_size)
+        named = _named_versions(context, kinds, config.versions)
+        mode = "named"
+        totals = {kind: sum(1 for k, _ in named if k == kind) for kind in kinds}
+        on_version = _progress_logger(context, len(named), policy.batch_size)
         try:
-            report = refresh_versions(conn, [(kind, v) for v in ids], policy, on_version=on_version)
+            report = refresh_versions(conn, named, policy, on_version=on_version)
         except ProgressError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
-        note = (
-            f"refreshed {len(report.refreshed)} named {kind} version(s)"
-            if ids
-            else f"no {kind} versions named: nothing to refresh"
-        )
-        return ChainRun("named", report, len(ids), note)
-
-    if config.all_versions:
-        if _resuming(context):
-            total = int(gateway.queue_state(conn, kind)["depth"])
-            context.log.info(f"{kind}: resuming a backfill, {total} version(s) still queued")
+    else:
+        if config.all_versions:
+            mode = "all"
+            if _resuming(context):
+                totals = {kind: int(gateway.queue_state(conn, kind)["depth"]) for kind in kinds}
+                for kind in kinds:
+                    context.log.info(f"{kind}: resuming a backfill, {totals[kind]} version(s) still queued")
+            else:
+                totals = {kind: gateway.enqueue_all_versions(conn, kind) for kind in kinds}
+                for kind in kinds:
+                    context.log.info(f"{kind}: queued all {totals[kind]} version(s) for a backfill")
         else:
-            total = gateway.enqueue_all_versions(conn, kind)
-            context.log.info(f"{kind}: queued all {total} version(s) for a backfill")
-        mode = "all"
-    else:
-        total = int(gateway.queue_state(conn, kind)["ready"])
-        mode = "queued"
-    if config.max_versions is not None:
-        total = min(total, config.max_versions)
-    on_version = _progress_logger(context, kind, total, policy.batch_size)
-    report = drain_queue(conn, policy, kinds=[kind], max_versions=config.max_versions, on_version=on_version)
-    if not report.outcomes:
-        note = f"nothing queued for {kind}: its read models are already fresh"
-    else:
-        done = len(report.outcomes)
-        note = f"{kind}: {done}/{max(total, done)} versions refreshed in {report.seconds:.2f}s"
-        if report.failed:
-            note = (
-                f"{kind}: {done}/{max(total, done)} versions processed in {report.seconds:.2f}s: "
-                f"{len(report.refreshed)} refreshed, {len(report.failed)} failed"
+            mode = "queued"
+            totals = {kind: int(gateway.queue_state(conn, kind)["ready"]) for kind in kinds}
+        if config.max_versions is not None:
+            totals = {kind: min(total, config.max_versions) for kind, total in totals.items()}
+        workers = config.workers or policy.workers
+        follow = config.keep_draining and mode == "queued"
+        context.log.info(
+            f"draining {' and '.join(kinds)} with {workers} worker(s)"
+            + (
+                f", following new changes until the queue is quiet for {policy.idle_seconds:.0f}s "
+                f"(at most {policy.max_run_seconds:.0f}s)"
+                if follow
+                else ""
             )
-    context.log.info(note)
-    return ChainRun(mode, report, total, note)
+        )
+        on_version = _progress_logger(context, sum(totals.values()), policy.batch_size)
+        report = drain_queue(
+            conn,
+            policy,
+            kinds=kinds,
+            max_versions=config.max_versions,
+            on_version=on_version,
+            connect=connect,
+            workers=workers,
+            follow=follow,
+        )
+    runs = {}
+    for kind in kinds:
+        part = report.of_kind(kind)
+        runs[kind] = ChainRun(mode, part, totals.get(kind, 0), _chain_note(kind, mode, part, totals.get(kind, 0)))
+        context.log.info(runs[kind].note)
+    return runs
 
 
 def materialization_metadata(
@@ -228,54 +282,64 @@ def materialization_metadata(
     }
 
 
-def build_chain_asset(kind: str) -> dg.AssetsDefinition:
-    models = of_kind(kind)  # type: ignore[arg-type]
+def _selected_kinds(context: dg.AssetExecutionContext) -> list[str]:
+    selected = {key.to_user_string() for key in context.selected_asset_keys}
+    return [kind for kind in KINDS if any(m.kind == kind and m.name in selected for m in READ_MODELS)]
 
+
+def build_refresh_asset() -> dg.AssetsDefinition:
     @dg.multi_asset(
-        name=f"refresh_{kind}_progress",
-        specs=[read_model_spec(model) for model in models],
+        name=REFRESH_STEP,
+        specs=[read_model_spec(model) for model in READ_MODELS],
         can_subset=True,
         pool=REFRESH_POOL,
-        description=f"Refreshes the {kind} read models of the queued (or named, or all) {kind} versions: "
-        "every level of a version in one transaction, so readers never see a half-refreshed version.",
+        description="Refreshes the read models of the queued (or named, or all) versions: every level of a "
+        "version in one transaction, so readers never see a half-refreshed version.",
     )
-    def refresh_chain(
+    def refresh_progress(
         context: dg.AssetExecutionContext, config: RefreshConfig, postgres: PostgresResource
     ) -> Iterator[dg.MaterializeResult]:
-        """Why: apps change recordings and texts all day; this keeps the chain's read
-        models equal to their logical views by refreshing only the versions that changed."""
+        """Why: apps change recordings and texts all day; this keeps the read models
+        equal to their logical views by refreshing only the versions that changed."""
         started = time.perf_counter()
+        kinds = _selected_kinds(context)
+        dsn = postgres.dsn()
         with postgres.connect() as conn:
-            run = run_chain(context, conn, kind, config)
-            if run.report.outcomes and not run.report.refreshed:
-                # Not retried as a step: the database retries failed versions with backoff.
-                raise dg.Failure(
-                    allow_retries=False,
-                    description=f"every {kind} version of this run failed ({len(run.report.failed)}); "
-                    f"first error: {run.report.failed[0].error}",
-                    metadata={
-                        "failed_versions": dg.MetadataValue.json(
-                            [
-                                {"version": f"{o.kind}:{o.version_id}", "error": o.error}
-                                for o in run.report.failed[:MAX_IDS_IN_METADATA]
-                            ]
-                        )
-                    },
-                )
+            runs = run_refresh(
+                context, conn, kinds, config, lambda: open_connection(dsn, application_name=APPLICATION_NAME)
+            )
             sizes = gateway.read_model_sizes(conn)
-            dead_letters = int(gateway.queue_state(conn, kind).get("dead_letters", 0))
-        for model in models:
-            if dg.AssetKey(model.name) in context.selected_asset_keys:
+            dead_letters = {kind: int(gateway.queue_state(conn, kind).get("dead_letters", 0)) for kind in kinds}
+        # A kind whose every version failed fails the step (after the other kind's
+        # materializations); it is not retried as a step: the database retries
+        # failed versions with backoff.
+        all_failed = [kind for kind, run in runs.items() if run.report.failed and not run.report.refreshed]
+        for model in READ_MODELS:
+            if dg.AssetKey(model.name) in context.selected_asset_keys and model.kind not in all_failed:
                 yield dg.MaterializeResult(
-                    asset_key=model.name, metadata=materialization_metadata(model, run, sizes, dead_letters)
+                    asset_key=model.name,
+                    metadata=materialization_metadata(model, runs[model.kind], sizes, dead_letters[model.kind]),
                 )
-        context.log.debug(f"{kind} chain finished in {time.perf_counter() - started:.2f}s")
+        if all_failed:
+            failed = [o for kind in all_failed for o in runs[kind].report.failed]
+            raise dg.Failure(
+                allow_retries=False,
+                description=f"every {' and '.join(all_failed)} version of this run failed ({len(failed)}); "
+                f"first error: {failed[0].error}",
+                metadata={
+                    "failed_versions": dg.MetadataValue.json(
+                        [
+                            {"version": f"{o.kind}:{o.version_id}", "error": o.error}
+                            for o in failed[:MAX_IDS_IN_METADATA]
+                        ]
+                    )
+                },
+            )
+        context.log.debug(f"refresh finished in {time.perf_counter() - started:.2f}s")
 
-    return refresh_chain
+    return refresh_progress
 
 
-chain_assets: dict[str, dg.AssetsDefinition] = {kind: build_chain_asset(kind) for kind in KINDS}
-refresh_audio_progress = chain_assets["audio"]
-refresh_text_progress = chain_assets["text"]
+refresh_progress = build_refresh_asset()
 
-read_model_assets: list[dg.AssetsDefinition] = list(chain_assets.values())
+read_model_assets: list[dg.AssetsDefinition] = [refresh_progress]

@@ -1,12 +1,16 @@
 """When refreshes run: jobs, schedules and the queue sensor.
 
 Freshness is driven by changes: triggers queue the versions a write can alter,
-and `refresh_queue_sensor` starts one refresh run when enough work is queued or
-the oldest change has waited long enough. The 15-minute schedule is the safety
+and `refresh_queue_sensor` starts one refresh run as soon as a change is ready
+(by default; a minimum depth or age can make it wait to batch). A run starts in
+about 5-7 s, so rather than one run per tick, a sensor run keeps draining while
+changes keep arriving (bounded in time) and the sensor starts no other while
+one is pending: a burst or a stream of writes is one run, and a change shows in
+the read models seconds after its commit. The 15-minute schedule is the safety
 net (a stopped sensor, retries coming out of backoff), the nightly backfill the
 belt and braces. Every run carries the refresh concurrency tag, and every
-refresh step claims a slot of the `progress_refresh` pool, so with the shipped
-dagster.yaml only one refresh touches the database at a time.
+refresh step claims a slot of the `progress_refresh` pool; dagster.yaml sizes
+both from the number of refresh workers.
 """
 
 import json
@@ -16,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.assets import read_model_assets
+from orchestration.assets import REFRESH_STEP, read_model_assets
 from orchestration.db import gateway
 from orchestration.read_models import READ_MODELS
 from orchestration.resources import PostgresResource
@@ -40,9 +44,16 @@ REFRESH_RETRY_POLICY = dg.RetryPolicy(
 SENSOR_INTERVAL_ENV = "PROGRESS_SENSOR_INTERVAL_SECONDS"
 SENSOR_MIN_DEPTH_ENV = "PROGRESS_SENSOR_MIN_DEPTH"
 SENSOR_MAX_AGE_ENV = "PROGRESS_SENSOR_MAX_AGE_SECONDS"
-DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+# The daemon evaluates sensors at most every 5 s (its loop's minimum), so a
+# shorter interval buys nothing.
+DEFAULT_SENSOR_INTERVAL_SECONDS = 5
 DEFAULT_SENSOR_MIN_DEPTH = 25
-DEFAULT_SENSOR_MAX_AGE_SECONDS = 60.0
+# 0: a ready change starts a run at the next tick. Batching needs no wait: the
+# run drains everything queued by the time it starts, and keeps draining.
+DEFAULT_SENSOR_MAX_AGE_SECONDS = 0.0
+
+# The sensor's runs keep draining what arrives while they run (RefreshConfig.keep_draining).
+KEEP_DRAINING: dict[str, Any] = {"ops": {REFRESH_STEP: {"config": {"keep_draining": True}}}}
 
 # Runs still to start or still running: a new request would only wait behind them.
 PENDING_STATUSES = [
@@ -55,18 +66,18 @@ PENDING_STATUSES = [
 
 read_model_selection = dg.AssetSelection.assets(*(model.name for model in READ_MODELS))
 
-# Steps run in the run's own process by default (a refresh is one database call
-# per version; extra processes only add start-up time). To spread a run over
-# processes, give it run config {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
-# (docs/operators-guide.md): the chains share the queue safely.
+# Steps run in the run's own process by default (the refresh step's workers are
+# threads, each with its own connection; extra processes only add start-up time).
+# To run the checks in processes of their own, give a run the config
+# {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}} (docs/operators-guide.md).
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 
 refresh_queued_versions = dg.define_asset_job(
     name="refresh_queued_versions",
     selection=read_model_selection,
     description="Why: apps change recordings and texts continuously; this refreshes only the versions "
-    "those changes queued (each chain drains its kind), then checks the refreshed versions against "
-    "the logical views. Run config may name versions or ask for all instead.",
+    "those changes queued (with parallel workers, oldest change first), then checks the refreshed versions "
+    "against the logical views. Run config may name versions or ask for all instead.",
     tags=REFRESH_TAGS,
     op_retry_policy=REFRESH_RETRY_POLICY,
     executor_def=dg.multi_or_in_process_executor,
@@ -119,14 +130,16 @@ def _pending_reason(record: dg.RunRecord) -> str:
     job=refresh_queued_versions,
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts one refresh_queued_versions run when the queue has enough ready versions "
-    f"(${SENSOR_MIN_DEPTH_ENV}, default {DEFAULT_SENSOR_MIN_DEPTH}) or its oldest ready entry is old "
-    f"enough (${SENSOR_MAX_AGE_ENV}, default {DEFAULT_SENSOR_MAX_AGE_SECONDS:.0f}s).",
+    description="Starts one refresh_queued_versions run, which keeps draining while changes arrive, when "
+    f"the queue has enough ready versions (${SENSOR_MIN_DEPTH_ENV}, default {DEFAULT_SENSOR_MIN_DEPTH}) or "
+    f"its oldest ready entry is old enough (${SENSOR_MAX_AGE_ENV}, default "
+    f"{DEFAULT_SENSOR_MAX_AGE_SECONDS:.0f}s), and none is pending.",
 )
 def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
-    """Why: freshness should follow changes, not a blind cron. Batching (depth) keeps a burst
-    of writes to one run; the age limit bounds how long a lone change waits. One run drains
-    everything queued, so there is never a run per version, and none while one is pending."""
+    """Why: freshness should follow changes, not a blind cron. A run costs seconds to start,
+    so one run absorbs a burst or a stream of writes: it drains everything queued and keeps
+    draining what arrives, and no other starts while one is pending. Depth and age
+    thresholds can make the sensor wait to batch more; by default it does not wait."""
     pending = pending_refresh_run(context.instance)
     if pending is not None:
         return dg.SkipReason(_pending_reason(pending))
@@ -154,6 +167,7 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     return dg.RunRequest(
         # Unique per request (a re-evaluated tick re-uses it, so no duplicate run).
         run_key=f"refresh-{requests}-{oldest.timestamp():.6f}",
+        run_config=KEEP_DRAINING,
         tags={"progress/trigger": why},
     )
 

@@ -1,14 +1,24 @@
 """Draining the queue from Python: claim a batch in a short transaction, then
 refresh each version in a transaction of its own, so one failure never stops
-the rest and a killed worker loses at most its lease."""
+the rest and a killed worker loses at most its lease.
+
+A drain may use several workers, each a thread with its own connection. They
+claim with FOR UPDATE SKIP LOCKED, so no two hold the same version, and the
+per-version advisory lock serialises them anyway. A following drain (a
+sensor-started Dagster run) keeps claiming the changes that arrive while it
+runs, until the queue has stayed empty for a while or a time limit is reached,
+so a stream of writes costs one run instead of one per sensor tick.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import psycopg
@@ -18,6 +28,15 @@ from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
 
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_LEASE_SECONDS = 300.0
+# Two connections refreshing at once suit the embedded server on a small machine.
+DEFAULT_WORKERS = 2
+DEFAULT_IDLE_SECONDS = 10.0
+DEFAULT_MAX_RUN_SECONDS = 120.0
+# How often a following drain looks at an empty queue again.
+POLL_SECONDS = 0.5
+
+# Opens a new autocommit connection to the product database (one per extra worker).
+ConnectionFactory = Callable[[], psycopg.Connection]
 
 
 def worker_name(prefix: str = "python") -> str:
@@ -32,6 +51,12 @@ class RefreshPolicy:
     statement_timeout: str = "300s"
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Workers refreshing in parallel, each with its own connection.
+    workers: int = DEFAULT_WORKERS
+    # A following drain ends once the queue has had nothing ready for this long...
+    idle_seconds: float = DEFAULT_IDLE_SECONDS
+    # ...or once it has drained this long (the sensor then starts the next run).
+    max_run_seconds: float = DEFAULT_MAX_RUN_SECONDS
 
     @classmethod
     def from_env(cls) -> RefreshPolicy:
@@ -40,6 +65,9 @@ class RefreshPolicy:
             statement_timeout=os.environ.get("PROGRESS_STATEMENT_TIMEOUT", cls.statement_timeout),
             batch_size=int(os.environ.get("PROGRESS_BATCH_SIZE", cls.batch_size)),
             lease_seconds=float(os.environ.get("PROGRESS_LEASE_SECONDS", cls.lease_seconds)),
+            workers=max(1, int(os.environ.get("PROGRESS_REFRESH_WORKERS", cls.workers))),
+            idle_seconds=float(os.environ.get("PROGRESS_RUN_IDLE_SECONDS", cls.idle_seconds)),
+            max_run_seconds=float(os.environ.get("PROGRESS_RUN_MAX_SECONDS", cls.max_run_seconds)),
         )
 
 
@@ -75,6 +103,10 @@ class RefreshReport:
         if on_version is not None:
             on_version(outcome)
 
+    def of_kind(self, kind: str) -> RefreshReport:
+        """The part of this report about one kind (same batches and duration)."""
+        return RefreshReport([o for o in self.outcomes if o.kind == kind], self.batches, self.seconds)
+
     def versions_of(self, kind: str) -> list[uuid.UUID]:
         return [o.version_id for o in self.refreshed if o.kind == kind]
 
@@ -103,28 +135,124 @@ def drain_queue(
     max_versions: int | None = None,
     worker: str | None = None,
     on_version: Callable[[VersionOutcome], None] | None = None,
+    connect: ConnectionFactory | None = None,
+    workers: int | None = None,
+    follow: bool = False,
 ) -> RefreshReport:
-    """Refreshes queued versions until the queue has nothing ready (or max_versions)."""
+    """Refreshes queued versions until the queue has nothing ready (or max_versions).
+
+    With `connect`, up to `workers` (default: the policy's) workers drain at once,
+    the first on `conn`, each other on a connection of its own. With `follow`, the
+    drain keeps claiming what arrives until the queue has had nothing ready for
+    policy.idle_seconds, and claims nothing new after policy.max_run_seconds.
+    """
     policy = policy or RefreshPolicy.from_env()
     prepare_session(conn, policy)
     if gateway.storage_strategy(conn) == "matview":
         return _drain_matviews(conn, on_version)
-    worker = worker or worker_name()
-    kind_list = sorted(kinds) if kinds is not None else None
-    report = RefreshReport()
-    started = time.perf_counter()
-    while max_versions is None or len(report.outcomes) < max_versions:
-        limit = (
-            policy.batch_size if max_versions is None else min(policy.batch_size, max_versions - len(report.outcomes))
-        )
-        claims = gateway.claim_batch(conn, worker, limit, policy.lease_seconds, kind_list)
-        if not claims:
-            break
-        report.batches += 1
-        for claim in claims:
-            report.record(gateway.refresh_claimed(conn, claim, worker), on_version)
-    report.seconds = time.perf_counter() - started
-    return report
+    count = 1 if connect is None else max(1, workers if workers is not None else policy.workers)
+    drain = _ParallelDrain(policy, sorted(kinds) if kinds is not None else None, max_versions, follow, on_version)
+    return drain.run(conn, connect, worker or worker_name(), count)
+
+
+class _ParallelDrain:
+    """Workers sharing one report and one budget; each claims its own batches."""
+
+    def __init__(
+        self,
+        policy: RefreshPolicy,
+        kinds: list[str] | None,
+        max_versions: int | None,
+        follow: bool,
+        on_version: Callable[[VersionOutcome], None] | None,
+    ) -> None:
+        self.policy, self.kinds, self.max_versions, self.follow = policy, kinds, max_versions, follow
+        self.on_version = on_version
+        self.report = RefreshReport()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.started = self.last_claimed = time.monotonic()
+        self.reserved = 0  # versions claimed or being claimed, against max_versions
+
+    def run(self, conn: psycopg.Connection, connect: ConnectionFactory | None, name: str, count: int) -> RefreshReport:
+        names = [name] if count == 1 else [f"{name}/{i}" for i in range(1, count + 1)]
+        assert connect is not None or count == 1
+        helpers = [
+            threading.Thread(target=self._helper, args=(connect, n), name=f"refresh-{n}", daemon=True)
+            for n in names[1:]
+        ]
+        for thread in helpers:
+            thread.start()
+        try:
+            self._work(conn, names[0])
+        except BaseException:
+            # Interrupted or failed: the helpers stop after their current version;
+            # what they still hold stays claimed until taken over.
+            self.stop.set()
+            raise
+        for thread in helpers:
+            thread.join()
+        self.report.seconds = time.monotonic() - self.started
+        if self.errors:
+            raise self.errors[0]
+        return self.report
+
+    def _helper(self, connect: ConnectionFactory | None, name: str) -> None:
+        try:
+            assert connect is not None
+            with closing(connect()) as conn:
+                prepare_session(conn, self.policy)
+                self._work(conn, name)
+        except BaseException as exc:
+            with self.lock:
+                self.errors.append(exc)
+            self.stop.set()
+
+    def _reserve(self) -> int:
+        """How many versions to claim next; 0 when this worker should stop."""
+        with self.lock:
+            if self.stop.is_set():
+                return 0
+            if self.follow and time.monotonic() - self.started >= self.policy.max_run_seconds:
+                return 0
+            limit = self.policy.batch_size
+            if self.max_versions is not None:
+                limit = min(limit, self.max_versions - self.reserved)
+            limit = max(limit, 0)
+            self.reserved += limit
+            return limit
+
+    def _claimed(self, reserved: int, claimed: int) -> None:
+        with self.lock:
+            self.reserved -= reserved - claimed
+            if claimed:
+                self.report.batches += 1
+                self.last_claimed = time.monotonic()
+
+    def _keep_waiting(self) -> bool:
+        """After an empty claim: whether a following drain should look again."""
+        if not self.follow:
+            return False
+        now = time.monotonic()
+        with self.lock:
+            quiet = now - self.last_claimed
+        return quiet < self.policy.idle_seconds and now - self.started < self.policy.max_run_seconds
+
+    def _work(self, conn: psycopg.Connection, name: str) -> None:
+        while limit := self._reserve():
+            claims = gateway.claim_batch(conn, name, limit, self.policy.lease_seconds, self.kinds)
+            self._claimed(limit, len(claims))
+            if not claims:
+                if not self._keep_waiting():
+                    return
+                self.stop.wait(POLL_SECONDS)
+                continue
+            for claim in claims:
+                outcome = gateway.refresh_claimed(conn, claim, name)
+                with self.lock:
+                    self.report.record(outcome, self.on_version)
+                    self.last_claimed = time.monotonic()
 
 
 def _drain_matviews(conn: psycopg.Connection, on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
@@ -160,10 +288,11 @@ def refresh_all(
     conn: psycopg.Connection,
     policy: RefreshPolicy | None = None,
     on_version: Callable[[VersionOutcome], None] | None = None,
+    connect: ConnectionFactory | None = None,
 ) -> RefreshReport:
     """Every version, through the queue: resumable, since finished versions leave it."""
     gateway.enqueue_all_versions(conn)
-    return drain_queue(conn, policy, on_version=on_version)
+    return drain_queue(conn, policy, on_version=on_version, connect=connect)
 
 
 __all__ = ["Claim", "RefreshPolicy", "RefreshReport", "drain_queue", "refresh_all", "refresh_versions"]

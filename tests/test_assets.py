@@ -193,7 +193,7 @@ def test_run_config_naming_versions_refreshes_only_those(db, dsn):
     result = run_job(
         dsn,
         "refresh_queued_versions",
-        {"ops": {"refresh_audio_progress": op_config, "refresh_text_progress": op_config}},
+        {"ops": {"refresh_progress": op_config}},
     )
 
     assert result.success
@@ -208,9 +208,7 @@ def test_run_config_naming_versions_refreshes_only_those(db, dsn):
 
 def test_unknown_named_version_fails_the_run_with_one_clear_line(dsn):
     op_config = {"config": {"versions": [f"audio:{uuid.uuid4()}"]}}
-    result = run_job(
-        dsn, "refresh_queued_versions", {"ops": {"refresh_audio_progress": op_config}}, raise_on_error=False
-    )
+    result = run_job(dsn, "refresh_queued_versions", {"ops": {"refresh_progress": op_config}}, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "unknown audio version" in failure.step_failure_data.error.message

@@ -12,7 +12,9 @@ from orchestration.automation import (
     full_backfill_nightly,
     refresh_queue_sensor,
     refresh_queued_every_15_minutes,
+    refresh_queued_versions,
 )
+from orchestration.definitions import defs
 from orchestration.resources import PostgresResource
 
 
@@ -55,7 +57,27 @@ def test_empty_queue_skips_and_says_so(dsn):
     assert "queue depth 0" in result.skip_message
 
 
-def test_below_both_thresholds_skips_with_depth_and_age(db, dsn):
+def test_a_lone_change_requests_a_run_at_the_next_tick_by_default(db, dsn):
+    queue_versions(db, 1)
+    result = evaluate(dsn)
+    assert len(result.run_requests) == 1
+    assert result.run_requests[0].tags["progress/trigger"] == "oldest age 0s >= 0s"
+
+
+def test_sensor_runs_keep_draining_and_their_config_is_valid_for_the_job(db, dsn):
+    queue_versions(db, 1)
+    request = evaluate(dsn).run_requests[0]
+    assert request.run_config == {"ops": {"refresh_progress": {"config": {"keep_draining": True}}}}
+    job = defs.resolve_job_def(refresh_queued_versions.name)
+    resolved = dg.validate_run_config(job, request.run_config)
+    # The job's own defaults still apply (in-process execution) beside the sensor's op config.
+    assert "in_process" in resolved["execution"]["multi_or_in_process_executor"]
+    assert resolved["ops"]["refresh_progress"]["config"]["keep_draining"] is True
+
+
+def test_below_both_thresholds_skips_with_depth_and_age(db, dsn, monkeypatch):
+    monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "25")
+    monkeypatch.setenv("PROGRESS_SENSOR_MAX_AGE_SECONDS", "60")
     queue_versions(db, 3)
     result = evaluate(dsn)
     assert not result.run_requests
@@ -73,7 +95,8 @@ def test_deep_queue_requests_exactly_one_run(db, dsn):
     assert result.cursor
 
 
-def test_old_entry_requests_exactly_one_run(db, dsn):
+def test_old_entry_requests_exactly_one_run(db, dsn, monkeypatch):
+    monkeypatch.setenv("PROGRESS_SENSOR_MAX_AGE_SECONDS", "60")
     queue_versions(db, 1)
     db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 minutes'")
     result = evaluate(dsn)
@@ -83,6 +106,9 @@ def test_old_entry_requests_exactly_one_run(db, dsn):
 
 def test_thresholds_come_from_the_environment(db, dsn, monkeypatch):
     queue_versions(db, 2)
+    monkeypatch.setenv("PROGRESS_SENSOR_MAX_AGE_SECONDS", "60")
+    monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "3")
+    assert not evaluate(dsn).run_requests
     monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "2")
     assert len(evaluate(dsn).run_requests) == 1
     monkeypatch.setenv("PROGRESS_SENSOR_MIN_DEPTH", "3")
