@@ -26,10 +26,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestration.db import gateway
+from orchestration.db.connection import connect as connection_to
 from orchestration.db.connection import connection
 from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
 from orchestration.db.settings import PROJECT_ROOT, configured_database_url, redact, state_dir
+from orchestration.refresh import RefreshPolicy, drain_queue
 
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_DATABASE = "dagster"
@@ -76,6 +78,8 @@ def render_instance_config(dagster_home: Path, with_postgres_storage: bool = Tru
     """Writes dagster_home/dagster.yaml from the template; without Postgres storage the
     storage block is left out and Dagster keeps its state in SQLite under dagster_home."""
     text = (PROJECT_ROOT / TEMPLATE_FILE).read_text(encoding="utf-8")
+    # The pool and tag limits follow the number of refresh workers.
+    text = text.replace("$refresh_workers", str(RefreshPolicy.from_env().workers))
     if not with_postgres_storage:
         lines, skipping = [], False
         for line in text.splitlines():
@@ -136,6 +140,16 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def load_demo_and_populate(conn: psycopg.Connection, dsn: str) -> str:
+    """Loads the demo and refreshes its versions at once, so the read models are
+    populated when the UI first shows them, not after the first sensor run."""
+    from orchestration.demo_data import seed_demo
+
+    counts = seed_demo(conn)
+    report = drain_queue(conn, connect=lambda: connection_to(dsn))
+    return f"demo data: {counts}; read models populated ({len(report.refreshed)} versions in {report.seconds:.1f}s)"
+
+
 @click.command("dev")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Host the Dagster UI listens on.")
 @click.option("--port", "-p", default=3000, show_default=True, type=int, help="Port of the Dagster UI.")
@@ -166,10 +180,8 @@ def dev_command(host: str, port: int, demo: bool) -> None:
         if applied:
             click.echo(f"migrated: {', '.join(applied)}")
         if demo and not gateway.has_versions(conn):
-            from orchestration.demo_data import seed_demo
-
             click.echo("loading the demo data…")
-            click.echo(f"demo data: {seed_demo(conn)}")
+            click.echo(load_demo_and_populate(conn, product_dsn))
 
     dagster_pg_url = os.environ.get(DAGSTER_PG_URL_ENV, "").strip() or None
     if dagster_pg_url is None and configured is None:
