@@ -1,7 +1,21 @@
-"""`python -m bench --sizes S,M --repeat 5`: see bench/README.md."""
+"""`python -m bench [--sizes S,M …]`, `python -m bench workers …`, `python -m bench soak …`: see bench/README.md."""
 
 import sys
 
-from bench.cli import main
 
-sys.exit(main())
+def _main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "workers":
+        from bench.workers import main
+
+        return main(sys.argv[2:])
+    if command == "soak":
+        from bench.soak import main
+
+        return main(sys.argv[2:])
+    from bench.cli import main
+
+    return main()
+
+
+sys.exit(_main())

@@ -174,8 +174,10 @@ class _ParallelDrain:
         self.errors: list[BaseException] = []
         self.started = self.last_claimed = time.monotonic()
         self.reserved = 0  # versions claimed or being claimed, against max_versions
+        self.workers = 1
 
     def run(self, conn: psycopg.Connection, connect: ConnectionFactory | None, name: str, count: int) -> RefreshReport:
+        self.workers = count
         names = [name] if count == 1 else [f"{name}/{i}" for i in range(1, count + 1)]
         assert connect is not None or count == 1
         helpers = [
@@ -239,8 +241,20 @@ class _ParallelDrain:
             quiet = now - self.last_claimed
         return quiet < self.policy.idle_seconds and now - self.started < self.policy.max_run_seconds
 
+    def _fair_share(self, conn: psycopg.Connection, limit: int) -> int:
+        """With several workers, a claim takes at most its share of what is ready, so
+        no worker idles while another still holds a long batch."""
+        if self.workers == 1:
+            return limit
+        kind = self.kinds[0] if self.kinds is not None and len(self.kinds) == 1 else None
+        ready = int(gateway.queue_state(conn, kind).get("ready", 0))
+        return max(1, min(limit, -(-ready // self.workers)))
+
     def _work(self, conn: psycopg.Connection, name: str) -> None:
-        while limit := self._reserve():
+        while reserved := self._reserve():
+            limit = self._fair_share(conn, reserved)
+            if limit < reserved:
+                self._claimed(reserved - limit, 0)
             claims = gateway.claim_batch(conn, name, limit, self.policy.lease_seconds, self.kinds)
             self._claimed(limit, len(claims))
             if not claims:
