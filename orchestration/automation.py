@@ -22,6 +22,7 @@ import dagster as dg
 
 from orchestration.assets import REFRESH_STEP, read_model_assets
 from orchestration.db import gateway
+from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS
 from orchestration.resources import PostgresResource
 
@@ -66,11 +67,39 @@ PENDING_STATUSES = [
 
 read_model_selection = dg.AssetSelection.assets(*(model.name for model in READ_MODELS))
 
-# Steps run in the run's own process by default (the refresh step's workers are
-# threads, each with its own connection; extra processes only add start-up time).
-# To run the checks in processes of their own, give a run the config
-# {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}} (docs/operators-guide.md).
-IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
+EXECUTOR_ENV = "PROGRESS_DAGSTER_EXECUTOR"
+EXECUTORS = ("default", "celery", "k8s")
+
+
+def refresh_executor() -> dg.ExecutorDefinition:
+    """The executor of both jobs, from $PROGRESS_DAGSTER_EXECUTOR (docs/scaling-out.md).
+
+    default: steps in the run's own process (the refresh step's workers are threads,
+    each with its own connection; extra processes only add start-up time), or in
+    processes of their own with run config {"execution": {"config": {"multiprocess": {}}}}.
+    celery: steps as tasks on Celery workers (pip install 'progress-refresh[celery]').
+    k8s: each step in a Kubernetes job of its own (pip install 'progress-refresh[k8s]').
+    """
+    name = os.environ.get(EXECUTOR_ENV, "").strip() or "default"
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name != "default":
+        raise ProgressError(f"unknown ${EXECUTOR_ENV} {name!r}: expected one of {', '.join(EXECUTORS)}")
+    return dg.multi_or_in_process_executor
+
+
+REFRESH_EXECUTOR = refresh_executor()
+# The default executor runs in process unless a run asks otherwise; the others
+# take their own config (broker, namespace, image) from the run or the Launchpad.
+IN_PROCESS: dict[str, Any] = (
+    {"execution": {"config": {"in_process": {}}}} if REFRESH_EXECUTOR is dg.multi_or_in_process_executor else {}
+)
 
 refresh_queued_versions = dg.define_asset_job(
     name="refresh_queued_versions",
@@ -80,7 +109,7 @@ refresh_queued_versions = dg.define_asset_job(
     "against the logical views. Run config may name versions or ask for all instead.",
     tags=REFRESH_TAGS,
     op_retry_policy=REFRESH_RETRY_POLICY,
-    executor_def=dg.multi_or_in_process_executor,
+    executor_def=REFRESH_EXECUTOR,
     config=IN_PROCESS,
 )
 
@@ -96,7 +125,7 @@ full_backfill = dg.define_asset_job(
     "n/total; a killed or failed run, when retried, continues with what is still queued.",
     tags=REFRESH_TAGS,
     op_retry_policy=REFRESH_RETRY_POLICY,
-    executor_def=dg.multi_or_in_process_executor,
+    executor_def=REFRESH_EXECUTOR,
 )
 
 
