@@ -55,6 +55,7 @@ POLL_SECONDS = 0.2
 DEPTH_EVERY_SECONDS = 1.0
 # Functions whose time is the refresh's database work (claims, refreshes, settling).
 REFRESH_FUNCTIONS = ("progress_claim_batch", "progress_refresh_claimed", "progress_finish")
+PENDING = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"}
 RUNS_QUERY = """
 query { runsOrError(filter: {pipelineName: "refresh_queued_versions"}) {
   ... on Runs { results { runId status creationTime startTime endTime tags { key value } } } } }
@@ -103,7 +104,8 @@ class Change:
 class Phase:
     rate: float
     started: float
-    ended: float = 0.0
+    ended: float = 0.0  # the last write
+    settled: float = 0.0  # the last change visible (or the wait given up)
     changes: list[Change] = field(default_factory=list)
     depth: list[tuple[float, int]] = field(default_factory=list)
     function_ms: dict[str, float] = field(default_factory=dict)
@@ -159,6 +161,15 @@ class DevServer:
     def runs(self) -> list[dict[str, Any]]:
         results = graphql(self.port, RUNS_QUERY)["data"]["runsOrError"]["results"]
         return [{**run, "tags": {t["key"]: t["value"] for t in run["tags"]}} for run in results]
+
+    def wait_until_no_run_pending(self, timeout: float) -> None:
+        """Until the runs so far have ended (a run that keeps draining ends once the queue is quiet)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(run["status"] in PENDING for run in self.runs()):
+                return
+            time.sleep(1)
+        raise ProgressError(f"a refresh run was still pending after {timeout:.0f}s")
 
     def stop(self) -> None:
         """SIGINT, as Ctrl-C: dev stops Dagster, then its embedded server; the rest is killed."""
@@ -357,7 +368,8 @@ def run_phase(workload: Workload, poller: Poller, conn: psycopg.Connection, rate
     deadline = time.monotonic() + args.settle
     while poller.outstanding() and time.monotonic() < deadline:
         time.sleep(0.5)
-    # Let the run that kept draining finish, so the function times include its work.
+    phase.settled = time.time()
+    # Let the run that kept draining settle its last entries, so the function times include them.
     time.sleep(2)
     poller.phase = None
     after = function_times(conn)
@@ -375,7 +387,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def summarize(phase: Phase, runs: list[dict[str, Any]]) -> dict[str, Any]:
     lags = [c.lag for c in phase.changes if c.lag is not None]
     started = [
-        r for r in runs if phase.started <= r["creationTime"] <= phase.ended + 5 and r["tags"].get("progress/trigger")
+        r for r in runs if phase.started <= r["creationTime"] <= phase.settled and r["tags"].get("progress/trigger")
     ]
     db_ms = sum(phase.function_ms.values())
     return {
@@ -493,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             poller.start()
             phases = []
             for rate in args.rates:
+                # Each rate starts with no run pending, so its runs are its own.
+                server.wait_until_no_run_pending(timeout=args.settle + 300)
                 log(f"rate {rate:g}/s for {args.duration:.0f}s")
                 phases.append(run_phase(workload, poller, conn, rate, args, log))
             poller.stop.set()
