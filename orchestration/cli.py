@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.connection import connection
 from orchestration.db.embedded import database_url, stop_embedded
@@ -224,6 +225,49 @@ def status_command(as_json: bool) -> None:
         console.print(table)
 
     _emit(status, as_json, render)
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config_command(as_json: bool) -> None:
+    """Every setting: its effective value and where it comes from.
+
+    A value comes from the environment, else the database table
+    progress_refresh_settings (settings the SQL API uses too), else its default.
+    URLs are shown with their passwords masked.
+
+    \b
+    Example:
+      progress-refresh config
+      PROGRESS_BATCH_SIZE=100 progress-refresh config --json
+    """
+    dsn = database_url()
+    try:
+        with connection(dsn) as conn:
+            database: dict[str, str] | None = gateway.settings(conn)
+    except ProgressError as exc:
+        database = None
+        click.echo(f"note: values kept in the database are shown as their defaults: {exc}", err=True)
+    rows = [
+        {
+            "setting": e.setting.name,
+            "value": e.setting.shown(dsn if e.setting is settings.DATABASE_URL else e.value),
+            "source": e.source,
+            "variable": e.setting.env,
+            "database_key": e.setting.database_key,
+        }
+        for e in settings.effective(database)
+    ]
+
+    def render() -> None:
+        table = Table(title="effective settings")
+        for column in ("setting", "value", "from"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["setting"], row["value"], row["source"])
+        console.print(table)
+
+    _emit(rows, as_json, render)
 
 
 @cli.command("requeue-dead-letters")

@@ -27,11 +27,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from orchestration.db import gateway
 from orchestration.db.connection import connection
+from orchestration.db.dsn import mask_dsn
 from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
-from orchestration.db.settings import PROJECT_ROOT, configured_database_url, redact, state_dir
+from orchestration.settings import DAGSTER_PG_URL, PROJECT_ROOT, configured_database_url, from_env, state_dir
 
-DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
+DAGSTER_PG_URL_ENV = str(DAGSTER_PG_URL.env)
 DAGSTER_DATABASE = "dagster"
 TEMPLATE_FILE = "dagster.yaml.template"
 WORKSPACE_FILE = "workspace.yaml"
@@ -171,7 +172,7 @@ def dev_command(host: str, port: int, demo: bool) -> None:
             click.echo("loading the demo data…")
             click.echo(f"demo data: {seed_demo(conn)}")
 
-    dagster_pg_url = os.environ.get(DAGSTER_PG_URL_ENV, "").strip() or None
+    dagster_pg_url = from_env(DAGSTER_PG_URL)
     if dagster_pg_url is None and configured is None:
         dagster_pg_url = sqlalchemy_url(ensure_database(product_dsn, DAGSTER_DATABASE))
     dagster_home = state_dir() / "dagster_home"
@@ -180,8 +181,8 @@ def dev_command(host: str, port: int, demo: bool) -> None:
     env = dict(os.environ, PROGRESS_DATABASE_URL=product_dsn, DAGSTER_HOME=str(dagster_home))
     if dagster_pg_url:
         env[DAGSTER_PG_URL_ENV] = dagster_pg_url
-    click.echo(f"product database: {redact(product_dsn)}")
-    click.echo(f"Dagster storage:  {redact(dagster_pg_url) if dagster_pg_url else f'SQLite in {dagster_home}'}")
+    click.echo(f"product database: {mask_dsn(product_dsn)}")
+    click.echo(f"Dagster storage:  {mask_dsn(dagster_pg_url) if dagster_pg_url else f'SQLite in {dagster_home}'}")
     click.echo(f"Dagster UI:       http://{host}:{port}  (Ctrl-C to stop)")
     code = run_child(dagster_command(host, port), env)
     if code not in (0, 130):

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
 
-DEFAULT_BATCH_SIZE = 50
-DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_BATCH_SIZE: int = settings.BATCH_SIZE.default
+DEFAULT_LEASE_SECONDS = float(settings.LEASE_SECONDS.default)
 
 
 def worker_name(prefix: str = "python") -> str:
@@ -26,20 +27,22 @@ def worker_name(prefix: str = "python") -> str:
 
 @dataclass(frozen=True)
 class RefreshPolicy:
-    """Per-session limits for refresh connections; from the environment by default."""
+    """Per-session limits for refresh connections; from orchestration.settings by default."""
 
-    lock_timeout: str = "5s"
-    statement_timeout: str = "300s"
+    lock_timeout: str = settings.LOCK_TIMEOUT.default
+    statement_timeout: str = settings.STATEMENT_TIMEOUT.default
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @classmethod
-    def from_env(cls) -> RefreshPolicy:
+    def from_env(cls, conn: psycopg.Connection | None = None) -> RefreshPolicy:
+        """The environment, then (given a connection) the database's settings, then the defaults."""
+        database = gateway.settings(conn) if conn is not None else None
         return cls(
-            lock_timeout=os.environ.get("PROGRESS_LOCK_TIMEOUT", cls.lock_timeout),
-            statement_timeout=os.environ.get("PROGRESS_STATEMENT_TIMEOUT", cls.statement_timeout),
-            batch_size=int(os.environ.get("PROGRESS_BATCH_SIZE", cls.batch_size)),
-            lease_seconds=float(os.environ.get("PROGRESS_LEASE_SECONDS", cls.lease_seconds)),
+            lock_timeout=settings.value(settings.LOCK_TIMEOUT),
+            statement_timeout=settings.value(settings.STATEMENT_TIMEOUT),
+            batch_size=settings.value(settings.BATCH_SIZE, database),
+            lease_seconds=float(settings.value(settings.LEASE_SECONDS, database)),
         )
 
 
@@ -105,7 +108,7 @@ def drain_queue(
     on_version: Callable[[VersionOutcome], None] | None = None,
 ) -> RefreshReport:
     """Refreshes queued versions until the queue has nothing ready (or max_versions)."""
-    policy = policy or RefreshPolicy.from_env()
+    policy = policy or RefreshPolicy.from_env(conn)
     prepare_session(conn, policy)
     if gateway.storage_strategy(conn) == "matview":
         return _drain_matviews(conn, on_version)
@@ -147,7 +150,7 @@ def refresh_versions(
     on_version: Callable[[VersionOutcome], None] | None = None,
 ) -> RefreshReport:
     """Refreshes the named versions now, queued or not."""
-    prepare_session(conn, policy or RefreshPolicy.from_env())
+    prepare_session(conn, policy or RefreshPolicy.from_env(conn))
     report = RefreshReport(batches=1)
     started = time.perf_counter()
     for kind, version_id in versions:

@@ -8,8 +8,8 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from orchestration.db.settings import state_dir
 from orchestration.errors import ProgressError
+from orchestration.settings import configured_database_url, state_dir
 
 
 def pgdata_dir() -> Path:
@@ -82,6 +82,4 @@ def stop_embedded() -> bool:
 
 def database_url(keep_running: bool = False) -> str:
     """PROGRESS_DATABASE_URL when set, else the embedded server (started on demand)."""
-    from orchestration.db.settings import configured_database_url
-
     return configured_database_url() or start_embedded(keep_running=keep_running)

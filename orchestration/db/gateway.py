@@ -242,3 +242,11 @@ def has_versions(conn: psycopg.Connection) -> bool:
     """Whether any audio or text version exists (an empty database gets the demo)."""
     row = conn.execute("SELECT EXISTS (SELECT FROM audio_versions) OR EXISTS (SELECT FROM text_versions)").fetchone()
     return bool(row and row[0])
+
+
+def settings(conn: psycopg.Connection) -> dict[str, str]:
+    """The rows of progress_refresh_settings ({} on a database not migrated yet)."""
+    row = conn.execute("SELECT to_regclass('progress_refresh_settings') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return {}
+    return {key: value for key, value in conn.execute("SELECT key, value FROM progress_refresh_settings")}
