@@ -122,6 +122,7 @@ def drain_queue(
         )
         claims = gateway.claim_batch(conn, worker, limit, policy.lease_seconds, kind_list)
         if not claims:
+            gateway.mark_populated_if_complete(conn)
             break
         report.batches += 1
         for claim in claims:
