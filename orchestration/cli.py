@@ -8,6 +8,7 @@ failed to refresh); 2 bad input or an unusable database (one line on stderr);
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -469,7 +470,14 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM ends a command as Ctrl-C does, so its exit handlers run (the embedded
+    # server's list of the processes using it would otherwise keep this one).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli.main(args=argv, prog_name="progress-refresh", standalone_mode=False)
     except click.exceptions.Abort:
