@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -56,8 +57,23 @@ def main() -> int:
         print(f"error: installing the project failed ({exc.returncode})", file=sys.stderr)
         return 1
     if command == "run":
-        return subprocess.run([str(BIN / "progress-refresh"), "dev", *extra], cwd=ROOT).returncode
+        return run_until_stopped([str(BIN / "progress-refresh"), "dev", *extra])
     return run_tests(extra)
+
+
+def run_until_stopped(args: list[str]) -> int:
+    """Runs args and waits for it; SIGTERM, SIGINT or SIGHUP here is passed on as
+    SIGTERM, and this process waits until the child has stopped everything it started
+    (Dagster, the embedded PostgreSQL) before it exits itself."""
+    child = subprocess.Popen(args, cwd=ROOT)
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    return child.wait()
 
 
 def run_tests(extra: list[str]) -> int:

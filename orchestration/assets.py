@@ -198,7 +198,7 @@ def run_refresh(
 ) -> dict[str, ChainRun]:
     """Refreshes the selected kinds' versions as the config asks (the queue with
     parallel workers, named versions, or all) and logs progress as n/total."""
-    policy = RefreshPolicy.from_env()
+    policy = RefreshPolicy.from_env(conn)
     totals: dict[str, int]
     if config.versions:
         named = _named_versions(context, kinds, config.versions)

@@ -14,12 +14,12 @@ both from the number of refresh workers.
 """
 
 import json
-import os
 import time
 from typing import Any
 
 import dagster as dg
 
+from orchestration import settings
 from orchestration.assets import REFRESH_STEP, read_model_assets
 from orchestration.db import gateway
 from orchestration.errors import ProgressError
@@ -42,16 +42,12 @@ REFRESH_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
-SENSOR_INTERVAL_ENV = "PROGRESS_SENSOR_INTERVAL_SECONDS"
-SENSOR_MIN_DEPTH_ENV = "PROGRESS_SENSOR_MIN_DEPTH"
-SENSOR_MAX_AGE_ENV = "PROGRESS_SENSOR_MAX_AGE_SECONDS"
-# The daemon evaluates sensors at most every 5 s (its loop's minimum), so a
-# shorter interval buys nothing.
-DEFAULT_SENSOR_INTERVAL_SECONDS = 5
-DEFAULT_SENSOR_MIN_DEPTH = 25
-# 0: a ready change starts a run at the next tick. Batching needs no wait: the
-# run drains everything queued by the time it starts, and keeps draining.
-DEFAULT_SENSOR_MAX_AGE_SECONDS = 0.0
+SENSOR_INTERVAL_ENV = settings.SENSOR_INTERVAL_SECONDS.env
+SENSOR_MIN_DEPTH_ENV = settings.SENSOR_MIN_DEPTH.env
+SENSOR_MAX_AGE_ENV = settings.SENSOR_MAX_AGE_SECONDS.env
+DEFAULT_SENSOR_INTERVAL_SECONDS = settings.SENSOR_INTERVAL_SECONDS.default
+DEFAULT_SENSOR_MIN_DEPTH = settings.SENSOR_MIN_DEPTH.default
+DEFAULT_SENSOR_MAX_AGE_SECONDS = settings.SENSOR_MAX_AGE_SECONDS.default
 
 # The sensor's runs keep draining what arrives while they run (RefreshConfig.keep_draining).
 KEEP_DRAINING: dict[str, Any] = {"ops": {REFRESH_STEP: {"config": {"keep_draining": True}}}}
@@ -67,7 +63,6 @@ PENDING_STATUSES = [
 
 read_model_selection = dg.AssetSelection.assets(*(model.name for model in READ_MODELS))
 
-EXECUTOR_ENV = "PROGRESS_DAGSTER_EXECUTOR"
 EXECUTORS = ("default", "celery", "k8s")
 
 
@@ -80,7 +75,7 @@ def refresh_executor() -> dg.ExecutorDefinition:
     celery: steps as tasks on Celery workers (pip install 'progress-refresh[celery]').
     k8s: each step in a Kubernetes job of its own (pip install 'progress-refresh[k8s]').
     """
-    name = os.environ.get(EXECUTOR_ENV, "").strip() or "default"
+    name = settings.value(settings.DAGSTER_EXECUTOR)
     if name == "celery":
         from dagster_celery import celery_executor
 
@@ -90,7 +85,9 @@ def refresh_executor() -> dg.ExecutorDefinition:
 
         return k8s_job_executor
     if name != "default":
-        raise ProgressError(f"unknown ${EXECUTOR_ENV} {name!r}: expected one of {', '.join(EXECUTORS)}")
+        raise ProgressError(
+            f"unknown ${settings.DAGSTER_EXECUTOR.env} {name!r}: expected one of {', '.join(EXECUTORS)}"
+        )
     return dg.multi_or_in_process_executor
 
 
@@ -130,14 +127,14 @@ full_backfill = dg.define_asset_job(
 
 
 def sensor_interval_seconds() -> int:
-    return int(os.environ.get(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_SECONDS))
+    return int(settings.value(settings.SENSOR_INTERVAL_SECONDS))
 
 
 def sensor_thresholds() -> tuple[int, float]:
     """(minimum ready entries, maximum age in seconds of the oldest ready entry)."""
     return (
-        int(os.environ.get(SENSOR_MIN_DEPTH_ENV, DEFAULT_SENSOR_MIN_DEPTH)),
-        float(os.environ.get(SENSOR_MAX_AGE_ENV, DEFAULT_SENSOR_MAX_AGE_SECONDS)),
+        int(settings.value(settings.SENSOR_MIN_DEPTH)),
+        float(settings.value(settings.SENSOR_MAX_AGE_SECONDS)),
     )
 
 

@@ -23,15 +23,12 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
 
-DEFAULT_BATCH_SIZE = 50
-DEFAULT_LEASE_SECONDS = 300.0
-# Two connections refreshing at once suit the embedded server on a small machine.
-DEFAULT_WORKERS = 2
-DEFAULT_IDLE_SECONDS = 10.0
-DEFAULT_MAX_RUN_SECONDS = 120.0
+DEFAULT_BATCH_SIZE: int = settings.BATCH_SIZE.default
+DEFAULT_LEASE_SECONDS = float(settings.LEASE_SECONDS.default)
 # How often a following drain looks at an empty queue again.
 POLL_SECONDS = 0.5
 
@@ -45,29 +42,31 @@ def worker_name(prefix: str = "python") -> str:
 
 @dataclass(frozen=True)
 class RefreshPolicy:
-    """Per-session limits for refresh connections; from the environment by default."""
+    """Per-session limits for refresh connections; from orchestration.settings by default."""
 
-    lock_timeout: str = "5s"
-    statement_timeout: str = "300s"
+    lock_timeout: str = settings.LOCK_TIMEOUT.default
+    statement_timeout: str = settings.STATEMENT_TIMEOUT.default
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     # Workers refreshing in parallel, each with its own connection.
-    workers: int = DEFAULT_WORKERS
+    workers: int = settings.REFRESH_WORKERS.default
     # A following drain ends once the queue has had nothing ready for this long...
-    idle_seconds: float = DEFAULT_IDLE_SECONDS
+    idle_seconds: float = settings.RUN_IDLE_SECONDS.default
     # ...or once it has drained this long (the sensor then starts the next run).
-    max_run_seconds: float = DEFAULT_MAX_RUN_SECONDS
+    max_run_seconds: float = settings.RUN_MAX_SECONDS.default
 
     @classmethod
-    def from_env(cls) -> RefreshPolicy:
+    def from_env(cls, conn: psycopg.Connection | None = None) -> RefreshPolicy:
+        """The environment, then (given a connection) the database's settings, then the defaults."""
+        database = gateway.settings(conn) if conn is not None else None
         return cls(
-            lock_timeout=os.environ.get("PROGRESS_LOCK_TIMEOUT", cls.lock_timeout),
-            statement_timeout=os.environ.get("PROGRESS_STATEMENT_TIMEOUT", cls.statement_timeout),
-            batch_size=int(os.environ.get("PROGRESS_BATCH_SIZE", cls.batch_size)),
-            lease_seconds=float(os.environ.get("PROGRESS_LEASE_SECONDS", cls.lease_seconds)),
-            workers=max(1, int(os.environ.get("PROGRESS_REFRESH_WORKERS", cls.workers))),
-            idle_seconds=float(os.environ.get("PROGRESS_RUN_IDLE_SECONDS", cls.idle_seconds)),
-            max_run_seconds=float(os.environ.get("PROGRESS_RUN_MAX_SECONDS", cls.max_run_seconds)),
+            lock_timeout=settings.value(settings.LOCK_TIMEOUT),
+            statement_timeout=settings.value(settings.STATEMENT_TIMEOUT),
+            batch_size=settings.value(settings.BATCH_SIZE, database),
+            lease_seconds=float(settings.value(settings.LEASE_SECONDS, database)),
+            workers=settings.value(settings.REFRESH_WORKERS),
+            idle_seconds=settings.value(settings.RUN_IDLE_SECONDS),
+            max_run_seconds=settings.value(settings.RUN_MAX_SECONDS),
         )
 
 
@@ -146,13 +145,15 @@ def drain_queue(
     drain keeps claiming what arrives until the queue has had nothing ready for
     policy.idle_seconds, and claims nothing new after policy.max_run_seconds.
     """
-    policy = policy or RefreshPolicy.from_env()
+    policy = policy or RefreshPolicy.from_env(conn)
     prepare_session(conn, policy)
     if gateway.storage_strategy(conn) == "matview":
         return _drain_matviews(conn, on_version)
     count = 1 if connect is None else max(1, workers if workers is not None else policy.workers)
     drain = _ParallelDrain(policy, sorted(kinds) if kinds is not None else None, max_versions, follow, on_version)
-    return drain.run(conn, connect, worker or worker_name(), count)
+    report = drain.run(conn, connect, worker or worker_name(), count)
+    gateway.mark_populated_if_complete(conn)
+    return report
 
 
 class _ParallelDrain:
@@ -289,7 +290,7 @@ def refresh_versions(
     on_version: Callable[[VersionOutcome], None] | None = None,
 ) -> RefreshReport:
     """Refreshes the named versions now, queued or not."""
-    prepare_session(conn, policy or RefreshPolicy.from_env())
+    prepare_session(conn, policy or RefreshPolicy.from_env(conn))
     report = RefreshReport(batches=1)
     started = time.perf_counter()
     for kind, version_id in versions:

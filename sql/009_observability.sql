@@ -137,3 +137,40 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Name and deletion of named versions that exist or still have stored rows
+-- (a hard-deleted version's rows are removed by its next refresh).
+CREATE OR REPLACE FUNCTION progress_version_states(p_kinds text[], p_versions uuid[])
+RETURNS TABLE (kind text, version_id uuid, name text, deleted boolean)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    WITH named AS (SELECT * FROM unnest(p_kinds, p_versions) AS n (kind, version_id))
+    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
+      FROM named n LEFT JOIN audio_versions v ON v.id = n.version_id
+     WHERE n.kind = 'audio'
+       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
+                                     THEN EXISTS (SELECT FROM mv_audio_version_progress_summary s
+                                                   WHERE s.audio_version_id = n.version_id) END)
+    UNION ALL
+    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
+      FROM named n LEFT JOIN text_versions v ON v.id = n.version_id
+     WHERE n.kind = 'text'
+       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
+                                     THEN EXISTS (SELECT FROM mv_text_version_progress_summary s
+                                                   WHERE s.text_version_id = n.version_id) END)
+$$;
+
+-- When a version was last refreshed, from the refresh log when the database
+-- keeps one (NULL otherwise, or when nothing was refreshed yet).
+CREATE OR REPLACE FUNCTION progress_last_refresh() RETURNS timestamptz
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    logged timestamptz;
+BEGIN
+    IF to_regclass('progress_refresh_log') IS NOT NULL THEN
+        EXECUTE 'SELECT max(refreshed_at) FROM progress_refresh_log' INTO logged;
+    END IF;
+    RETURN logged;
+END
+$$;

@@ -7,16 +7,16 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from orchestration import settings
 from orchestration.db.connection import connect
 from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
-from orchestration.db.settings import TEST_DATABASE_URL_ENV, state_dir
+from orchestration.settings import TEST_DATABASE_URL, TEST_POSTGRES_BIN, state_dir
 
 # One template per test session, so concurrent sessions on one server never collide.
 TEMPLATE = f"progress_test_template_{os.getpid()}"
@@ -27,18 +27,15 @@ def database_dsn(server_dsn: str, dbname: str) -> str:
     return make_conninfo(server_dsn, dbname=dbname)
 
 
-# Another PostgreSQL's binaries (e.g. /usr/lib/postgresql/15/bin) to run the suite on.
-TEST_POSTGRES_BIN_ENV = "PROGRESS_TEST_POSTGRES_BIN"
-
-
 @pytest.fixture(scope="session")
 def server_dsn() -> str:
     """DSN of a maintenance database on the test server: PROGRESS_TEST_DATABASE_URL,
     else a server from PROGRESS_TEST_POSTGRES_BIN's binaries, else the embedded one."""
-    if os.environ.get(TEST_DATABASE_URL_ENV):
-        return os.environ[TEST_DATABASE_URL_ENV]
-    if os.environ.get(TEST_POSTGRES_BIN_ENV):
-        bin_dir = Path(os.environ[TEST_POSTGRES_BIN_ENV])
+    configured = settings.from_env(TEST_DATABASE_URL)
+    if configured:
+        return str(configured)
+    bin_dir = settings.from_env(TEST_POSTGRES_BIN)
+    if bin_dir is not None:
         return start_embedded(pgdata=state_dir() / f"pgdata-test-{bin_dir.parent.name}", bin_dir=bin_dir)
     return start_embedded()
 

@@ -34,8 +34,8 @@ from orchestration.dagster_dev import (
     stop_child,
 )
 from orchestration.db.connection import connect
-from orchestration.db.settings import PROJECT_ROOT
 from orchestration.refresh import drain_queue
+from orchestration.settings import PROJECT_ROOT
 from orchestration.structure import chapter_id, load_bible_structure
 
 E2E_MARKER = "e2e: starts `dagster dev` as a subprocess (about 30 s); deselect with -m 'not e2e'"

@@ -125,12 +125,22 @@ def test_checks(graph):
     assert checks == expected
 
 
-def test_resource_never_shows_a_password():
-    from orchestration.resources import PostgresResource
+def test_the_database_url_reaches_dagster_as_an_env_var_never_as_its_value(monkeypatch):
+    from orchestration.resources import postgres_resource
 
-    resource = PostgresResource(database_url="postgresql://app:s3cret@db.example.com/app")
-    assert "s3cret" not in resource.display_url
-    assert "postgres" in defs.resources
+    url = "postgresql://app:s3cret@db.example.com/app"
+    monkeypatch.setenv("PROGRESS_DATABASE_URL", url)
+    resource = postgres_resource()
+    # What the Dagster UI shows as the resource's configuration: the variable's name.
+    assert resource._get_non_default_public_field_values() == {"database_url": "PROGRESS_DATABASE_URL"}
+    assert resource.process_config_and_initialize().dsn() == url
+
+
+def test_without_a_database_url_the_resource_uses_the_embedded_server(monkeypatch):
+    from orchestration.resources import postgres_resource
+
+    monkeypatch.delenv("PROGRESS_DATABASE_URL", raising=False)
+    assert postgres_resource().database_url is None
 
 
 def test_refresh_steps_retry_with_exponential_backoff_and_jitter():

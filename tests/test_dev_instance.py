@@ -1,12 +1,11 @@
-"""What `progress-refresh dev` prepares: Dagster's instance configuration and a
-populated demo database."""
+"""The Dagster instance configuration `progress-refresh dev` renders."""
 
 from __future__ import annotations
 
 import yaml
 from dagster._core.instance.config import dagster_instance_config
 
-from orchestration.dagster_dev import load_demo_and_populate, render_instance_config
+from orchestration.dagster_dev import render_instance_config
 
 
 def rendered(tmp_path, monkeypatch, workers: str | None) -> dict:
@@ -32,12 +31,3 @@ def test_runs_are_dequeued_every_second(tmp_path, monkeypatch):
     config = rendered(tmp_path, monkeypatch, None)
     assert config["run_coordinator"]["config"]["dequeue_interval_seconds"] == 1
     assert "$" not in yaml.safe_dump(config)
-
-
-def test_dev_populates_the_read_models_when_it_loads_the_demo(db, dsn):
-    said = load_demo_and_populate(db, dsn)
-    versions = db.execute("SELECT count(*) FROM audio_versions WHERE deleted_at IS NULL").fetchone()[0]
-    summaries = db.execute("SELECT count(*) FROM mv_audio_version_progress_summary").fetchone()[0]
-    assert versions > 0 and summaries == versions
-    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0
-    assert "read models populated" in said
