@@ -71,7 +71,7 @@ def test_config_names_the_source_of_each_value(dsn: str) -> None:
         "sensor_min_depth": ("7", "environment PROGRESS_SENSOR_MIN_DEPTH"),
         "max_attempts": ("5", "database progress_refresh_settings"),
         "batch_size": ("25", "database progress_refresh_settings"),
-        "sensor_interval_seconds": ("30", "default"),
+        "sensor_interval_seconds": ("5", "default"),
     }.items()
     assert set(shown) == {s.name for s in settings.SETTINGS}
 
