@@ -149,7 +149,7 @@ def test_a_partial_previous_design_is_refused_by_name(previous_dsn: str) -> None
         conn.execute("DROP VIEW language_entity_best_text_version")
         conn.execute("DROP MATERIALIZED VIEW mv_text_version_progress_summary")
         before = schema_of(conn)
-        with pytest.raises(ProgressError, match="only part of the previous design.*mv_text_version_progress_summary"):
+        with pytest.raises(ProgressError, match=r"only part of the previous design.*mv_text_version_progress_summary"):
             migrate(conn, adopt=True)
         assert schema_of(conn) == before
 
@@ -176,8 +176,8 @@ def test_a_database_of_ours_needs_no_adoption(db) -> None:  # type: ignore[no-un
     with pytest.raises(ForeignObjectsError):
         db.execute(
             "CREATE FUNCTION stray_enqueue() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN INSERT INTO progress_refresh_queue (kind, version_id) VALUES ('text', %s); RETURN NULL; END $$"
-            % f"'{uuid.uuid4()}'"
+            f"$$ BEGIN INSERT INTO progress_refresh_queue (kind, version_id) VALUES ('text', '{uuid.uuid4()}');"
+            " RETURN NULL; END $$"
         )
         db.execute(
             "CREATE TRIGGER stray AFTER INSERT ON verse_texts FOR EACH STATEMENT EXECUTE FUNCTION stray_enqueue()"
