@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
+from bench.previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
 from builders import assert_read_models_match, drain
 from orchestration.db.connection import connect
 from orchestration.db.migrations import ForeignObjectsError, migrate, plan_migrate
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS
-from previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
 from test_migrations import schema_of
 
 
