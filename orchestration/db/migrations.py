@@ -54,6 +54,7 @@ SQL_API_DEFINITIONS = "sql_api"
 SWAP_LOCK_TIMEOUT = "3s"
 SWAP_ATTEMPTS = 5
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+) (ON [^;]+);", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,7 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     shadows = plan.shadows
     definitions = load_definitions()
     dropped_triggers: list[str] = []
+    _build_indexes_concurrently(conn, plan.migrations)
     with conn.transaction():
         _session_setup(conn, plan.strategy)
         changes += _apply_migrations(conn, plan.migrations)
@@ -374,6 +376,20 @@ def _apply_migrations(conn: psycopg.Connection, pending: list[Migration]) -> lis
         )
         applied.append(migration.label)
     return applied
+
+
+def _build_indexes_concurrently(conn: psycopg.Connection, pending: list[Migration]) -> None:
+    """Indexes a pending migration adds to existing base tables are built first,
+    CONCURRENTLY: writers never wait for them (the migration then finds them).
+    One that fails is dropped, and the migration builds it in its transaction."""
+    if not base_tables_present(conn):
+        return
+    for migration in pending:
+        for name, rest in _CREATE_INDEX.findall(migration.sql):
+            try:
+                conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {rest}")
+            except psycopg.Error:
+                conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 def _trigger_names(inspection: Inspection) -> list[str]:
