@@ -183,3 +183,29 @@ def test_a_database_of_ours_needs_no_adoption(db) -> None:  # type: ignore[no-un
             "CREATE TRIGGER stray AFTER INSERT ON verse_texts FOR EACH STATEMENT EXECUTE FUNCTION stray_enqueue()"
         )
         migrate(db)
+
+
+def test_a_take_over_that_cannot_swap_leaves_the_previous_design_working(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn, connect(previous_dsn) as long_reader:
+        queued = pending(conn)
+        # A report that never ends holds its read lock: the swap cannot get in.
+        long_reader.execute("BEGIN")
+        long_reader.execute("SELECT count(*) FROM mv_text_book_coverage")
+        with pytest.raises(ProgressError, match="could not swap"):
+            migrate(conn, adopt=True)
+        long_reader.execute("ROLLBACK")
+
+        triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        assert {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} <= triggers
+        assert not any(t.startswith("progress_capture_") for t in triggers)
+        shadows = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_next'").fetchall()
+        assert shadows == []
+        assert conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE relname = 'mv_text_book_coverage'"
+        ).fetchone() == ("m",)
+        assert pending(conn) >= queued
+        # The previous design's own capture still works, and a later --adopt completes.
+        make_changes(conn, salt=5)
+        migrate(conn, adopt=True)
+        drain(conn)
+        assert_read_models_match(conn)

@@ -36,6 +36,8 @@ OWN_TRIGGERS = (
 QUEUE_TABLE = "progress_refresh_queue"
 QUEUE_COLUMNS_REQUIRED = ("kind", "version_id")
 REGISTRY_TABLE = "progress_read_model_definitions"
+# Set by a take-over's first transaction, removed by its swap.
+TAKEOVER_SETTING = "takeover_started_at"
 RELKIND_NAMES = {
     "r": "table",
     "v": "view",
@@ -94,7 +96,13 @@ def _columns(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def _registered(conn: psycopg.Connection, kinds: dict[str, str]) -> set[str]:
+    """Read models of ours; none while a take-over has not completed (the old ones still stand)."""
     if kinds.get(REGISTRY_TABLE) != "r":
+        return set()
+    unfinished = conn.execute(
+        "SELECT EXISTS (SELECT FROM progress_refresh_settings WHERE key = %s)", [TAKEOVER_SETTING]
+    ).fetchone()
+    if unfinished and unfinished[0]:
         return set()
     return {row[0] for row in conn.execute(f"SELECT stored_name FROM {REGISTRY_TABLE}")}
 

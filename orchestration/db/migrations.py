@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from orchestration.db.base_schema import base_tables_present
-from orchestration.db.inspection import Inspection, inspect
+from orchestration.db.inspection import TAKEOVER_SETTING, Inspection, inspect
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS, ReadModel
 from orchestration.sql_files import sql_files
@@ -307,6 +307,11 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
         if taking_over:
             # Theirs go in the transaction that installs ours (the definitions below).
             dropped_triggers = _drop_queue_triggers(conn, plan.inspection)
+            conn.execute(
+                "INSERT INTO progress_refresh_settings (key, value) VALUES (%s, now()::text)"
+                " ON CONFLICT (key) DO NOTHING",
+                [TAKEOVER_SETTING],
+            )
             changes += [f"dropped queue trigger {t}" for t in _trigger_names(plan.inspection)]
         for definition in definitions:
             if not (taking_over and definition.name.endswith(SQL_API_DEFINITIONS)):
@@ -471,6 +476,7 @@ def _swap_in(
                         if definition.name.endswith(SQL_API_DEFINITIONS):
                             conn.execute(definition.sql)
                     conn.execute("SELECT progress_mark_populated()")
+                    conn.execute("DELETE FROM progress_refresh_settings WHERE key = %s", [TAKEOVER_SETTING])
                 conn.execute("SELECT progress_install_definitions()")
                 conn.execute("SELECT progress_install_refresh_functions()")
                 conn.execute("SELECT progress_apply_grants()")
