@@ -481,6 +481,8 @@ def _swap_in(
                 conn.execute("SELECT progress_install_refresh_functions()")
                 conn.execute("SELECT progress_apply_grants()")
             swap_seconds = time.perf_counter() - started
+            with conn.transaction():
+                conn.execute("SELECT progress_drop_previous(%s)", [shadows])
             return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
         except psycopg.errors.LockNotAvailable:
             if attempt == SWAP_ATTEMPTS:
