@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,29 @@ def source_version() -> dict[str, Any]:
 
 def _terminate(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_guarded(run: Callable[[], int], interrupted: str) -> int:
+    """Runs a benchmark command: a ProgressError is one line on stderr and exit 1;
+    Ctrl-C or SIGTERM (after run's own clean-up) says `interrupted` and exits 130."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run()
+    except ProgressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+
+
+def save_table(out: Path, stem: str, result: dict[str, Any], table: str) -> tuple[Path, Path]:
+    """Writes out/<stem>.json and out/<stem>.md, prints the table; returns both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    return out / f"{stem}.md", out / f"{stem}.json"
 
 
 def main(argv: list[str] | None = None) -> int:

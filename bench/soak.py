@@ -46,7 +46,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.cli import DEFAULT_OUT, Log, source_version
+from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
 from orchestration.db.connection import connect
 from orchestration.errors import ProgressError
 
@@ -476,15 +476,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_guarded(lambda: soak(args), "interrupted: servers stopped")
+
+
+def soak(args: argparse.Namespace) -> int:
     log = Log()
     started_at = time.gmtime()
-    signal.signal(signal.SIGTERM, _terminate)
     state = Path(tempfile.mkdtemp(prefix="progress-soak-"))
     server: DevServer | None = None
     try:
@@ -524,20 +523,10 @@ def main(argv: list[str] | None = None) -> int:
             },
             "phases": [summarize(p, runs) for p in phases],
         }
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-        table = render(result)
-        (args.out / "soak.md").write_text(table + "\n")
+        markdown, saved = save_table(args.out, "soak", result, render(result))
         plot(result, args.out / "soak.png")
-        print(table)
-        log(f"wrote {args.out / 'soak.md'}, {args.out / 'soak.json'} and {args.out / 'soak.png'}")
+        log(f"wrote {markdown}, {saved} and {args.out / 'soak.png'}")
         return 0
-    except ProgressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped", file=sys.stderr)
-        return 130
     finally:
         if server is not None:
             log("stopping progress-refresh dev")

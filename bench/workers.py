@@ -12,16 +12,14 @@ counts are interleaved rep by rep, so drift on the server affects both alike.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import data
-from bench.cli import DEFAULT_OUT, Log, source_version
+from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
 from bench.server import Databases, database_dsn, database_name, open_db
 from orchestration.db.connection import connect
 from orchestration.db.migrations import migrate
@@ -85,66 +83,59 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    log = Log()
-    try:
-        if args.dsn is None:
-            from orchestration.db.embedded import start_embedded
+    return run_guarded(lambda: measure(args), "interrupted: benchmark databases dropped")
 
-            args.dsn = start_embedded()
-        dbs = Databases(args.dsn, log)
-        size = data.SIZES[args.size]
-        name = database_name(size.name, "workers")
-        try:
-            dbs.create(name)
-            dsn = database_dsn(args.dsn, name)
-            with open_db(args.dsn, name) as conn:
-                migrate(conn, strategy="table")
-                log(f"generating size {size.name} ({size.audio_versions} + {size.text_versions} versions)")
-                data.generate(conn, size, seed=args.seed, log=log)
-                started = time.perf_counter()
-                conn.execute("SELECT refresh_progress_materialized_views_full()")
-                conn.execute("VACUUM ANALYZE")
-                log(f"populated in {time.perf_counter() - started:.1f}s")
-                samples: dict[int, list[float]] = {n: [] for n in args.workers}
-                queued = 0
-                for rep in range(args.repeat):
-                    order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
-                    for workers in order:
-                        queued = queue_versions(conn, args.versions)
-                        policy = RefreshPolicy.from_env()
-                        report = drain_queue(conn, policy, connect=lambda: connect(dsn), workers=workers)
-                        if len(report.refreshed) != queued:
-                            raise ProgressError(f"drain refreshed {len(report.refreshed)} of {queued} versions")
-                        samples[workers].append(report.seconds)
-                        log(f"rep {rep + 1}: {workers} worker(s) drained {queued} versions in {report.seconds:.2f}s")
-        finally:
-            dbs.drop_all()
-        result = {
-            "size": size.name,
-            "versions": queued,
-            "repeat": args.repeat,
-            "server_cpus": os.cpu_count(),
-            "source": source_version(),
-            "drains": [
-                {
-                    "workers": n,
-                    "seconds": [round(s, 3) for s in samples[n]],
-                    "median_seconds": statistics.median(samples[n]),
-                    "versions_per_second": queued / statistics.median(samples[n]),
-                }
-                for n in args.workers
-            ],
-        }
-        table = render(result)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "workers.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "workers.md").write_text(table + "\n")
-        print(table)
-        log(f"wrote {args.out / 'workers.md'} and {args.out / 'workers.json'}")
-        return 0
-    except ProgressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: benchmark databases dropped", file=sys.stderr)
-        return 130
+
+def measure(args: argparse.Namespace) -> int:
+    log = Log()
+    if args.dsn is None:
+        from orchestration.db.embedded import start_embedded
+
+        args.dsn = start_embedded()
+    dbs = Databases(args.dsn, log)
+    size = data.SIZES[args.size]
+    name = database_name(size.name, "workers")
+    try:
+        dbs.create(name)
+        dsn = database_dsn(args.dsn, name)
+        with open_db(args.dsn, name) as conn:
+            migrate(conn, strategy="table")
+            log(f"generating size {size.name} ({size.audio_versions} + {size.text_versions} versions)")
+            data.generate(conn, size, seed=args.seed, log=log)
+            started = time.perf_counter()
+            conn.execute("SELECT refresh_progress_materialized_views_full()")
+            conn.execute("VACUUM ANALYZE")
+            log(f"populated in {time.perf_counter() - started:.1f}s")
+            samples: dict[int, list[float]] = {n: [] for n in args.workers}
+            queued = 0
+            for rep in range(args.repeat):
+                order = args.workers if rep % 2 == 0 else list(reversed(args.workers))
+                for workers in order:
+                    queued = queue_versions(conn, args.versions)
+                    policy = RefreshPolicy.from_env(conn)
+                    report = drain_queue(conn, policy, connect=lambda: connect(dsn), workers=workers)
+                    if len(report.refreshed) != queued:
+                        raise ProgressError(f"drain refreshed {len(report.refreshed)} of {queued} versions")
+                    samples[workers].append(report.seconds)
+                    log(f"rep {rep + 1}: {workers} worker(s) drained {queued} versions in {report.seconds:.2f}s")
+    finally:
+        dbs.drop_all()
+    result = {
+        "size": size.name,
+        "versions": queued,
+        "repeat": args.repeat,
+        "server_cpus": os.cpu_count(),
+        "source": source_version(),
+        "drains": [
+            {
+                "workers": n,
+                "seconds": [round(s, 3) for s in samples[n]],
+                "median_seconds": statistics.median(samples[n]),
+                "versions_per_second": queued / statistics.median(samples[n]),
+            }
+            for n in args.workers
+        ],
+    }
+    paths = save_table(args.out, "workers", result, render(result))
+    log(f"wrote {paths[0]} and {paths[1]}")
+    return 0

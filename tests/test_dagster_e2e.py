@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,6 +25,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.soak import free_port, graphql
 from orchestration.dagster_dev import (
     dagster_command,
     ensure_database,
@@ -62,22 +62,6 @@ query RefreshRuns {
 }
 """
 SCHEDULES = ("refresh_queued_every_15_minutes", "full_backfill_nightly")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def wait_for_webserver(port: int, process: subprocess.Popen, log: Path) -> None:
