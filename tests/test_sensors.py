@@ -36,12 +36,16 @@ def queue_versions(conn: psycopg.Connection, count: int) -> None:
     )
 
 
-def add_run(instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus) -> None:
+def add_run(
+    instance: dg.DagsterInstance, job_name: str, status: dg.DagsterRunStatus, run_config: dict | None = None
+) -> None:
     """A run record in the given status, as the daemon would leave it."""
     origin = RemoteJobOrigin(
         RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("progress_refresh"), "__repository__"), job_name
     )
-    create_run_for_test(instance, job_name=job_name, status=status, remote_job_origin=origin)
+    create_run_for_test(
+        instance, job_name=job_name, status=status, remote_job_origin=origin, run_config=run_config or {}
+    )
 
 
 def evaluate(dsn: str, instance: dg.DagsterInstance | None = None, cursor: str | None = None):
@@ -137,6 +141,33 @@ def test_no_request_while_a_refresh_run_is_pending(db, dsn, status):
     assert not result.run_requests
     assert "refresh_queued_versions run" in result.skip_message
     assert f"already {status.value.lower()}" in result.skip_message
+
+
+SENSOR_RUN_CONFIG = {"ops": {"refresh_progress": {"config": {"keep_draining": True}}}}
+
+
+@pytest.mark.parametrize(
+    "status, run_config, max_seconds, hands_over",
+    [
+        # A sensor run past its drain limit is winding down: the next one may start up.
+        (dg.DagsterRunStatus.STARTED, SENSOR_RUN_CONFIG, "0", True),
+        # Still within its limit: it keeps draining what arrives.
+        (dg.DagsterRunStatus.STARTED, SENSOR_RUN_CONFIG, "120", False),
+        # A run that does not keep draining (schedule, manual) drains what is queued, then ends.
+        (dg.DagsterRunStatus.STARTED, {}, "0", False),
+        # Not started yet: nothing is draining.
+        (dg.DagsterRunStatus.QUEUED, SENSOR_RUN_CONFIG, "0", False),
+    ],
+)
+def test_the_next_run_starts_up_while_a_sensor_run_winds_down(
+    db, dsn, monkeypatch, status, run_config, max_seconds, hands_over
+):
+    queue_versions(db, 1)
+    monkeypatch.setenv("PROGRESS_RUN_MAX_SECONDS", max_seconds)
+    instance = dg.DagsterInstance.ephemeral()
+    add_run(instance, "refresh_queued_versions", status, run_config)
+    result = evaluate(dsn, instance)
+    assert len(result.run_requests) == (1 if hands_over else 0), result.skip_message
 
 
 def test_finished_runs_do_not_block_a_request(db, dsn):
