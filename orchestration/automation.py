@@ -5,8 +5,9 @@ and `refresh_queue_sensor` starts one refresh run as soon as a change is ready
 (by default; a minimum depth or age can make it wait to batch). A run starts in
 about 5-7 s, so rather than one run per tick, a sensor run keeps draining while
 changes keep arriving (bounded in time) and the sensor starts no other while
-one is pending: a burst or a stream of writes is one run, and a change shows in
-the read models seconds after its commit. The 15-minute schedule is the safety
+one is pending (but the next one while a run that reached its drain limit winds
+down): a burst or a stream of writes is one run, and a change shows in the read
+models seconds after its commit. The 15-minute schedule is the safety
 net (a stopped sensor, retries coming out of backoff), the nightly backfill the
 belt and braces. Every run carries the refresh concurrency tag, and every
 refresh step claims a slot of the `progress_refresh` pool; dagster.yaml sizes
@@ -48,6 +49,10 @@ SENSOR_MAX_AGE_ENV = settings.SENSOR_MAX_AGE_SECONDS.env
 DEFAULT_SENSOR_INTERVAL_SECONDS = settings.SENSOR_INTERVAL_SECONDS.default
 DEFAULT_SENSOR_MIN_DEPTH = settings.SENSOR_MIN_DEPTH.default
 DEFAULT_SENSOR_MAX_AGE_SECONDS = settings.SENSOR_MAX_AGE_SECONDS.default
+
+# About how long a requested run takes to claim its first version: a sensor tick
+# (up to 5 s), the dequeue (1 s) and the run's start-up (5-7 s on a small machine).
+HANDOVER_LEAD_SECONDS = 10.0
 
 # The sensor's runs keep draining what arrives while they run (RefreshConfig.keep_draining).
 KEEP_DRAINING: dict[str, Any] = {"ops": {REFRESH_STEP: {"config": {"keep_draining": True}}}}
@@ -142,10 +147,11 @@ def pending_refresh_run(instance: dg.DagsterInstance, handing_over: bool = False
     """A queued or running refresh (either job drains the queue), if any.
 
     handing_over: a run that keeps draining stops claiming once it has drained for
-    $PROGRESS_RUN_MAX_SECONDS, then finishes (checks, events) and exits. Once it has
-    existed that long it no longer counts, so the next run starts up (5-7 s) while
-    it winds down, and changes never wait for one run to end and the next to start."""
-    limit = float(settings.value(settings.RUN_MAX_SECONDS))
+    $PROGRESS_RUN_MAX_SECONDS, then finishes (checks, events) and exits. From
+    HANDOVER_LEAD_SECONDS before that it no longer counts, so the next run is up and
+    claiming when it stops: changes never wait for one run to end and the next to start.
+    The two overlap for a few seconds, claiming different versions."""
+    limit = max(0.0, float(settings.value(settings.RUN_MAX_SECONDS)) - HANDOVER_LEAD_SECONDS)
     now = time.time()
     for job in (refresh_queued_versions.name, full_backfill.name):
         for record in instance.get_run_records(filters=dg.RunsFilter(job_name=job, statuses=PENDING_STATUSES)):

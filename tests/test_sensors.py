@@ -149,8 +149,9 @@ SENSOR_RUN_CONFIG = {"ops": {"refresh_progress": {"config": {"keep_draining": Tr
 @pytest.mark.parametrize(
     "status, run_config, max_seconds, hands_over",
     [
-        # A sensor run past its drain limit is winding down: the next one may start up.
-        (dg.DagsterRunStatus.STARTED, SENSOR_RUN_CONFIG, "0", True),
+        # A sensor run near its drain limit (less than the lead) is about to stop
+        # claiming: the next one may start up.
+        (dg.DagsterRunStatus.STARTED, SENSOR_RUN_CONFIG, "5", True),
         # Still within its limit: it keeps draining what arrives.
         (dg.DagsterRunStatus.STARTED, SENSOR_RUN_CONFIG, "120", False),
         # A run that does not keep draining (schedule, manual) drains what is queued, then ends.
