@@ -2,6 +2,7 @@
 
 Exit codes: 0 success; 1 the work ran but something failed (versions that
 failed to refresh); 2 bad input or an unusable database (one line on stderr);
+3 the connection was lost during a refresh (the rest is still queued);
 130 interrupted.
 """
 
@@ -24,7 +25,7 @@ from orchestration.db import gateway
 from orchestration.db.connection import connection
 from orchestration.db.embedded import database_url, stop_embedded
 from orchestration.db.migrations import STRATEGIES, check_schema_current, migrate
-from orchestration.errors import ProgressError
+from orchestration.errors import ConnectionLost, ProgressError
 from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
 
 console = Console()
@@ -186,16 +187,36 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
 def _status(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "queue": gateway.queue_state(conn),
+        "claims": gateway.claims(conn),
         "dead_letters": gateway.dead_letters(conn),
         "read_models": gateway.read_model_sizes(conn),
         "populated_at": gateway.last_populated(conn),
     }
 
 
+def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """One line per holder: how many entries it claims, whether its session is
+    alive, and when they will be taken over."""
+    holders: dict[tuple, list[dict[str, Any]]] = {}
+    for claim in claims:
+        holders.setdefault((claim["claimed_by"], claim["holder_pid"], claim["holder_alive"]), []).append(claim)
+    lines = []
+    for (claimed_by, pid, alive), held in holders.items():
+        lease_end = f"{max(c['lease_until'] for c in held):%Y-%m-%d %H:%M:%S %Z}"
+        if alive is False:
+            state, when = "gone", "taken over at the next claim"
+        elif alive:
+            state, when = "alive", f"kept while it works, at most until its lease ends at {lease_end}"
+        else:
+            state, when = "not checked", f"taken over when its lease ends at {lease_end}"
+        lines.append(f"  claimed: {len(held)} by {claimed_by} (session pid {pid}, {state}): {when}")
+    return lines
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(as_json: bool) -> None:
-    """Queue depth, oldest entry, dead letters and read-model sizes.
+    """Queue depth, oldest entry, claims and their holders, dead letters and read-model sizes.
 
     \b
     Example:
@@ -211,6 +232,8 @@ def status_command(as_json: bool) -> None:
             f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
             f"{q['dead_letters']} dead letter(s)"
         )
+        for line in _claim_lines(status["claims"]):
+            console.print(line, highlight=False)
         for dead in status["dead_letters"]:
             console.print(
                 f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} attempts: {dead['last_error']}"
@@ -331,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
+    except ConnectionLost as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(3)
     except ProgressError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -1,6 +1,7 @@
 """Draining the queue from Python: claim a batch in a short transaction, then
 refresh each version in a transaction of its own, so one failure never stops
-the rest and a killed worker loses at most its lease."""
+the rest. A killed worker's claims are taken over by the next claim, as soon
+as the database sees its session gone."""
 
 from __future__ import annotations
 
@@ -15,13 +16,20 @@ import psycopg
 
 from orchestration.db import gateway
 from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
+from orchestration.errors import ConnectionLost
 
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_LEASE_SECONDS = 300.0
+# A worker killed mid-statement leaves its session running until the server
+# notices the closed connection; before leaving such claims behind, a drain
+# that found nothing else to do waits this long once and claims again.
+HOLDER_EXIT_GRACE_SECONDS = 2 * gateway.CLIENT_CHECK_SECONDS
 
 
 def worker_name(prefix: str = "python") -> str:
-    return f"{prefix}:{socket.gethostname()}:{os.getpid()}"
+    """Unique per drain: a restarted process (same host, same pid in a
+    container) never mistakes an old claim for its own."""
+    return f"{prefix}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -104,40 +112,72 @@ def drain_queue(
     worker: str | None = None,
     on_version: Callable[[VersionOutcome], None] | None = None,
 ) -> RefreshReport:
-    """Refreshes queued versions until the queue has nothing ready (or max_versions)."""
+    """Refreshes queued versions until the queue has nothing ready (or max_versions).
+
+    A lost connection ends the drain with ConnectionLost: what it had not
+    finished stays queued, and its claims are taken over by the next claim."""
     policy = policy or RefreshPolicy.from_env()
-    prepare_session(conn, policy)
-    if gateway.storage_strategy(conn) == "matview":
-        return _drain_matviews(conn, on_version)
-    worker = worker or worker_name()
-    kind_list = sorted(kinds) if kinds is not None else None
     report = RefreshReport()
     started = time.perf_counter()
+    try:
+        prepare_session(conn, policy)
+        if gateway.storage_strategy(conn) == "matview":
+            _drain_matviews(conn, report, on_version)
+        else:
+            _drain_claims(conn, policy, report, kinds, max_versions, worker or worker_name(), on_version)
+    except psycopg.OperationalError as exc:
+        if not gateway.connection_lost(conn, exc):
+            raise
+        raise ConnectionLost(
+            f"lost the connection to the database after refreshing {len(report.refreshed)} version(s): "
+            "the rest is still queued, and the next refresh takes it over"
+        ) from None
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _drain_claims(
+    conn: psycopg.Connection,
+    policy: RefreshPolicy,
+    report: RefreshReport,
+    kinds: Iterable[str] | None,
+    max_versions: int | None,
+    worker: str,
+    on_version: Callable[[VersionOutcome], None] | None,
+) -> None:
+    kind_list = sorted(kinds) if kinds is not None else None
+    waited_for_holders = False
     while max_versions is None or len(report.outcomes) < max_versions:
         limit = (
             policy.batch_size if max_versions is None else min(policy.batch_size, max_versions - len(report.outcomes))
         )
         claims = gateway.claim_batch(conn, worker, limit, policy.lease_seconds, kind_list)
         if not claims:
-            break
+            if waited_for_holders or not _held_by_others(conn, kind_list):
+                break
+            waited_for_holders = True
+            time.sleep(HOLDER_EXIT_GRACE_SECONDS)
+            continue
         report.batches += 1
         for claim in claims:
             report.record(gateway.refresh_claimed(conn, claim, worker), on_version)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
-def _drain_matviews(conn: psycopg.Connection, on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
+def _held_by_others(conn: psycopg.Connection, kinds: list[str] | None) -> bool:
+    """Whether other holders, alive as far as the database knows, claim entries of these kinds."""
+    kind = kinds[0] if kinds is not None and len(kinds) == 1 else None
+    return bool(gateway.queue_state(conn, kind).get("claimed"))
+
+
+def _drain_matviews(
+    conn: psycopg.Connection, report: RefreshReport, on_version: Callable[[VersionOutcome], None] | None
+) -> None:
     """The matview strategy has no per-version refresh: the SQL drain claims
     every ready entry, refreshes all views once and settles the claims."""
-    report = RefreshReport()
-    started = time.perf_counter()
     while batch := gateway.drain_sql_batch(conn):
         report.batches += 1
         for kind, version_id in batch:
             report.record(VersionOutcome(kind, version_id), on_version)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def refresh_versions(

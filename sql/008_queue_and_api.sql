@@ -2,8 +2,50 @@
 -- SPEC section 5. Claiming comes before computing: a change committed while
 -- a version is being refreshed bumps its generation, so finishing leaves it queued.
 
+-- TEMPORARY: the statements of sql/migrations/130_claim_holders.sql, until the
+-- migration loader applies sql/migrations/. Remove this block then.
+ALTER TABLE progress_refresh_queue
+    ADD COLUMN IF NOT EXISTS holder_pid int,
+    ADD COLUMN IF NOT EXISTS holder_backend_start timestamptz;
+INSERT INTO progress_refresh_settings (key, value) VALUES ('claim_holder_check', 'on')
+ON CONFLICT (key) DO NOTHING;
+-- END TEMPORARY
+
+-- Every claim whose lease still runs, with whether its holder is alive:
+-- false when the claim is older than the server (a restart ended every
+-- session) or the holder's session is no longer in pg_stat_activity; NULL
+-- (not known) when the holder check is off or no holder was recorded. The
+-- next claim takes over the claims whose holder is not alive; the lease only
+-- limits a holder that is alive and hung.
+--
+-- One join against pg_stat_activity for all claims. Without pg_read_all_stats
+-- (or the privileges of the session's role) backend_start reads as NULL: then
+-- the pid alone decides, so a live holder is never taken for dead; a reused
+-- pid at worst leaves the claim to its lease.
+CREATE OR REPLACE FUNCTION progress_claim_holders()
+RETURNS TABLE (id bigint, kind text, version_id uuid, claimed_by text, claimed_at timestamptz,
+               lease_until timestamptz, holder_pid int, holder_backend_start timestamptz, holder_alive boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT q.id, q.kind, q.version_id, q.claimed_by, q.claimed_at, q.lease_until,
+           q.holder_pid, q.holder_backend_start,
+           CASE WHEN q.claimed_at < pg_postmaster_start_time() THEN false
+                WHEN q.holder_pid IS NULL OR NOT setting.holder_check THEN NULL
+                ELSE a.pid IS NOT NULL END
+      FROM progress_refresh_queue q
+     CROSS JOIN (SELECT progress_setting('claim_holder_check') IS DISTINCT FROM 'off' AS holder_check) setting
+      LEFT JOIN pg_stat_activity a
+             ON a.pid = q.holder_pid
+            AND (a.backend_start = q.holder_backend_start
+                 OR a.backend_start IS NULL OR q.holder_backend_start IS NULL)
+     WHERE q.lease_until >= now()
+$$;
+
 -- Claims up to p_limit ready entries (oldest first, optionally of some kinds)
--- with a lease; entries other sessions hold are skipped, never waited for.
+-- with a lease, recording this session as their holder; entries other
+-- sessions hold are skipped, never waited for. Ready: unclaimed, past its
+-- lease, or claimed by a holder that is gone (progress_claim_holders). A gone
+-- holder is matched with the claim time too, so an entry another worker took
+-- over meanwhile is seen as held again when its row is re-checked.
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
@@ -11,7 +53,9 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     WITH picked AS (
         SELECT q.id FROM progress_refresh_queue q
-         WHERE (q.lease_until IS NULL OR q.lease_until < now())
+         WHERE (q.lease_until IS NULL OR q.lease_until < now()
+                OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
+                                             WHERE h.holder_alive IS FALSE))
            AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
            AND (q.not_before IS NULL OR q.not_before <= now())
          ORDER BY q.enqueued_at, q.id
@@ -19,7 +63,8 @@ LANGUAGE sql AS $$
            FOR UPDATE SKIP LOCKED)
     UPDATE progress_refresh_queue q
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
-           lease_until = now() + p_lease
+           lease_until = now() + p_lease, holder_pid = pg_backend_pid(),
+           holder_backend_start = (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())
       FROM picked
      WHERE q.id = picked.id
     RETURNING q.kind, q.version_id, q.generation
@@ -35,7 +80,7 @@ BEGIN
      WHERE kind = p_kind AND version_id = p_version AND generation = p_generation;
     IF NOT FOUND THEN
         UPDATE progress_refresh_queue
-           SET claimed_by = NULL, lease_until = NULL,
+           SET claimed_by = NULL, lease_until = NULL, holder_pid = NULL, holder_backend_start = NULL,
                enqueued_at = coalesce(claimed_at, enqueued_at), claimed_at = NULL
          WHERE kind = p_kind AND version_id = p_version;
     END IF;
@@ -53,7 +98,7 @@ DECLARE
 BEGIN
     UPDATE progress_refresh_queue
        SET attempts = attempts + 1, last_error = p_error, claimed_by = NULL, lease_until = NULL,
-           claimed_at = NULL,
+           claimed_at = NULL, holder_pid = NULL, holder_backend_start = NULL,
            not_before = now() + make_interval(
                secs => progress_setting('retry_backoff_seconds')::numeric * 2 ^ attempts)
      WHERE kind = p_kind AND version_id = p_version

@@ -1,7 +1,9 @@
 -- What users and the Dagster checks read about the product's health.
 
 -- Depth of the queue (optionally of one kind), how many entries are ready
--- now, and the ages of the oldest entry and of the oldest ready entry.
+-- now, and the ages of the oldest entry and of the oldest ready entry. A
+-- claim whose holder is gone counts as ready (the next claim takes it over),
+-- not as claimed.
 DROP FUNCTION IF EXISTS progress_queue_state();
 CREATE OR REPLACE FUNCTION progress_queue_state(p_kind text DEFAULT NULL)
 RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
@@ -10,20 +12,40 @@ RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
     WITH q AS (
-        SELECT enqueued_at, attempts, lease_until,
-               (lease_until IS NULL OR lease_until < now())
-                   AND (not_before IS NULL OR not_before <= now()) AS is_ready
-          FROM progress_refresh_queue
-         WHERE p_kind IS NULL OR kind = p_kind)
+        SELECT q.enqueued_at, q.attempts,
+               q.lease_until >= now() AND h.holder_alive IS NOT FALSE AS is_claimed,
+               (q.lease_until IS NULL OR q.lease_until < now() OR h.holder_alive IS FALSE)
+                   AND (q.not_before IS NULL OR q.not_before <= now()) AS is_ready
+          FROM progress_refresh_queue q
+          LEFT JOIN progress_claim_holders() h ON h.id = q.id
+         WHERE p_kind IS NULL OR q.kind = p_kind)
     SELECT count(*),
            count(*) FILTER (WHERE is_ready),
-           count(*) FILTER (WHERE lease_until >= now()),
+           count(*) FILTER (WHERE is_claimed),
            count(*) FILTER (WHERE attempts > 0),
            min(enqueued_at),
            coalesce(extract(epoch FROM now() - min(enqueued_at))::double precision, 0),
            coalesce(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE is_ready))::double precision, 0),
            (SELECT count(*) FROM progress_refresh_dead_letter WHERE p_kind IS NULL OR kind = p_kind)
       FROM q
+$$;
+
+-- Claimed entries, for `progress-refresh status`: who holds each (the
+-- worker's name and its server session), whether that session is alive
+-- (NULL: not checked, see claim_holder_check), and when another worker may
+-- take the entry over: at the next claim when the holder is gone, else when
+-- its lease ends (a live holder keeps it while it works).
+CREATE OR REPLACE FUNCTION progress_claims(p_kind text DEFAULT NULL)
+RETURNS TABLE (kind text, version_id uuid, claimed_by text, holder_pid int, holder_backend_start timestamptz,
+               claimed_at timestamptz, lease_until timestamptz, holder_alive boolean, taken_over text)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    SELECT h.kind, h.version_id, h.claimed_by, h.holder_pid, h.holder_backend_start,
+           h.claimed_at, h.lease_until, h.holder_alive,
+           CASE WHEN h.holder_alive IS FALSE THEN 'at the next claim' ELSE 'when its lease ends' END
+      FROM progress_claim_holders() h
+     WHERE p_kind IS NULL OR h.kind = p_kind
+     ORDER BY h.claimed_by, h.claimed_at, h.kind, h.version_id
 $$;
 
 -- Rows in which a read model and its logical view differ, both directions:

@@ -64,15 +64,27 @@ def _translate(exc: psycopg.Error) -> ProgressError:
     return ProgressError(diag or " ".join(str(exc).split()))
 
 
+# How often a refresh statement checks that its client is still there.
+CLIENT_CHECK_SECONDS = 0.25
+
+
 def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
     """A stuck lock or a runaway statement fails one version instead of hanging
-    a run; a killed worker's statement is cancelled within a second instead of
-    holding its locks until it finishes."""
+    a run; a killed worker's statement is cancelled (and its session, which
+    holds its claims, ends) within CLIENT_CHECK_SECONDS instead of when the
+    statement finishes."""
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
-        "       set_config('client_connection_check_interval', '1s', false)",
-        [lock_timeout, statement_timeout],
+        "       set_config('client_connection_check_interval', %s, false)",
+        [lock_timeout, statement_timeout, f"{int(CLIENT_CHECK_SECONDS * 1000)}ms"],
     )
+
+
+def connection_lost(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """Whether exc means the session is gone (server restart or shutdown,
+    terminated backend, broken network) rather than a failed statement."""
+    sqlstate = exc.sqlstate or ""
+    return conn.broken or conn.closed or sqlstate.startswith(("08", "57P"))
 
 
 def claim_batch(
@@ -99,6 +111,8 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
                 [claim.kind, claim.version_id, worker],
             ).fetchall()
     except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise  # not this version's fault: its claim is taken over with the rest
         # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
         outcome.error = " ".join(str(exc).split())
         record_failure(conn, claim.kind, claim.version_id, outcome.error)
@@ -112,8 +126,8 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
         else:
             outcome.counts.append(ReadModelCounts(read_model, inserted, updated, deleted))
     if outcome.error is None:
-        # Killed between the two transactions, the entry stays claimed; once its
-        # lease expires it is refreshed again, which changes nothing.
+        # Killed between the two transactions, the entry stays claimed until the
+        # next claim takes it over; refreshed again, it changes nothing.
         with conn.transaction():
             conn.execute("SELECT progress_finish(%s, %s, %s)", [claim.kind, claim.version_id, claim.generation])
     return outcome
@@ -182,6 +196,13 @@ def queue_state(conn: psycopg.Connection, kind: str | None = None) -> dict[str, 
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute("SELECT * FROM progress_queue_state(%s)", [kind]).fetchone()
     return dict(row) if row else {}
+
+
+def claims(conn: psycopg.Connection, kind: str | None = None) -> list[dict[str, Any]]:
+    """Claimed entries with their holder, whether it is alive (None: not
+    checked) and when another worker may take them over."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute("SELECT * FROM progress_claims(%s)", [kind]))
 
 
 def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
