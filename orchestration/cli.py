@@ -233,7 +233,7 @@ def status_command(as_json: bool) -> None:
             f"{q['dead_letters']} dead letter(s)"
         )
         for line in _claim_lines(status["claims"]):
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
         for dead in status["dead_letters"]:
             console.print(
                 f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} attempts: {dead['last_error']}"
