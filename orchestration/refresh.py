@@ -21,9 +21,10 @@ from orchestration.errors import ConnectionLost
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_LEASE_SECONDS = 300.0
 # A worker killed mid-statement leaves its session running until the server
-# notices the closed connection; before leaving such claims behind, a drain
-# that found nothing else to do waits this long once and claims again.
-HOLDER_EXIT_GRACE_SECONDS = 2 * gateway.CLIENT_CHECK_SECONDS
+# notices the closed connection (every CLIENT_CHECK_SECONDS, later on a busy
+# machine); before leaving claims held by others behind, a drain that found
+# nothing else to do keeps trying to claim for at most this long.
+HOLDER_EXIT_GRACE_SECONDS = 2.0
 
 
 def worker_name(prefix: str = "python") -> str:
@@ -146,27 +147,30 @@ def _drain_claims(
     on_version: Callable[[VersionOutcome], None] | None,
 ) -> None:
     kind_list = sorted(kinds) if kinds is not None else None
-    waited_for_holders = False
+    grace_ends: float | None = None
     while max_versions is None or len(report.outcomes) < max_versions:
         limit = (
             policy.batch_size if max_versions is None else min(policy.batch_size, max_versions - len(report.outcomes))
         )
         claims = gateway.claim_batch(conn, worker, limit, policy.lease_seconds, kind_list)
         if not claims:
-            if waited_for_holders or not _held_by_others(conn, kind_list):
+            grace_ends = grace_ends or time.monotonic() + HOLDER_EXIT_GRACE_SECONDS
+            if time.monotonic() >= grace_ends or not _claimable_soon(conn, kind_list):
                 break
-            waited_for_holders = True
-            time.sleep(HOLDER_EXIT_GRACE_SECONDS)
+            time.sleep(gateway.CLIENT_CHECK_SECONDS)
             continue
         report.batches += 1
         for claim in claims:
             report.record(gateway.refresh_claimed(conn, claim, worker), on_version)
 
 
-def _held_by_others(conn: psycopg.Connection, kinds: list[str] | None) -> bool:
-    """Whether other holders, alive as far as the database knows, claim entries of these kinds."""
+def _claimable_soon(conn: psycopg.Connection, kinds: list[str] | None) -> bool:
+    """Whether entries of these kinds are claimed by holders alive as far as
+    the database knows (one may be a killed worker's session, about to end),
+    or ready (such a session ended since the last claim)."""
     kind = kinds[0] if kinds is not None and len(kinds) == 1 else None
-    return bool(gateway.queue_state(conn, kind).get("claimed"))
+    state = gateway.queue_state(conn, kind)
+    return bool(state.get("claimed") or state.get("ready"))
 
 
 def _drain_matviews(
