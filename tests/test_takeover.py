@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
+from bench.previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
 from builders import assert_read_models_match, drain
 from orchestration.db.connection import connect
 from orchestration.db.migrations import ForeignObjectsError, migrate, plan_migrate
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS
-from previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
 from test_migrations import schema_of
 
 
@@ -183,3 +183,29 @@ def test_a_database_of_ours_needs_no_adoption(db) -> None:  # type: ignore[no-un
             "CREATE TRIGGER stray AFTER INSERT ON verse_texts FOR EACH STATEMENT EXECUTE FUNCTION stray_enqueue()"
         )
         migrate(db)
+
+
+def test_a_take_over_that_cannot_swap_leaves_the_previous_design_working(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn, connect(previous_dsn) as long_reader:
+        queued = pending(conn)
+        # A report that never ends holds its read lock: the swap cannot get in.
+        long_reader.execute("BEGIN")
+        long_reader.execute("SELECT count(*) FROM mv_text_book_coverage")
+        with pytest.raises(ProgressError, match="could not swap"):
+            migrate(conn, adopt=True)
+        long_reader.execute("ROLLBACK")
+
+        triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        assert {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} <= triggers
+        assert not any(t.startswith("progress_capture_") for t in triggers)
+        shadows = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_next'").fetchall()
+        assert shadows == []
+        assert conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE relname = 'mv_text_book_coverage'"
+        ).fetchone() == ("m",)
+        assert pending(conn) >= queued
+        # The previous design's own capture still works, and a later --adopt completes.
+        make_changes(conn, salt=5)
+        migrate(conn, adopt=True)
+        drain(conn)
+        assert_read_models_match(conn)
