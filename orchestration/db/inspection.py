@@ -36,6 +36,8 @@ OWN_TRIGGERS = (
 QUEUE_TABLE = "progress_refresh_queue"
 QUEUE_COLUMNS_REQUIRED = ("kind", "version_id")
 REGISTRY_TABLE = "progress_read_model_definitions"
+# Set by a take-over's first transaction, removed by its swap.
+TAKEOVER_SETTING = "takeover_started_at"
 RELKIND_NAMES = {
     "r": "table",
     "v": "view",
@@ -94,28 +96,64 @@ def _columns(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 def _registered(conn: psycopg.Connection, kinds: dict[str, str]) -> set[str]:
+    """Read models of ours; none while a take-over has not completed (the old ones still stand)."""
     if kinds.get(REGISTRY_TABLE) != "r":
+        return set()
+    unfinished = conn.execute(
+        "SELECT EXISTS (SELECT FROM progress_refresh_settings WHERE key = %s)", [TAKEOVER_SETTING]
+    ).fetchone()
+    if unfinished and unfinished[0]:
         return set()
     return {row[0] for row in conn.execute(f"SELECT stored_name FROM {REGISTRY_TABLE}")}
 
 
-def _outside_dependents(conn: psycopg.Connection, names: list[str]) -> list[str]:
-    """Views or materialized views of someone else's built on objects we replace."""
+def _outside_dependents(conn: psycopg.Connection, names: list[str], replaced_functions: list[str]) -> list[str]:
+    """Views, materialized views or (BEGIN ATOMIC) functions of someone else's built on objects we replace."""
     rows = conn.execute(
         """
-        SELECT DISTINCT dependent.relname || ' (' || referenced.relname || ')'
+        SELECT DISTINCT dependent.relname || ' (reads ' || referenced.relname || ')'
           FROM pg_depend d
           JOIN pg_rewrite r ON r.oid = d.objid
           JOIN pg_class dependent ON dependent.oid = r.ev_class
           JOIN pg_class referenced ON referenced.oid = d.refobjid
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
            AND referenced.relnamespace = current_schema()::regnamespace
-           AND referenced.relname = ANY (%s) AND dependent.oid <> referenced.oid
-           AND NOT dependent.relname = ANY (%s)
+           AND referenced.relname = ANY (%(names)s) AND dependent.oid <> referenced.oid
+           AND NOT dependent.relname = ANY (%(names)s)
+        UNION
+        SELECT DISTINCT p.oid::regprocedure::text || ' (reads ' || referenced.relname || ')'
+          FROM pg_depend d
+          JOIN pg_proc p ON p.oid = d.objid
+          JOIN pg_class referenced ON referenced.oid = d.refobjid
+         WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND referenced.relnamespace = current_schema()::regnamespace
+           AND referenced.relname = ANY (%(names)s)
+           AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
+           AND NOT starts_with(p.proname, 'progress_')
         """,
-        [names, names],
+        {"names": names, "functions": replaced_functions},
     ).fetchall()
     return sorted(row[0] for row in rows)
+
+
+def _cron_jobs(conn: psycopg.Connection) -> list[Finding]:
+    """pg_cron jobs that call our API's names: they keep working, with the right grant."""
+    exists = conn.execute("SELECT to_regclass('cron.job') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows = conn.execute(
+        "SELECT jobid, schedule, command, username FROM cron.job WHERE command ~ %s ORDER BY jobid",
+        ["|".join(API_FUNCTIONS)],
+    ).fetchall()
+    return [
+        Finding(
+            "pg_cron job",
+            f"{jobid} ({schedule}, as {user}): {' '.join(command.split())}",
+            f"keeps working if {user} is granted progress_refresher",
+            blocking=False,
+        )
+        for jobid, schedule, command, user in rows
+    ]
 
 
 def inspect(conn: psycopg.Connection) -> Inspection:
@@ -176,7 +214,8 @@ def inspect(conn: psycopg.Connection) -> Inspection:
         if 0 < len(views) < len(previous_views):
             missing = sorted(set(previous_views) - set(views))
             result.problems.append("only part of the previous design is here: missing " + ", ".join(missing))
-    dependents = _outside_dependents(conn, result.replaced_relations)
+    result.findings += _cron_jobs(conn)
+    dependents = _outside_dependents(conn, result.replaced_relations, result.foreign_api)
     if dependents:
         result.problems.append("objects of someone else's read what would be replaced: " + ", ".join(dependents))
     return result
@@ -203,10 +242,17 @@ def _inspect_functions(conn: psycopg.Connection, result: Inspection) -> None:
 
 
 def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
+    # A trigger writes the queue when its function does, or calls a function that does.
     rows = conn.execute(
         """
+        WITH writers AS (
+            SELECT p.proname FROM pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace
+               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               AND NOT starts_with(p.proname, 'progress_'))
         SELECT c.relname, t.tgname, p.oid::regprocedure::text,
                p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
           FROM pg_trigger t
           JOIN pg_class c ON c.oid = t.tgrelid
           JOIN pg_proc p ON p.oid = t.tgfoid

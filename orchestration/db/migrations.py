@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from orchestration.db.base_schema import base_tables_present
-from orchestration.db.inspection import Inspection, inspect
+from orchestration.db.inspection import TAKEOVER_SETTING, Inspection, inspect
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS, ReadModel
 from orchestration.sql_files import sql_files
@@ -54,6 +54,7 @@ SQL_API_DEFINITIONS = "sql_api"
 SWAP_LOCK_TIMEOUT = "3s"
 SWAP_ATTEMPTS = 5
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+_CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+) (ON [^;]+);", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -299,15 +300,22 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     shadows = plan.shadows
     definitions = load_definitions()
     dropped_triggers: list[str] = []
+    _build_indexes_concurrently(conn, plan.migrations)
     with conn.transaction():
         _session_setup(conn, plan.strategy)
         changes += _apply_migrations(conn, plan.migrations)
+        if taking_over:
+            # Theirs go in the transaction that installs ours (the definitions below).
+            dropped_triggers = _drop_queue_triggers(conn, plan.inspection)
+            conn.execute(
+                "INSERT INTO progress_refresh_settings (key, value) VALUES (%s, now()::text)"
+                " ON CONFLICT (key) DO NOTHING",
+                [TAKEOVER_SETTING],
+            )
+            changes += [f"dropped queue trigger {t}" for t in _trigger_names(plan.inspection)]
         for definition in definitions:
             if not (taking_over and definition.name.endswith(SQL_API_DEFINITIONS)):
                 conn.execute(definition.sql)
-        if taking_over:
-            dropped_triggers = _drop_queue_triggers(conn, plan.inspection)
-            changes += [f"dropped queue trigger {t}" for t in _trigger_names(plan.inspection)]
         _write_registry(conn, plan.removed_read_models)
         changes += [f"dropped read model {name}" for name in plan.removed_read_models]
         if not taking_over:
@@ -330,18 +338,19 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
             _session_setup(conn, plan.strategy)
             conn.execute("SELECT progress_build_shadows(%s, %s)", [shadows, plan.strategy])
         built = time.perf_counter() - started
-        swapped = _swap_in(conn, plan, shadows, definitions)
+        swapped, swap_seconds = _swap_in(conn, plan, shadows, definitions)
     except BaseException:
         _undo_shadows(conn, shadows, dropped_triggers)
         raise
-    verb = "took over" if taking_over else "rebuilt"
-    changes += [
-        f"{verb} {row[0]}"
-        + (f" (was a {row[1]}" + (f"; SELECT kept for {', '.join(row[2])})" if row[2] else ")") if row[1] else "")
-        for row in swapped
-    ]
+    for name, replaced, readers in swapped:
+        if replaced is None:
+            changes.append(f"added {name}, populated")
+            continue
+        kept = f"; SELECT kept for {', '.join(readers)}" if readers else ""
+        changes.append(f"{'took over' if taking_over else 'rebuilt'} {name} (was a {replaced}{kept})")
     changes.append(
-        f"built {len(shadows)} read model(s) beside the old ones in {built:.1f}s, swapped in one transaction"
+        f"built {len(shadows)} read model(s) beside the old ones in {built:.1f}s; "
+        f"swapped them in with one transaction of {swap_seconds * 1000:.0f} ms"
     )
     if taking_over:
         changes += _takeover_advice(plan.inspection)
@@ -372,6 +381,20 @@ def _apply_migrations(conn: psycopg.Connection, pending: list[Migration]) -> lis
         )
         applied.append(migration.label)
     return applied
+
+
+def _build_indexes_concurrently(conn: psycopg.Connection, pending: list[Migration]) -> None:
+    """Indexes a pending migration adds to existing base tables are built first,
+    CONCURRENTLY: writers never wait for them (the migration then finds them).
+    One that fails is dropped, and the migration builds it in its transaction."""
+    if not base_tables_present(conn):
+        return
+    for migration in pending:
+        for name, rest in _CREATE_INDEX.findall(migration.sql):
+            try:
+                conn.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {rest}")
+            except psycopg.Error:
+                conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 def _trigger_names(inspection: Inspection) -> list[str]:
@@ -434,7 +457,7 @@ def _registry_row(order: int, model: ReadModel) -> tuple:
 
 def _swap_in(
     conn: psycopg.Connection, plan: Plan, shadows: list[str], definitions: list
-) -> list[tuple[str, str | None, list[str]]]:
+) -> tuple[list[tuple[str, str | None, list[str]]], float]:
     """One short transaction: shadows in, (taking over) the SQL API and logical views
     replaced. Readers wait at most for it; a lock it cannot get soon is retried."""
     taking_over = plan.adopt and plan.inspection.needs_adoption
@@ -443,18 +466,24 @@ def _swap_in(
             with conn.transaction():
                 _session_setup(conn, plan.strategy)
                 conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
-                swapped = conn.execute("SELECT * FROM progress_swap_in_shadows(%s)", [shadows]).fetchall()
+                started = time.perf_counter()
                 if taking_over:
                     for signature in plan.inspection.foreign_api:
                         conn.execute(f"DROP FUNCTION IF EXISTS {signature}")
+                swapped = conn.execute("SELECT * FROM progress_swap_in_shadows(%s)", [shadows]).fetchall()
+                if taking_over:
                     for definition in definitions:
                         if definition.name.endswith(SQL_API_DEFINITIONS):
                             conn.execute(definition.sql)
                     conn.execute("SELECT progress_mark_populated()")
+                    conn.execute("DELETE FROM progress_refresh_settings WHERE key = %s", [TAKEOVER_SETTING])
                 conn.execute("SELECT progress_install_definitions()")
                 conn.execute("SELECT progress_install_refresh_functions()")
                 conn.execute("SELECT progress_apply_grants()")
-            return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped]
+            swap_seconds = time.perf_counter() - started
+            with conn.transaction():
+                conn.execute("SELECT progress_drop_previous(%s)", [shadows])
+            return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
         except psycopg.errors.LockNotAvailable:
             if attempt == SWAP_ATTEMPTS:
                 raise ProgressError(

@@ -103,6 +103,48 @@ BEGIN
 END
 $$;
 
+-- Renames a relation (table, view or materialized view) and the indexes named after it.
+CREATE OR REPLACE FUNCTION progress_rename_relation(p_from text, p_to text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    relation regclass := to_regclass(quote_ident(p_from));
+    index_name text;
+BEGIN
+    IF relation IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('ALTER %s %I RENAME TO %I',
+                   CASE (SELECT relkind FROM pg_class WHERE oid = relation)
+                        WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END,
+                   p_from, p_to);
+    FOR index_name IN SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                       WHERE x.indrelid = relation AND starts_with(i.relname, p_from) LOOP
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', index_name,
+                       left(p_to || substr(index_name, length(p_from) + 1), 63));
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_previous_name(p_stored_name text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$ SELECT left(p_stored_name, 51) || '__previous' $$;
+
+-- Drops what a swap replaced (after its transaction: readers read the new ones).
+CREATE OR REPLACE FUNCTION progress_drop_previous(p_names text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    statement text;
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
+              ORDER BY install_order DESC LOOP
+        statement := progress_drop_relation_sql(progress_previous_name(d.stored_name));
+        IF statement IS NOT NULL THEN
+            EXECUTE statement || ' CASCADE';
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Shadows are built beside the read models they replace while readers keep
 -- reading those, then swapped in by progress_swap_in_shadows() in one short
 -- transaction: a take-over of the previous design, or a changed definition.
@@ -130,6 +172,7 @@ DECLARE
     d progress_read_model_definitions%ROWTYPE;
 BEGIN
     PERFORM progress_drop_shadows(p_names);
+    PERFORM progress_drop_previous(p_names);
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order LOOP
         PERFORM progress_create_stored(d, p_strategy, progress_shadow_name(d.stored_name), true, p_names);
@@ -168,23 +211,14 @@ BEGIN
           FROM pg_class c LEFT JOIN LATERAL aclexplode(c.relacl) a ON true
          WHERE c.oid = to_regclass(quote_ident(d.stored_name))
          GROUP BY c.relkind;
-        statement := progress_drop_relation_sql(d.stored_name);
-        IF statement IS NOT NULL THEN
-            EXECUTE statement;
-        END IF;
+        -- Renamed, not dropped: dropping a large relation holds its lock while
+        -- the files go at commit. progress_drop_previous() drops it afterwards.
+        PERFORM progress_rename_relation(d.stored_name, progress_previous_name(d.stored_name));
     END LOOP;
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order LOOP
         shadow := progress_shadow_name(d.stored_name);
-        EXECUTE format('ALTER TABLE %I RENAME TO %I', shadow, d.stored_name);
-        FOR statement IN
-            SELECT format('ALTER INDEX %I RENAME TO %I', i.relname,
-                          d.stored_name || substr(i.relname, length(shadow) + 1))
-              FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-             WHERE x.indrelid = to_regclass(quote_ident(d.stored_name)) AND i.relname LIKE shadow || '%'
-        LOOP
-            EXECUTE statement;
-        END LOOP;
+        PERFORM progress_rename_relation(shadow, d.stored_name);
         FOR grantee IN SELECT jsonb_array_elements_text(grants -> d.stored_name) LOOP
             EXECUTE format('GRANT SELECT ON %I TO %s', d.stored_name, grantee);
         END LOOP;

@@ -56,6 +56,7 @@ LANGUAGE sql AS $$
            FOR UPDATE SKIP LOCKED)
     UPDATE progress_refresh_queue q
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
+           claimed_chapter_ids = q.chapter_ids,
            lease_until = now() + p_lease, holder_pid = pg_backend_pid(),
            holder_backend_start = (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())
       FROM picked
@@ -127,13 +128,17 @@ SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
+    scope text[];
 BEGIN
-    IF NOT EXISTS (SELECT FROM progress_refresh_queue q
-                    WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker) THEN
+    -- The scope recorded by the claim (NULL: the whole version). Chapters
+    -- changed since bumped the generation and stay queued for the next claim.
+    SELECT q.claimed_chapter_ids INTO scope FROM progress_refresh_queue q
+     WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
     BEGIN
-        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities) AS c);
+        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, scope) AS c);
     EXCEPTION WHEN OTHERS THEN
         PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;

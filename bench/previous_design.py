@@ -1,4 +1,4 @@
-"""A database running the previous design (tests/fixtures/previous_design.sql)
+"""A database running the previous design (bench/previous_design.sql)
 with the demo data, populated, and changes still queued; and a reader that
 polls every read model while something happens."""
 
@@ -16,7 +16,7 @@ from orchestration.db.migrations import load_migrations
 from orchestration.demo_data import seed_demo
 from orchestration.read_models import READ_MODELS
 
-FIXTURE = Path(__file__).with_name("fixtures") / "previous_design.sql"
+FIXTURE = Path(__file__).with_name("previous_design.sql")
 READER_ROLE = "previous_design_reader"
 APP_ROLE = "previous_design_app"
 
