@@ -120,33 +120,40 @@ SELECT v.id AS verse_id, v.chapter_id, b.bible_version_id, v.global_order
 -- in another bible version at the same global order), never less.
 -- Not inlined (plpgsql) and declared few rows: the definition reading it is
 -- planned as lookups from a handful of files, whatever the version holds.
+-- Every lookup is driven by the given chapters (unnest), so the plan cached
+-- once per session (generic) stays a chain of index lookups.
 DROP FUNCTION IF EXISTS progress_live_bible_audio_files_reaching(uuid, text[]);
 CREATE OR REPLACE FUNCTION progress_live_bible_audio_files_reaching(p_version uuid, p_chapters text[])
 RETURNS SETOF progress_live_bible_audio_files LANGUAGE plpgsql STABLE ROWS 10
--- A generic plan cannot see how few chapters it is given (and scans).
-SET plan_cache_mode = force_custom_plan AS $$
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    first_verse bigint;
+    last_verse bigint;
 BEGIN
+    SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
+      FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
+            OFFSET 0) AS o;
     RETURN QUERY
     SELECT f.*
-      FROM (SELECT mf.id FROM media_files mf
-             WHERE mf.audio_version_id = p_version AND mf.chapter_id = ANY (p_chapters)
+      FROM (SELECT mf.id FROM unnest(p_chapters) AS ch (id)
+             CROSS JOIN LATERAL (SELECT m.id FROM media_files m
+                                  WHERE m.audio_version_id = p_version AND m.chapter_id = ch.id OFFSET 0) AS mf
             UNION
-            SELECT mfv.media_file_id FROM verses v JOIN media_files_verses mfv ON mfv.verse_id = v.id
-             WHERE v.chapter_id = ANY (p_chapters) AND mfv.deleted_at IS NULL
+            SELECT mfv.media_file_id FROM unnest(p_chapters) AS ch (id)
+              JOIN verses v ON v.chapter_id = ch.id
+              JOIN media_files_verses mfv ON mfv.verse_id = v.id
+             WHERE mfv.deleted_at IS NULL
             UNION
             -- Each of the version's ranges looked up on its own (OFFSET 0): a
             -- range's bounds are two verse lookups, never a scan of verses.
-            SELECT r.id
-              FROM (SELECT min(o.global_order) AS first, max(o.global_order) AS last
-                      FROM (SELECT v.global_order FROM verses v WHERE v.chapter_id = ANY (p_chapters)
-                            OFFSET 0) AS o) AS span
-              JOIN media_files r ON r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
+            SELECT r.id FROM media_files r
              CROSS JOIN LATERAL (
                    SELECT sv.global_order AS first, coalesce(ev.global_order, sv.global_order) AS last
                      FROM verses sv LEFT JOIN verses ev ON ev.id = r.end_verse_id
                     WHERE sv.id = r.start_verse_id
                    OFFSET 0) AS bounds
-             WHERE bounds.first <= span.last AND bounds.last >= span.first) AS reach (id)
+             WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
+               AND bounds.first <= last_verse AND bounds.last >= first_verse) AS reach (id)
      -- Each candidate looked up by its key, never a hash of the version's files.
      CROSS JOIN LATERAL (
            SELECT * FROM progress_live_bible_audio_files l
