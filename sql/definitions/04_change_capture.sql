@@ -287,6 +287,28 @@ BEGIN
 END
 $$;
 
+-- The stored verse counts of bible versions (progress_bible_version_counts)
+-- moved by verses added and removed, given as the chapter of each: one
+-- relative update per bible version, which concurrent writers apply in turn.
+-- A verse whose chapter is gone in the same statement (a cascade from its
+-- chapter or book) is left to that chapter's or book's trigger, which recounts.
+CREATE OR REPLACE FUNCTION progress_count_verse_changes(p_removed text[], p_added text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_bible_version_counts AS k (bible_version_id, total_verses)
+    SELECT b.bible_version_id, sum(x.delta)
+      FROM (SELECT r, -1 FROM unnest(p_removed) AS r
+            UNION ALL
+            SELECT a, 1 FROM unnest(p_added) AS a) AS x (chapter_id, delta)
+      JOIN chapters c ON c.id = x.chapter_id
+      JOIN books b ON b.id = c.book_id
+     WHERE b.bible_version_id IS NOT NULL
+     GROUP BY b.bible_version_id
+    HAVING sum(x.delta) <> 0
+     ORDER BY 1
+    ON CONFLICT (bible_version_id) DO UPDATE SET total_verses = k.total_verses + EXCLUDED.total_verses
+$$;
+
 -- Structure triggers reduce the touched rows to (bible versions, chapters);
 -- on update only rows whose relevant columns changed count, on both sides.
 CREATE OR REPLACE FUNCTION progress_capture_books() RETURNS trigger
@@ -307,6 +329,7 @@ BEGIN
          WHERE (o.id, o.bible_version_id) IS DISTINCT FROM (n.id, n.bible_version_id);
     END IF;
     IF touched_books IS NOT NULL THEN
+        PERFORM progress_recount_bible_versions(touched_bibles);
         PERFORM progress_enqueue_structure_change(
             touched_bibles, ARRAY(SELECT c.id FROM chapters c WHERE c.book_id = ANY (touched_books)));
     END IF;
@@ -332,6 +355,8 @@ BEGIN
          WHERE (o.id, o.book_id, o.total_verses) IS DISTINCT FROM (n.id, n.book_id, n.total_verses);
     END IF;
     IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_recount_bible_versions(
+            ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)));
         PERFORM progress_enqueue_structure_change(
             ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)),
             touched_chapters);
@@ -348,13 +373,20 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM new_rows;
+        PERFORM progress_count_verse_changes('{}', ARRAY(SELECT n.chapter_id FROM new_rows n));
     ELSIF TG_OP = 'DELETE' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM old_rows;
+        PERFORM progress_count_verse_changes(ARRAY(SELECT o.chapter_id FROM old_rows o), '{}');
     ELSE
         SELECT array_agg(DISTINCT t.chapter_id) INTO touched_chapters
           FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
          CROSS JOIN LATERAL (VALUES (o.chapter_id), (n.chapter_id)) AS t (chapter_id)
          WHERE (o.id, o.chapter_id, o.global_order) IS DISTINCT FROM (n.id, n.chapter_id, n.global_order);
+        PERFORM progress_count_verse_changes(
+            ARRAY(SELECT o.chapter_id FROM old_rows o LEFT JOIN new_rows n ON n.id = o.id
+                   WHERE o.chapter_id IS DISTINCT FROM n.chapter_id),
+            ARRAY(SELECT n.chapter_id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
+                   WHERE n.chapter_id IS DISTINCT FROM o.chapter_id));
     END IF;
     IF touched_chapters IS NOT NULL THEN
         PERFORM progress_enqueue_structure_change(
@@ -367,13 +399,17 @@ END
 $$;
 
 -- TRUNCATE has no transition table: every version of the kinds the table
--- feeds (TG_ARGV) is queued.
+-- feeds (TG_ARGV) is queued, and after a structure table every bible
+-- version's counts are recounted.
 CREATE OR REPLACE FUNCTION progress_capture_truncate() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     kind text;
 BEGIN
+    IF TG_TABLE_NAME IN ('books', 'chapters', 'verses') THEN
+        PERFORM progress_recount_bible_versions(NULL);
+    END IF;
     FOREACH kind IN ARRAY TG_ARGV LOOP
         PERFORM progress_enqueue_all_versions(kind);
     END LOOP;

@@ -61,18 +61,23 @@ BEGIN
 END
 $$;
 
--- A generated function running one difference statement, counting its rows.
-CREATE OR REPLACE FUNCTION progress_create_diff_function(p_name text, p_parameters text, p_statement text)
+-- A generated function running one difference statement, counting its rows
+-- (p_declare: its variables, computed before the statement runs).
+DROP FUNCTION IF EXISTS progress_create_diff_function(text, text, text);
+CREATE OR REPLACE FUNCTION progress_create_diff_function(
+    p_name text, p_parameters text, p_statement text, p_declare text DEFAULT '')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION %1$I(%2$s OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
         SECURITY DEFINER SET search_path FROM CURRENT
         LANGUAGE plpgsql AS $body$
+        DECLARE
+            %4$s
         BEGIN
             %3$s
         END
-        $body$ $fn$, p_name, p_parameters, p_statement);
+        $body$ $fn$, p_name, p_parameters, p_statement, p_declare);
 END
 $$;
 
@@ -109,15 +114,28 @@ BEGIN
             'progress_sync_' || d.logical_view, 'p_scope uuid,',
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
-        -- The same difference for part of a scope: the rows whose second key
-        -- (a verse, chapter or book) is one of p_members (a chapter-scoped refresh).
-        IF cardinality(keys) > 1 THEN
+        -- The same difference for part of a scope, a chapter-scoped refresh:
+        -- the rows whose second key (a verse, chapter or book) is a member of
+        -- p_chapters, made from sources narrowed to those chapters (see
+        -- progress_definition_sql, 'chapters'). The members of each level
+        -- are computed first, so the statement is planned with them.
+        EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid, text[])', 'progress_sync_' || d.logical_view || '_within');
+        IF cardinality(keys) > 1 AND progress_chapter_members(keys[2], '{}') IS NOT NULL THEN
             PERFORM progress_create_diff_function(
-                'progress_sync_' || d.logical_view || '_within', 'p_scope uuid, p_members text[],',
+                'progress_sync_' || d.logical_view || '_within', 'p_scope uuid, p_chapters text[],',
                 progress_diff_statement(
-                    d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (p_members)',
-                              d.body, d.scope_column, keys[2]),
-                    format('t.%I = p_scope AND t.%I = ANY (p_members)', d.scope_column, keys[2]), keys, vals));
+                    d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
+                              progress_definition_sql(d, 'chapters'), d.scope_column, keys[2],
+                              'scope_members_' || keys[2]),
+                    format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, keys[2],
+                           'scope_members_' || keys[2]), keys, vals),
+                format('scope_chapters text[] := progress_level_chapters(%L, p_chapters);', keys[2])
+                || (SELECT string_agg(format(' %I text[] := progress_chapter_members(%L, scope_chapters);',
+                                             'scope_members_' || m, m), '')
+                      FROM (SELECT keys[2] AS m
+                            UNION
+                            SELECT u.key_columns[2] FROM progress_read_model_definitions u
+                             WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1) AS x));
         END IF;
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
@@ -181,6 +199,17 @@ RETURNS text[] LANGUAGE sql STABLE AS $$
            END
 $$;
 
+-- The chapters a level's rows for some chapters are made from: a book row
+-- counts all the chapters of its book; other levels, just those chapters.
+CREATE OR REPLACE FUNCTION progress_level_chapters(p_column text, p_chapters text[])
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT CASE p_column
+           WHEN 'book_id' THEN ARRAY(SELECT c.id FROM chapters c
+                                      WHERE c.book_id IN (SELECT s.book_id FROM chapters s WHERE s.id = ANY (p_chapters))
+                                      ORDER BY 1)
+           ELSE p_chapters END
+$$;
+
 -- The version-scoped levels of one version, in order. With p_chapters (NULL:
 -- the whole version) the levels keyed below the version (verse, chapter,
 -- book) sync only the rows of those chapters and their books; the summary,
@@ -206,7 +235,7 @@ BEGIN
                INTO c.inserted, c.updated, c.deleted USING p_version;
         ELSE
             EXECUTE format('SELECT * FROM %I($1, $2)', 'progress_sync_' || d.logical_view || '_within')
-               INTO c.inserted, c.updated, c.deleted USING p_version, members;
+               INTO c.inserted, c.updated, c.deleted USING p_version, p_chapters;
         END IF;
         RETURN NEXT c;
     END LOOP;

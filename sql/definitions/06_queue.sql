@@ -259,6 +259,8 @@ DECLARE
     index_ddl text[];
     ddl text;
 BEGIN
+    -- A rebuild trusts nothing stored: the bible versions' counts too.
+    PERFORM progress_recount_bible_versions(NULL);
     IF progress_storage_strategy() = 'matview' THEN
         PERFORM progress_refresh_matviews(p_concurrently);
     ELSIF p_concurrently THEN
