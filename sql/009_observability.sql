@@ -144,20 +144,17 @@ CREATE OR REPLACE FUNCTION progress_version_states(p_kinds text[], p_versions uu
 RETURNS TABLE (kind text, version_id uuid, name text, deleted boolean)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
-    WITH named AS (SELECT * FROM unnest(p_kinds, p_versions) AS n (kind, version_id))
-    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
-      FROM named n LEFT JOIN audio_versions v ON v.id = n.version_id
-     WHERE n.kind = 'audio'
-       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
-                                     THEN EXISTS (SELECT FROM mv_audio_version_progress_summary s
-                                                   WHERE s.audio_version_id = n.version_id) END)
-    UNION ALL
-    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
-      FROM named n LEFT JOIN text_versions v ON v.id = n.version_id
-     WHERE n.kind = 'text'
-       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
-                                     THEN EXISTS (SELECT FROM mv_text_version_progress_summary s
-                                                   WHERE s.text_version_id = n.version_id) END)
+    SELECT n.kind, n.version_id, coalesce(a.name, t.name),
+           coalesce(a.id, t.id) IS NULL OR coalesce(a.deleted_at, t.deleted_at) IS NOT NULL
+      FROM unnest(p_kinds, p_versions) AS n (kind, version_id)
+      LEFT JOIN audio_versions a ON n.kind = 'audio' AND a.id = n.version_id
+      LEFT JOIN text_versions t ON n.kind = 'text' AND t.id = n.version_id
+     WHERE coalesce(a.id, t.id) IS NOT NULL
+        OR CASE WHEN progress_read_models_readable() THEN
+               n.kind = 'audio' AND EXISTS (SELECT FROM mv_audio_version_progress_summary s
+                                             WHERE s.audio_version_id = n.version_id)
+               OR n.kind = 'text' AND EXISTS (SELECT FROM mv_text_version_progress_summary s
+                                               WHERE s.text_version_id = n.version_id) END
 $$;
 
 -- When a version was last refreshed, from the refresh log when the database

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+import builders as b
 from orchestration.db.connection import connect
 
 
@@ -143,22 +144,12 @@ def test_refresh_queued_then_status_shows_rows(dsn: str) -> None:
 
 
 def text_versions_with_a_verse(db, count: int) -> list[uuid.UUID]:
-    """Versions that each cover the one verse of a tiny bible, queued by their triggers."""
-    db.execute("INSERT INTO bible_versions VALUES ('b', 'B') ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO books VALUES ('b-1', 'b', 1, 'One') ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO chapters VALUES ('b-1-1', 'b-1', 1, 1) ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO verses VALUES ('b-1-1-1', 'b-1-1', 1, 1) ON CONFLICT DO NOTHING")
-    language = uuid.uuid4()
-    db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'L')", [language])
-    ids = [uuid.uuid4() for _ in range(count)]
-    for n, version in enumerate(ids, start=1):
-        db.execute(
-            "INSERT INTO text_versions (id, language_entity_id, bible_version_id, name) VALUES (%s, %s, 'b', %s)",
-            [version, language, f"Text {n}"],
-        )
-        db.execute(
-            "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'text')", [version]
-        )
+    """Versions named "Text 1", "Text 2", … that each cover one verse, queued by their triggers."""
+    bible = b.bible(db, f"b{uuid.uuid4().hex[:6]}", {"GEN": [1]})
+    language = b.language(db)
+    ids = [b.text_version(db, bible.id, language, name=f"Text {n}") for n in range(1, count + 1)]
+    for version in ids:
+        b.verse_texts(db, version, [bible.verse("GEN", 1, 1)])
     return ids
 
 
