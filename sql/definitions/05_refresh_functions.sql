@@ -80,7 +80,9 @@ $$;
 -- from the stored level below, one scope: the stored read model's row type is
 -- the return type, so a definition drifting from its storage fails at migrate
 -- time), progress_sync_<view>(scope) and progress_rebuild_<view>().
-CREATE OR REPLACE FUNCTION progress_install_refresh_functions() RETURNS void
+-- p_except: read models about to be swapped in, whose functions follow the swap.
+DROP FUNCTION IF EXISTS progress_install_refresh_functions();
+CREATE OR REPLACE FUNCTION progress_install_refresh_functions(p_except text[] DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -88,12 +90,13 @@ DECLARE
     keys text[];
     vals text[];
 BEGIN
-    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+    FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name <> ALL (p_except)
+              ORDER BY install_order LOOP
         EXECUTE format(
             'CREATE OR REPLACE FUNCTION %I(p_scope uuid) RETURNS SETOF %I LANGUAGE sql STABLE AS %L',
             'progress_rows_' || d.logical_view, d.stored_name,
             format('SELECT * FROM (%s) r WHERE r.%I = p_scope',
-                   progress_definition_sql(d.body, 'stored'), d.scope_column));
+                   d.body, d.scope_column));
 
         SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
           FROM pg_attribute a
@@ -109,7 +112,7 @@ BEGIN
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
             'progress_rebuild_' || d.logical_view, '',
-            progress_diff_statement(d, progress_definition_sql(d.body, 'stored'), 'true', keys, vals));
+            progress_diff_statement(d, d.body, 'true', keys, vals));
     END LOOP;
 END
 $$;
@@ -248,4 +251,3 @@ BEGIN
 END
 $$;
 
-SELECT progress_install_refresh_functions();

@@ -150,11 +150,17 @@ BEGIN
          WHERE v.chapter_id = ANY (p_chapters)));
     -- Versions whose stored coverage reaches into the chapters (unreadable
     -- before a matview's first refresh, and then there is nothing stored).
+    -- During a take-over these names may still hold the previous design's
+    -- read models, whose columns differ: the take-over then rebuilds all anyway.
     IF progress_read_models_readable() THEN
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
-        PERFORM progress_enqueue_versions('text', ARRAY(
-            SELECT cc.text_version_id FROM mv_text_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+        BEGIN
+            PERFORM progress_enqueue_versions('audio', ARRAY(
+                SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+            PERFORM progress_enqueue_versions('text', ARRAY(
+                SELECT cc.text_version_id FROM mv_text_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+        EXCEPTION WHEN undefined_column OR undefined_table THEN
+            NULL;
+        END;
     END IF;
     PERFORM progress_enqueue_versions('text', ARRAY(
         SELECT tv.id FROM text_versions tv
@@ -281,6 +287,22 @@ BEGIN
         CREATE TRIGGER progress_capture_delete AFTER DELETE ON %1$I
             REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
         p_table, p_function, p_args);
+END
+$$;
+
+-- Removes our statement triggers (a take-over that failed gives the previous
+-- design's back).
+CREATE OR REPLACE FUNCTION progress_remove_capture() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT c.relname, tg.tgname FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+              JOIN pg_proc p ON p.oid = tg.tgfoid
+             WHERE NOT tg.tgisinternal AND c.relnamespace = current_schema()::regnamespace
+               AND tg.tgname LIKE 'progress\_capture\_%' AND p.proname LIKE 'progress\_capture\_%' LOOP
+        EXECUTE format('DROP TRIGGER %I ON %I', t.tgname, t.relname);
+    END LOOP;
 END
 $$;
 
