@@ -143,7 +143,7 @@ def run_chain(
     context: dg.AssetExecutionContext, conn: psycopg.Connection, kind: str, config: RefreshConfig
 ) -> ChainRun:
     """Refreshes this chain's versions as the config asks and logs progress as n/total."""
-    policy = RefreshPolicy.from_env()
+    policy = RefreshPolicy.from_env(conn)
     if config.versions:
         ids = _named_versions(context, kind, config.versions)
         on_version = _progress_logger(context, kind, len(ids), policy.batch_size)

@@ -10,12 +10,11 @@ dagster.yaml only one refresh touches the database at a time.
 """
 
 import json
-import os
-import time
 from typing import Any
 
 import dagster as dg
 
+from orchestration import settings
 from orchestration.assets import read_model_assets
 from orchestration.db import gateway
 from orchestration.read_models import READ_MODELS
@@ -37,12 +36,12 @@ REFRESH_RETRY_POLICY = dg.RetryPolicy(
     max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
-SENSOR_INTERVAL_ENV = "PROGRESS_SENSOR_INTERVAL_SECONDS"
-SENSOR_MIN_DEPTH_ENV = "PROGRESS_SENSOR_MIN_DEPTH"
-SENSOR_MAX_AGE_ENV = "PROGRESS_SENSOR_MAX_AGE_SECONDS"
-DEFAULT_SENSOR_INTERVAL_SECONDS = 30
-DEFAULT_SENSOR_MIN_DEPTH = 25
-DEFAULT_SENSOR_MAX_AGE_SECONDS = 60.0
+SENSOR_INTERVAL_ENV = settings.SENSOR_INTERVAL_SECONDS.env
+SENSOR_MIN_DEPTH_ENV = settings.SENSOR_MIN_DEPTH.env
+SENSOR_MAX_AGE_ENV = settings.SENSOR_MAX_AGE_SECONDS.env
+DEFAULT_SENSOR_INTERVAL_SECONDS = settings.SENSOR_INTERVAL_SECONDS.default
+DEFAULT_SENSOR_MIN_DEPTH = settings.SENSOR_MIN_DEPTH.default
+DEFAULT_SENSOR_MAX_AGE_SECONDS = settings.SENSOR_MAX_AGE_SECONDS.default
 
 # Runs still to start or still running: a new request would only wait behind them.
 PENDING_STATUSES = [
@@ -90,14 +89,14 @@ full_backfill = dg.define_asset_job(
 
 
 def sensor_interval_seconds() -> int:
-    return int(os.environ.get(SENSOR_INTERVAL_ENV, DEFAULT_SENSOR_INTERVAL_SECONDS))
+    return int(settings.value(settings.SENSOR_INTERVAL_SECONDS))
 
 
 def sensor_thresholds() -> tuple[int, float]:
     """(minimum ready entries, maximum age in seconds of the oldest ready entry)."""
     return (
-        int(os.environ.get(SENSOR_MIN_DEPTH_ENV, DEFAULT_SENSOR_MIN_DEPTH)),
-        float(os.environ.get(SENSOR_MAX_AGE_ENV, DEFAULT_SENSOR_MAX_AGE_SECONDS)),
+        int(settings.value(settings.SENSOR_MIN_DEPTH)),
+        float(settings.value(settings.SENSOR_MAX_AGE_SECONDS)),
     )
 
 
@@ -147,9 +146,7 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     cursor = json.loads(context.cursor) if context.cursor else {}
     requests = int(cursor.get("requests", 0)) + 1
     oldest = state["oldest_enqueued_at"]
-    context.update_cursor(
-        json.dumps({"requests": requests, "last_requested_at": time.time(), "oldest_enqueued_at": oldest.isoformat()})
-    )
+    context.update_cursor(json.dumps({"requests": requests}))
     context.log.info(f"requesting a refresh: {why}")
     return dg.RunRequest(
         # Unique per request (a re-evaluated tick re-uses it, so no duplicate run).

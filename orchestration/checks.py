@@ -9,7 +9,6 @@ never look like a wrong read model. Run after a refresh in the same run, a
 check compares only the versions that refresh wrote; on its own, everything.
 """
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,20 +17,21 @@ from typing import Any
 import dagster as dg
 import psycopg
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.read_models import KINDS, ReadModel, of_kind
 from orchestration.resources import PostgresResource
 
 MATCHES_LOGICAL_VIEW = "matches_logical_view"
 QUEUE_NOT_STALE = "queue_not_stale"
-STALE_SECONDS_ENV = "PROGRESS_QUEUE_STALE_SECONDS"
-DEFAULT_STALE_SECONDS = 1800.0
+STALE_SECONDS_ENV = settings.QUEUE_STALE_SECONDS.env
+DEFAULT_STALE_SECONDS = settings.QUEUE_STALE_SECONDS.default
 # After a refresh, the equality checks compare at most this many of the refreshed versions.
 CHECK_SAMPLE_VERSIONS = 5
 
 
 def stale_after_seconds() -> float:
-    return float(os.environ.get(STALE_SECONDS_ENV, DEFAULT_STALE_SECONDS))
+    return float(settings.value(settings.QUEUE_STALE_SECONDS))
 
 
 @contextmanager

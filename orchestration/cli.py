@@ -9,9 +9,11 @@ failed to refresh); 2 bad input or an unusable database (one line on stderr);
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -21,8 +23,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.connection import connection
+from orchestration.db.dsn import mask_dsn, scrub
 from orchestration.db.embedded import database_url, stop_embedded
 from orchestration.db.migrations import STRATEGIES, ForeignObjectsError, check_schema_current, migrate, plan_migrate
 from orchestration.errors import ConnectionLost, ProgressError
@@ -32,8 +36,8 @@ console = Console()
 
 
 @contextmanager
-def _database(check_schema: bool = True) -> Iterator[psycopg.Connection]:
-    with connection(database_url()) as conn:
+def _database(dsn: str | None = None, check_schema: bool = True) -> Iterator[psycopg.Connection]:
+    with connection(dsn or database_url()) as conn:
         if check_schema:
             check_schema_current(conn)
         yield conn
@@ -152,9 +156,34 @@ def _render_report(report: RefreshReport) -> None:
         console.print(f"[red]failed[/red] {failed.kind}:{failed.version_id}: {failed.error}")
 
 
+def _render_versions(named: list[dict[str, Any]]) -> None:
+    for version in named:
+        label = f"{version['kind']}:{version['version_id']}" + (f" ({version['name']})" if version["name"] else "")
+        if version["deleted"]:
+            console.print(f"refreshed {label}: deleted, its rows were removed", soft_wrap=True)
+        else:
+            console.print(f"refreshed {label}", soft_wrap=True)
+
+
+def _refuse_combinations(queued: bool, all_versions: bool, versions: tuple[str, ...], rebuild: str | None) -> None:
+    """One way to choose what to refresh: a combination would silently do only part of it."""
+    chosen = [
+        name
+        for name, given in (
+            ("--queued", queued),
+            ("--all", all_versions),
+            ("--version", bool(versions)),
+            ("--rebuild", rebuild is not None),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} cannot be combined: choose one")
+
+
 @cli.command("refresh")
-@click.option("--queued", "mode", flag_value="queued", default=True, help="Drain the queue (default).")
-@click.option("--all", "mode", flag_value="all", help="Queue and refresh every version (resumable).")
+@click.option("--queued", is_flag=True, help="Drain the queue (the default).")
+@click.option("--all", "all_versions", is_flag=True, help="Queue and refresh every version (resumable).")
 @click.option(
     "--version",
     "versions",
@@ -169,8 +198,10 @@ def _render_report(report: RefreshReport) -> None:
     help="Rebuild everything with the SQL API instead of per version.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, as_json: bool) -> None:
-    """Refresh read models: queued versions, named versions, or all.
+def refresh_command(
+    queued: bool, all_versions: bool, versions: tuple[str, ...], rebuild: str | None, as_json: bool
+) -> None:
+    """Refresh read models: queued versions, named versions, or all (one of them).
 
     \b
     Examples:
@@ -179,7 +210,9 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
       progress-refresh refresh --all                 # every version, in batches
       progress-refresh refresh --rebuild safe        # set-based rebuild (SQL API)
     """
+    _refuse_combinations(queued, all_versions, versions, rebuild)
     parsed = [gateway.parse_version(v) for v in versions]
+    named: list[dict[str, Any]] = []
     with _database() as conn:
         if rebuild:
             # One SQL call with no progress to report: a spinner shows it is working.
@@ -190,6 +223,7 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
                     gateway.rebuild_all(conn, rebuild)
             _emit({"rebuild": rebuild, "ok": True}, as_json, lambda: click.echo(f"rebuilt ({rebuild})"))
             return
+        states = gateway.version_states(conn, parsed) if parsed else {}
         with _progress_bar("refreshing", not as_json) as update:
             done = [0]
 
@@ -199,22 +233,42 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
 
             if parsed:
                 report = refresh_versions(conn, parsed, on_version=tick)
-            elif mode == "all":
+            elif all_versions:
                 report = refresh_all(conn, on_version=tick)
             else:
                 report = drain_queue(conn, on_version=tick)
-    _emit(report.as_dict(), as_json, lambda: _render_report(report))
+    for outcome in report.refreshed if parsed else []:
+        state = states.get((outcome.kind, outcome.version_id))
+        named.append(
+            {
+                "kind": outcome.kind,
+                "version_id": str(outcome.version_id),
+                "name": state.name if state else None,
+                "deleted": state is None or state.deleted,
+            }
+        )
+
+    def render() -> None:
+        _render_report(report)
+        _render_versions(named)
+
+    _emit({**report.as_dict(), **({"versions": named} if parsed else {})}, as_json, render)
     if report.failed:
         sys.exit(1)
 
 
-def _status(conn: psycopg.Connection) -> dict[str, Any]:
+def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
+    queue = gateway.queue_state(conn)
     return {
-        "queue": gateway.queue_state(conn),
+        "database": mask_dsn(dsn),
+        "last_refresh": gateway.last_refresh(conn),
+        # How far the read models are behind: the age of the oldest change not yet refreshed.
+        "lag_seconds": round(float(queue.get("oldest_age_seconds") or 0.0), 1),
+        "populated_at": gateway.last_populated(conn),
+        "queue": queue,
         "claims": gateway.claims(conn),
         "dead_letters": gateway.dead_letters(conn),
         "read_models": gateway.read_model_sizes(conn),
-        "populated_at": gateway.last_populated(conn),
     }
 
 
@@ -237,40 +291,124 @@ def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _when(moment: datetime | None, never: str) -> str:
+    if moment is None:
+        return never
+    ago = (datetime.now(UTC) - moment).total_seconds()
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({_duration(ago)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}"
+        size = size / 1024  # type: ignore[assignment]
+    return f"{size} B"  # pragma: no cover
+
+
+def _render_status(status: dict[str, Any]) -> None:
+    q = status["queue"]
+    lag = status["lag_seconds"]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(no_wrap=True)
+    facts.add_column(overflow="fold")
+    facts.add_row("database", status["database"])
+    facts.add_row("last refresh", _when(status["last_refresh"], "none recorded"))
+    facts.add_row("lag", f"{_duration(lag)} (oldest queued change)" if q["depth"] else "0s: nothing queued")
+    facts.add_row("queue", f"{q['depth']} queued: {q['ready']} ready, {q['claimed']} claimed, {q['retrying']} retrying")
+    facts.add_row("dead letters", str(q["dead_letters"]))
+    facts.add_row("populated", _when(status["populated_at"], "not yet: run `progress-refresh refresh --rebuild safe`"))
+    console.print(facts)
+    for line in _claim_lines(status["claims"]):
+        console.print(line, highlight=False, soft_wrap=True)
+    if status["dead_letters"]:
+        dead = Table(title="dead letters")
+        dead.add_column("version", no_wrap=True)
+        dead.add_column("tries", justify="right")
+        dead.add_column("last error", overflow="fold")
+        for d in status["dead_letters"]:
+            dead.add_row(f"{d['kind']}:{d['version_id']}", str(d["attempts"]), str(d["last_error"]))
+        console.print(dead)
+    table = Table()
+    table.add_column("read model", no_wrap=True)
+    table.add_column("rows", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    for name, size in status["read_models"].items():
+        table.add_row(name, f"{size['rows']:,}", _size(size["bytes"]))
+    console.print(table)
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(as_json: bool) -> None:
-    """Queue depth, oldest entry, claims and their holders, dead letters and read-model sizes.
+    """The database, last refresh, lag, queue, claims and their holders, dead letters and read-model sizes.
+
+    Lag is the age of the oldest change not yet refreshed (0 when nothing is
+    queued); populated is when every read model was last complete (a rebuild,
+    or drains that covered every version).
 
     \b
     Example:
       progress-refresh status --json
     """
-    with _database() as conn:
-        status = _status(conn)
+    dsn = database_url()
+    with _database(dsn) as conn:
+        status = _status(conn, dsn)
+    _emit(status, as_json, lambda: _render_status(status))
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config_command(as_json: bool) -> None:
+    """Every setting: its effective value and where it comes from.
+
+    A value comes from the environment, else the database table
+    progress_refresh_settings (settings the SQL API uses too), else its default.
+    URLs are shown with their passwords masked.
+
+    \b
+    Example:
+      progress-refresh config
+      PROGRESS_BATCH_SIZE=100 progress-refresh config --json
+    """
+    dsn = database_url()
+    try:
+        with connection(dsn) as conn:
+            database: dict[str, str] | None = gateway.settings(conn)
+    except ProgressError as exc:
+        database = None
+        click.echo(f"note: values kept in the database are shown as their defaults: {exc}", err=True)
+    rows = [
+        {
+            "setting": e.setting.name,
+            "value": e.setting.shown(dsn if e.setting is settings.DATABASE_URL else e.value),
+            "source": e.source,
+            "variable": e.setting.env,
+            "database_key": e.setting.database_key,
+        }
+        for e in settings.effective(database)
+    ]
 
     def render() -> None:
-        q = status["queue"]
-        console.print(
-            f"queue: {q['depth']} queued ({q['ready']} ready, {q['claimed']} claimed, "
-            f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
-            f"{q['dead_letters']} dead letter(s)"
-        )
-        for line in _claim_lines(status["claims"]):
-            console.print(line, highlight=False, soft_wrap=True)
-        for dead in status["dead_letters"]:
-            console.print(
-                f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} attempts: {dead['last_error']}"
-            )
-        table = Table()
-        table.add_column("read model")
-        table.add_column("rows", justify="right")
-        table.add_column("size", justify="right")
-        for name, size in status["read_models"].items():
-            table.add_row(name, f"{size['rows']:,}", f"{size['bytes'] / 1024:,.0f} kB")
+        table = Table(title="effective settings")
+        for column in ("setting", "value", "from"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["setting"], row["value"], row["source"])
         console.print(table)
 
-    _emit(status, as_json, render)
+    _emit(rows, as_json, render)
 
 
 @cli.command("requeue-dead-letters")
@@ -369,25 +507,38 @@ def _register_dagster_commands() -> None:
 _register_dagster_commands()
 
 
+def _fail(message: str, code: int) -> None:
+    """One line on stderr, with any fragment of the configured URL's secrets masked."""
+    try:
+        configured = settings.configured_database_url()
+    except ProgressError:
+        configured = None
+    click.echo(f"error: {scrub(' '.join(message.split()), configured)}", err=True)
+    sys.exit(code)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM ends a command as Ctrl-C does, so its exit handlers run (the embedded
+    # server's list of the processes using it would otherwise keep this one).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli.main(args=argv, prog_name="progress-refresh", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(2)
+        _fail(exc.format_message(), 2)
     except ConnectionLost as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
+        _fail(str(exc), 3)
     except ProgressError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except psycopg.Error as exc:
         message = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
-        click.echo(f"error: database: {' '.join(message.split())}", err=True)
-        sys.exit(2)
+        _fail(f"database: {message}", 2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

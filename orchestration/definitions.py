@@ -5,7 +5,7 @@ import dagster as dg
 from orchestration.assets import base_table_specs, read_model_assets
 from orchestration.automation import jobs, schedules, sensors
 from orchestration.checks import all_checks
-from orchestration.resources import PostgresResource
+from orchestration.resources import postgres_resource
 
 defs = dg.Definitions(
     assets=[*base_table_specs, *read_model_assets],
@@ -13,5 +13,5 @@ defs = dg.Definitions(
     jobs=jobs,
     schedules=schedules,
     sensors=sensors,
-    resources={"postgres": PostgresResource()},
+    resources={"postgres": postgres_resource()},
 )

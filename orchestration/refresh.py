@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
 from orchestration.errors import ConnectionLost
 
-DEFAULT_BATCH_SIZE = 50
-DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_BATCH_SIZE: int = settings.BATCH_SIZE.default
+DEFAULT_LEASE_SECONDS = float(settings.LEASE_SECONDS.default)
 # A worker killed mid-statement leaves its session running until the server
 # notices the closed connection (every CLIENT_CHECK_SECONDS, later on a busy
 # machine); before leaving claims held by others behind, a drain that found
@@ -35,20 +36,22 @@ def worker_name(prefix: str = "python") -> str:
 
 @dataclass(frozen=True)
 class RefreshPolicy:
-    """Per-session limits for refresh connections; from the environment by default."""
+    """Per-session limits for refresh connections; from orchestration.settings by default."""
 
-    lock_timeout: str = "5s"
-    statement_timeout: str = "300s"
+    lock_timeout: str = settings.LOCK_TIMEOUT.default
+    statement_timeout: str = settings.STATEMENT_TIMEOUT.default
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @classmethod
-    def from_env(cls) -> RefreshPolicy:
+    def from_env(cls, conn: psycopg.Connection | None = None) -> RefreshPolicy:
+        """The environment, then (given a connection) the database's settings, then the defaults."""
+        database = gateway.settings(conn) if conn is not None else None
         return cls(
-            lock_timeout=os.environ.get("PROGRESS_LOCK_TIMEOUT", cls.lock_timeout),
-            statement_timeout=os.environ.get("PROGRESS_STATEMENT_TIMEOUT", cls.statement_timeout),
-            batch_size=int(os.environ.get("PROGRESS_BATCH_SIZE", cls.batch_size)),
-            lease_seconds=float(os.environ.get("PROGRESS_LEASE_SECONDS", cls.lease_seconds)),
+            lock_timeout=settings.value(settings.LOCK_TIMEOUT),
+            statement_timeout=settings.value(settings.STATEMENT_TIMEOUT),
+            batch_size=settings.value(settings.BATCH_SIZE, database),
+            lease_seconds=float(settings.value(settings.LEASE_SECONDS, database)),
         )
 
 
@@ -117,7 +120,7 @@ def drain_queue(
 
     A lost connection ends the drain with ConnectionLost: what it had not
     finished stays queued, and its claims are taken over by the next claim."""
-    policy = policy or RefreshPolicy.from_env()
+    policy = policy or RefreshPolicy.from_env(conn)
     report = RefreshReport()
     started = time.perf_counter()
     try:
@@ -156,6 +159,7 @@ def _drain_claims(
         if not claims:
             grace_ends = grace_ends or time.monotonic() + HOLDER_EXIT_GRACE_SECONDS
             if time.monotonic() >= grace_ends or not _claimable_soon(conn, kind_list):
+                gateway.mark_populated_if_complete(conn)
                 break
             time.sleep(gateway.CLIENT_CHECK_SECONDS)
             continue
@@ -191,7 +195,7 @@ def refresh_versions(
     on_version: Callable[[VersionOutcome], None] | None = None,
 ) -> RefreshReport:
     """Refreshes the named versions now, queued or not."""
-    prepare_session(conn, policy or RefreshPolicy.from_env())
+    prepare_session(conn, policy or RefreshPolicy.from_env(conn))
     report = RefreshReport(batches=1)
     started = time.perf_counter()
     for kind, version_id in versions:

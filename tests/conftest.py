@@ -7,16 +7,16 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from orchestration import settings
 from orchestration.db.connection import connect
 from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
-from orchestration.db.settings import TEST_DATABASE_URL_ENV, state_dir
+from orchestration.settings import TEST_DATABASE_URL, TEST_POSTGRES_BIN, state_dir
 
 # One template per test session, so concurrent sessions on one server never collide.
 TEMPLATE = f"progress_test_template_{os.getpid()}"
@@ -27,20 +27,22 @@ def database_dsn(server_dsn: str, dbname: str) -> str:
     return make_conninfo(server_dsn, dbname=dbname)
 
 
-# Another PostgreSQL's binaries (e.g. /usr/lib/postgresql/15/bin) to run the suite on.
-TEST_POSTGRES_BIN_ENV = "PROGRESS_TEST_POSTGRES_BIN"
-
-
 @pytest.fixture(scope="session")
-def server_dsn() -> str:
+def server_dsn(record_testsuite_property) -> str:
     """DSN of a maintenance database on the test server: PROGRESS_TEST_DATABASE_URL,
-    else a server from PROGRESS_TEST_POSTGRES_BIN's binaries, else the embedded one."""
-    if os.environ.get(TEST_DATABASE_URL_ENV):
-        return os.environ[TEST_DATABASE_URL_ENV]
-    if os.environ.get(TEST_POSTGRES_BIN_ENV):
-        bin_dir = Path(os.environ[TEST_POSTGRES_BIN_ENV])
-        return start_embedded(pgdata=state_dir() / f"pgdata-test-{bin_dir.parent.name}", bin_dir=bin_dir)
-    return start_embedded()
+    else a server from PROGRESS_TEST_POSTGRES_BIN's binaries, else the embedded one.
+    Its version goes in the JUnit report, for `project.py test` to say where it ran."""
+    configured = settings.from_env(TEST_DATABASE_URL)
+    bin_dir = settings.from_env(TEST_POSTGRES_BIN)
+    if configured:
+        dsn = str(configured)
+    elif bin_dir is not None:
+        dsn = start_embedded(pgdata=state_dir() / f"pgdata-test-{bin_dir.parent.name}", bin_dir=bin_dir)
+    else:
+        dsn = start_embedded()
+    with connect(dsn) as conn:
+        record_testsuite_property("postgresql_version", conn.execute("SHOW server_version").fetchone()[0])
+    return dsn
 
 
 def _create_template(server_dsn: str, name: str, strategy: str) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 
 import pytest
 
+import builders as b
 from orchestration.db.connection import connect
 
 
@@ -139,3 +141,97 @@ def test_refresh_queued_then_status_shows_rows(dsn: str) -> None:
     status = json.loads(run_cli("status", "--json", dsn=dsn).stdout)
     assert status["queue"]["depth"] == 0
     assert status["read_models"]["mv_text_version_progress_summary"]["rows"] == 1
+
+
+def text_versions_with_a_verse(db, count: int) -> list[uuid.UUID]:
+    """Versions named "Text 1", "Text 2", … that each cover one verse, queued by their triggers."""
+    bible = b.bible(db, f"b{uuid.uuid4().hex[:6]}", {"GEN": [1]})
+    language = b.language(db)
+    ids = [b.text_version(db, bible.id, language, name=f"Text {n}") for n in range(1, count + 1)]
+    for version in ids:
+        b.verse_texts(db, version, [bible.verse("GEN", 1, 1)])
+    return ids
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--all", "--version", "audio:" + str(uuid.uuid4())], "--all and --version"),
+        (["--queued", "--all"], "--queued and --all"),
+        (["--queued", "--version", "text:" + str(uuid.uuid4())], "--queued and --version"),
+        (["--rebuild", "safe", "--all"], "--all and --rebuild"),
+    ],
+)
+def test_contradictory_refresh_options_are_refused(dsn: str, args: list[str], named: str) -> None:
+    result = run_cli("refresh", *args, dsn=dsn)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"{named} cannot be combined")
+
+
+def test_refresh_version_names_what_it_refreshed_and_says_when_deleted(db, dsn: str) -> None:
+    live, deleted = text_versions_with_a_verse(db, 2)
+    db.execute("UPDATE text_versions SET deleted_at = now() WHERE id = %s", [deleted])
+    result = run_cli("refresh", "--version", f"text:{live}", "--version", f"text:{deleted}", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    assert f"refreshed text:{live} (Text 1)\n" in result.stdout
+    assert f"refreshed text:{deleted} (Text 2): deleted, its rows were removed" in result.stdout
+    as_json = json.loads(run_cli("refresh", "--json", "--version", f"text:{live}", dsn=dsn).stdout)
+    assert as_json["versions"] == [{"kind": "text", "version_id": str(live), "name": "Text 1", "deleted": False}]
+
+
+def test_an_id_of_the_other_kind_gets_a_hint(db, dsn: str) -> None:
+    (text_id,) = text_versions_with_a_verse(db, 1)
+    result = run_cli("refresh", "--version", f"audio:{text_id}", dsn=dsn)
+    assert_one_line_error(result, f"unknown audio version {text_id}", f"it is a text version (text:{text_id})")
+    result = run_cli("enqueue", f"audio:{text_id}", dsn=dsn)
+    assert_one_line_error(result, "it is a text version")
+
+
+def test_status_names_the_database_masked_and_shows_lag(db, dsn: str) -> None:
+    from orchestration.db.dsn import mask_dsn
+
+    text_versions_with_a_verse(db, 1)
+    db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - interval '100 seconds'")
+    status = json.loads(run_cli("status", "--json", dsn=dsn).stdout)
+    assert status["database"] == mask_dsn(dsn)
+    assert 100 <= status["lag_seconds"] < 120
+    shown = run_cli("status", dsn=dsn, env={"COLUMNS": "200"}).stdout
+    assert f"database      {mask_dsn(dsn)}" in shown
+    assert re.search(r"^lag +1[01][0-9]s \(oldest queued change\)", shown, re.MULTILINE), shown
+
+
+def test_status_json_reports_populated_after_drains_without_a_rebuild(db, dsn: str) -> None:
+    text_versions_with_a_verse(db, 2)
+    assert json.loads(run_cli("status", "--json", dsn=dsn).stdout)["populated_at"] is None
+    assert run_cli("refresh", dsn=dsn).returncode == 0
+    populated = json.loads(run_cli("status", "--json", dsn=dsn).stdout)["populated_at"]
+    assert populated is not None
+
+
+def test_status_fits_80_columns(db, dsn: str, monkeypatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestration import cli
+
+    text_versions_with_a_verse(db, 1)
+    db.execute(
+        "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
+        " VALUES ('audio', gen_random_uuid(), 3, repeat('a long error message ', 12), now())"
+    )
+    for text in (
+        run_cli("status", dsn=dsn, env={"COLUMNS": "80"}).stdout,
+        _rendered_at_80_columns(db, dsn, monkeypatch, cli, Console, io),
+    ):
+        lines = text.splitlines()
+        assert max(len(line) for line in lines) <= 80, text
+        for name in ("language_entity_best_audio_version", "mv_audio_version_progress_summary"):
+            assert any(name in line for line in lines), text  # never cut
+
+
+def _rendered_at_80_columns(db, dsn, monkeypatch, cli, console_type, io) -> str:
+    output = io.StringIO()
+    monkeypatch.setattr(cli, "console", console_type(width=80, file=output))
+    cli._render_status(cli._status(db, dsn))
+    return output.getvalue()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
+import yaml
 
 from orchestration.assets import BASE_TABLES, REFRESH_POOL
 from orchestration.automation import CONCURRENCY_TAG, SENSOR_INTERVAL_ENV
 from orchestration.definitions import defs
 from orchestration.read_models import READ_MODELS
+from orchestration.settings import PROJECT_ROOT
 
 READ_MODEL_NAMES = {model.name for model in READ_MODELS}
 
@@ -81,37 +86,72 @@ def test_each_chain_is_one_subsettable_multi_asset_in_the_refresh_pool(graph):
     assert chains == {"refresh_audio_progress": {"audio"}, "refresh_text_progress": {"text"}}
 
 
-def test_jobs_carry_the_concurrency_tag():
+def test_jobs_carry_the_tag_the_instance_limits_to_one_run():
+    instance = yaml.safe_load((PROJECT_ROOT / "dagster.yaml.template").read_text())
+    limits = {limit["key"]: limit["limit"] for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]}
     for name in ("refresh_queued_versions", "full_backfill"):
         job = defs.resolve_job_def(name)
-        assert job.tags[CONCURRENCY_TAG]
-        assert job.description
+        assert job.tags[CONCURRENCY_TAG] == "database"
+        assert limits[CONCURRENCY_TAG] >= 1  # the tag names a limit the shipped instance sets
         selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
         assert selected == READ_MODEL_NAMES
+    assert (
+        "refreshes only the versions those changes queued"
+        in defs.resolve_job_def("refresh_queued_versions").description
+    )
+    assert "Queues every version and drains the queue in batches" in defs.resolve_job_def("full_backfill").description
 
 
 @pytest.mark.parametrize(
-    "name, cron, job",
+    "name, cron, job, description",
     [
-        ("refresh_queued_every_15_minutes", "*/15 * * * *", "refresh_queued_versions"),
-        ("full_backfill_nightly", "0 3 * * *", "full_backfill"),
+        (
+            "refresh_queued_every_15_minutes",
+            "*/15 * * * *",
+            "refresh_queued_versions",
+            "Drains the queue every 15 minutes whatever the sensor thresholds say.",
+        ),
+        (
+            "full_backfill_nightly",
+            "0 3 * * *",
+            "full_backfill",
+            "Rebuilds every version nightly at 03:00 UTC, in batches.",
+        ),
     ],
 )
-def test_schedules(name, cron, job):
+def test_schedules(name, cron, job, description):
     schedule = defs.resolve_schedule_def(name)
     assert schedule.cron_schedule == cron
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == job
-    assert schedule.description
+    assert schedule.description == description
+
+
+def sensor_seen_with(environment: dict[str, str]) -> dict:
+    """The sensor as a fresh code location loads it under this environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_SENSOR_")}
+    script = (
+        "import json; from orchestration.definitions import defs;"
+        "s = defs.resolve_sensor_def('refresh_queue_sensor');"
+        "print(json.dumps({'interval': s.minimum_interval_seconds, 'description': s.description}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**env, **environment}, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_sensor():
     sensor = defs.resolve_sensor_def("refresh_queue_sensor")
     assert sensor.job_name == "refresh_queued_versions"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.minimum_interval_seconds == int(os.environ.get(SENSOR_INTERVAL_ENV, 30))
-    assert sensor.description
+    default = sensor_seen_with({})
+    assert default["interval"] == 30
+    assert "($PROGRESS_SENSOR_MIN_DEPTH, default 25)" in default["description"]
+    assert "($PROGRESS_SENSOR_MAX_AGE_SECONDS, default 60s)" in default["description"]
+    assert sensor_seen_with({SENSOR_INTERVAL_ENV: "7"})["interval"] == 7
 
 
 def test_checks(graph):
@@ -123,12 +163,22 @@ def test_checks(graph):
     assert checks == expected
 
 
-def test_resource_never_shows_a_password():
-    from orchestration.resources import PostgresResource
+def test_the_database_url_reaches_dagster_as_an_env_var_never_as_its_value(monkeypatch):
+    from orchestration.resources import postgres_resource
 
-    resource = PostgresResource(database_url="postgresql://app:s3cret@db.example.com/app")
-    assert "s3cret" not in resource.display_url
-    assert "postgres" in defs.resources
+    url = "postgresql://app:s3cret@db.example.com/app"
+    monkeypatch.setenv("PROGRESS_DATABASE_URL", url)
+    resource = postgres_resource()
+    # What the Dagster UI shows as the resource's configuration: the variable's name.
+    assert resource._get_non_default_public_field_values() == {"database_url": "PROGRESS_DATABASE_URL"}
+    assert resource.process_config_and_initialize().dsn() == url
+
+
+def test_without_a_database_url_the_resource_uses_the_embedded_server(monkeypatch):
+    from orchestration.resources import postgres_resource
+
+    monkeypatch.delenv("PROGRESS_DATABASE_URL", raising=False)
+    assert postgres_resource().database_url is None
 
 
 def test_refresh_steps_retry_with_exponential_backoff_and_jitter():

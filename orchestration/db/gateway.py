@@ -138,6 +138,18 @@ def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, e
         conn.execute("SELECT progress_record_failure(%s, %s, %s)", [kind, version_id, error])
 
 
+def _unknown_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, exc: psycopg.Error) -> ProgressError:
+    """The database's refusal, with a hint when the id names a version of the other kind."""
+    error = _translate(exc)
+    if not isinstance(exc, psycopg.errors.NoDataFound):
+        return error
+    other = next(k for k in KINDS if k != kind)
+    if version_states(conn, [(other, version_id)]):
+        article = "an" if other == "audio" else "a"
+        return ProgressError(f"{error}: it is {article} {other} version ({other}:{version_id})")
+    return error
+
+
 def refresh_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> VersionOutcome:
     """Refreshes one version now, whether queued or not."""
     try:
@@ -147,7 +159,7 @@ def refresh_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) 
                 [kind, version_id],
             ).fetchall()
     except psycopg.Error as exc:
-        raise _translate(exc) from None
+        raise _unknown_version(conn, kind, version_id, exc) from None
     return VersionOutcome(kind, version_id, [ReadModelCounts(*row) for row in rows])
 
 
@@ -155,7 +167,24 @@ def enqueue(conn: psycopg.Connection, kind: str, version_id: uuid.UUID) -> None:
     try:
         conn.execute("SELECT enqueue_progress_refresh(%s, %s)", [kind, version_id])
     except psycopg.Error as exc:
-        raise _translate(exc) from None
+        raise _unknown_version(conn, kind, version_id, exc) from None
+
+
+@dataclass(frozen=True)
+class VersionState:
+    name: str | None
+    deleted: bool  # soft-deleted, or its row is gone (only its stored rows were left)
+
+
+def version_states(
+    conn: psycopg.Connection, versions: list[tuple[str, uuid.UUID]]
+) -> dict[tuple[str, uuid.UUID], VersionState]:
+    """Name and deletion of each named version that exists or still has stored rows."""
+    rows = conn.execute(
+        "SELECT kind, version_id, name, deleted FROM progress_version_states(%s, %s)",
+        [[k for k, _ in versions], [v for _, v in versions]],
+    ).fetchall()
+    return {(kind, version_id): VersionState(name, deleted) for kind, version_id, name, deleted in rows}
 
 
 def enqueue_all_versions(conn: psycopg.Connection, kind: str | None = None) -> int:
@@ -242,7 +271,20 @@ def mismatches(
 
 
 def last_populated(conn: psycopg.Connection) -> datetime | None:
+    """When every read model was last known complete (a rebuild, or drains that covered every version)."""
     row = conn.execute("SELECT progress_setting('populated_at')::timestamptz").fetchone()
+    return row[0] if row else None
+
+
+def mark_populated_if_complete(conn: psycopg.Connection) -> datetime | None:
+    """Records that drains populated the read models, when they did; returns when they were populated."""
+    row = conn.execute("SELECT progress_mark_populated_if_complete()").fetchone()
+    return row[0] if row else None
+
+
+def last_refresh(conn: psycopg.Connection) -> datetime | None:
+    """When a version was last refreshed, from the refresh log (None while the database keeps none)."""
+    row = conn.execute("SELECT progress_last_refresh()").fetchone()
     return row[0] if row else None
 
 
@@ -263,3 +305,11 @@ def has_versions(conn: psycopg.Connection) -> bool:
     """Whether any audio or text version exists (an empty database gets the demo)."""
     row = conn.execute("SELECT EXISTS (SELECT FROM audio_versions) OR EXISTS (SELECT FROM text_versions)").fetchone()
     return bool(row and row[0])
+
+
+def settings(conn: psycopg.Connection) -> dict[str, str]:
+    """The rows of progress_refresh_settings ({} on a database not migrated yet)."""
+    row = conn.execute("SELECT to_regclass('progress_refresh_settings') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return {}
+    return {key: value for key, value in conn.execute("SELECT key, value FROM progress_refresh_settings")}

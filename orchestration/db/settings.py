@@ -1,30 +1,28 @@
-"""Where the database is: PROGRESS_DATABASE_URL, or the embedded server's folder."""
+"""Where the database is. The settings themselves live in orchestration/settings.py;
+these names stay importable from here for the modules that import them."""
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
+from orchestration.db.dsn import mask_dsn as redact
+from orchestration.settings import (
+    DATABASE_URL,
+    PROJECT_ROOT,
+    STATE_DIR,
+    TEST_DATABASE_URL,
+    configured_database_url,
+    state_dir,
+)
 
-DATABASE_URL_ENV = "PROGRESS_DATABASE_URL"
-TEST_DATABASE_URL_ENV = "PROGRESS_TEST_DATABASE_URL"
-STATE_DIR_ENV = "PROGRESS_STATE_DIR"
+DATABASE_URL_ENV = DATABASE_URL.env
+TEST_DATABASE_URL_ENV = TEST_DATABASE_URL.env
+STATE_DIR_ENV = STATE_DIR.env
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def state_dir() -> Path:
-    """The folder (ignored by git) holding the embedded server's data and Dagster's home."""
-    configured = os.environ.get(STATE_DIR_ENV)
-    return Path(configured).resolve() if configured else PROJECT_ROOT / ".progress"
-
-
-def configured_database_url() -> str | None:
-    value = os.environ.get(DATABASE_URL_ENV, "").strip()
-    return value or None
-
-
-def redact(dsn: str) -> str:
-    """The DSN with any password masked, safe for logs, errors and metadata."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)\S+", r"\1***", dsn)
+__all__ = [
+    "DATABASE_URL_ENV",
+    "PROJECT_ROOT",
+    "STATE_DIR_ENV",
+    "TEST_DATABASE_URL_ENV",
+    "configured_database_url",
+    "redact",
+    "state_dir",
+]

@@ -202,6 +202,31 @@ LANGUAGE sql AS $$
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 $$;
 
+-- Read models filled by drains rather than a rebuild are populated too, once
+-- nothing is queued and every live version has its summary row: recorded
+-- once, so `status` tells the truth and the safe rebuild goes concurrent.
+-- Returns when the read models were populated (NULL: not yet).
+CREATE OR REPLACE FUNCTION progress_mark_populated_if_complete() RETURNS timestamptz
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF progress_setting('populated_at') IS NULL
+       AND progress_read_models_readable()
+       AND NOT EXISTS (SELECT FROM progress_refresh_queue)
+       AND NOT EXISTS (SELECT FROM audio_versions v
+                        WHERE v.deleted_at IS NULL
+                          AND NOT EXISTS (SELECT FROM mv_audio_version_progress_summary s
+                                           WHERE s.audio_version_id = v.id))
+       AND NOT EXISTS (SELECT FROM text_versions v
+                        WHERE v.deleted_at IS NULL
+                          AND NOT EXISTS (SELECT FROM mv_text_version_progress_summary s
+                                           WHERE s.text_version_id = v.id)) THEN
+        PERFORM progress_mark_populated();
+    END IF;
+    RETURN progress_setting('populated_at')::timestamptz;
+END
+$$;
+
 -- After a rebuild every queued change older than the rebuild is reflected:
 -- entries whose generation did not move meanwhile leave the queue.
 CREATE OR REPLACE FUNCTION progress_settle_after_rebuild(p_before jsonb) RETURNS void

@@ -159,3 +159,37 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Name and deletion of named versions that exist or still have stored rows
+-- (a hard-deleted version's rows are removed by its next refresh).
+CREATE OR REPLACE FUNCTION progress_version_states(p_kinds text[], p_versions uuid[])
+RETURNS TABLE (kind text, version_id uuid, name text, deleted boolean)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    SELECT n.kind, n.version_id, coalesce(a.name, t.name),
+           coalesce(a.id, t.id) IS NULL OR coalesce(a.deleted_at, t.deleted_at) IS NOT NULL
+      FROM unnest(p_kinds, p_versions) AS n (kind, version_id)
+      LEFT JOIN audio_versions a ON n.kind = 'audio' AND a.id = n.version_id
+      LEFT JOIN text_versions t ON n.kind = 'text' AND t.id = n.version_id
+     WHERE coalesce(a.id, t.id) IS NOT NULL
+        OR CASE WHEN progress_read_models_readable() THEN
+               n.kind = 'audio' AND EXISTS (SELECT FROM mv_audio_version_progress_summary s
+                                             WHERE s.audio_version_id = n.version_id)
+               OR n.kind = 'text' AND EXISTS (SELECT FROM mv_text_version_progress_summary s
+                                               WHERE s.text_version_id = n.version_id) END
+$$;
+
+-- When a version was last refreshed, from the refresh log when the database
+-- keeps one (NULL otherwise, or when nothing was refreshed yet).
+CREATE OR REPLACE FUNCTION progress_last_refresh() RETURNS timestamptz
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    logged timestamptz;
+BEGIN
+    IF to_regclass('progress_refresh_log') IS NOT NULL THEN
+        EXECUTE 'SELECT max(refreshed_at) FROM progress_refresh_log' INTO logged;
+    END IF;
+    RETURN logged;
+END
+$$;
