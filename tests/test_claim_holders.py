@@ -26,8 +26,8 @@ from orchestration.db import gateway
 from orchestration.db.connection import connect
 from orchestration.db.embedded import start_embedded
 from orchestration.db.migrations import migrate
-from orchestration.db.settings import state_dir
 from orchestration.refresh import RefreshPolicy, RefreshReport, drain_queue, worker_name
+from orchestration.settings import state_dir
 
 LEASE_SECONDS = 300.0  # the default: no test here waits for it
 POLICY = RefreshPolicy(lease_seconds=LEASE_SECONDS)
