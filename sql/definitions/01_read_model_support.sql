@@ -196,9 +196,12 @@ BEGIN
         RETURN sql;
     END IF;
     IF p_source = 'chapters' THEN
+        -- Each scoped source is computed once (a definition may read it in several branches).
         FOR scoped IN SELECT * FROM progress_chapter_scoped_sources() LOOP
-            sql := regexp_replace(sql, '\m' || scoped.source || '\M',
-                                  format('%I(p_scope, scope_chapters)', scoped.scoped_function), 'g');
+            CONTINUE WHEN sql !~ ('\m' || scoped.source || '\M');
+            sql := format('WITH %I AS MATERIALIZED (SELECT * FROM %I(p_scope, scope_chapters)) ',
+                          'scoped_' || scoped.source, scoped.scoped_function)
+                   || regexp_replace(sql, '\m' || scoped.source || '\M', 'scoped_' || scoped.source, 'g');
         END LOOP;
     END IF;
     FOR up IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (d.upstreams) LOOP

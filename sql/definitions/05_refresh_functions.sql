@@ -222,15 +222,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
     c progress_refresh_count;
-    members text[];
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
         c.read_model := d.stored_name;
-        members := CASE WHEN p_chapters IS NOT NULL AND cardinality(d.key_columns) > 1
-                        THEN progress_chapter_members(d.key_columns[2], p_chapters) END;
-        IF members IS NULL THEN
+        IF p_chapters IS NULL OR cardinality(d.key_columns) < 2 THEN
             EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
                INTO c.inserted, c.updated, c.deleted USING p_version;
         ELSE

@@ -24,10 +24,12 @@ LANGUAGE sql STABLE AS $$
                 ELSE a.pid IS NOT NULL END
       FROM progress_refresh_queue q
      CROSS JOIN (SELECT progress_setting('claim_holder_check') IS DISTINCT FROM 'off' AS holder_check) setting
-      LEFT JOIN pg_stat_activity a
-             ON a.pid = q.holder_pid
-            AND (a.backend_start = q.holder_backend_start
-                 OR a.backend_start IS NULL OR q.holder_backend_start IS NULL)
+      -- One backend looked up per claim (pg_stat_activity would list them all on every claim).
+      LEFT JOIN LATERAL (
+            SELECT s.pid FROM pg_stat_get_activity(q.holder_pid) s
+             WHERE q.holder_pid IS NOT NULL AND s.pid = q.holder_pid
+               AND (s.backend_start = q.holder_backend_start
+                    OR s.backend_start IS NULL OR q.holder_backend_start IS NULL)) a ON true
      WHERE q.lease_until >= now()
 $$;
 
@@ -58,7 +60,7 @@ LANGUAGE sql AS $$
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
            claimed_chapter_ids = q.chapter_ids,
            lease_until = now() + p_lease, holder_pid = pg_backend_pid(),
-           holder_backend_start = (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())
+           holder_backend_start = (SELECT s.backend_start FROM pg_stat_get_activity(pg_backend_pid()) s)
       FROM picked
      WHERE q.id = picked.id
     RETURNING q.kind, q.version_id, q.generation
