@@ -25,7 +25,8 @@ DECLARE
     reader_roles text;
     product_tables text[] := ARRAY['progress_refresh_queue', 'progress_refresh_dead_letter',
                                    'progress_refresh_settings', 'progress_read_models',
-                                   'progress_read_model_definitions', 'progress_schema_migrations'];
+                                   'progress_read_model_definitions', 'progress_schema_migrations',
+                                   'progress_refresh_log'];
     read_models text[] := ARRAY(SELECT stored_name FROM progress_read_model_definitions);
     t text;
 BEGIN

@@ -1,0 +1,1 @@
+migrations/110_refresh_log.sql
