@@ -7,6 +7,7 @@ failed to refresh); 2 bad input or an unusable database (one line on stderr);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from orchestration.db.connection import connection
 from orchestration.db.embedded import database_url, stop_embedded
 from orchestration.db.migrations import STRATEGIES, check_schema_current, migrate
 from orchestration.errors import ProgressError
+from orchestration.read_models import KINDS
 from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
 
 console = Console()
@@ -183,13 +185,32 @@ def refresh_command(mode: str, versions: tuple[str, ...], rebuild: str | None, a
         sys.exit(1)
 
 
+# The window `status` reports refresh lag over (the refresh log keeps days).
+STATUS_LAG_WINDOW_SECONDS = 3600
+
+
 def _status(conn: psycopg.Connection) -> dict[str, Any]:
     return {
         "queue": gateway.queue_state(conn),
+        "lag_last_hour": {
+            kind: dataclasses.asdict(gateway.refresh_lag(conn, kind, within_seconds=STATUS_LAG_WINDOW_SECONDS))
+            for kind in KINDS
+        },
         "dead_letters": gateway.dead_letters(conn),
         "read_models": gateway.read_model_sizes(conn),
         "populated_at": gateway.last_populated(conn),
     }
+
+
+def _lag_line(kind: str, lag: dict[str, Any]) -> str:
+    """The figures each materialization records, over the last hour, as one line."""
+    if not lag["refreshes"]:
+        return f"{kind} lag: no refreshes in the last hour, oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    figures = ", ".join(f"{name} {'–' if lag[name] is None else f'{lag[name]:.1f}s'}" for name in ("p50", "p95", "max"))
+    return (
+        f"{kind} lag over the last hour ({lag['refreshes']} refreshes): {figures}; "
+        f"oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    )
 
 
 @cli.command("status")
@@ -211,6 +232,8 @@ def status_command(as_json: bool) -> None:
             f"{q['retrying']} retrying), oldest {q['oldest_age_seconds']:.0f}s old, "
             f"{q['dead_letters']} dead letter(s)"
         )
+        for kind, lag in status["lag_last_hour"].items():
+            console.print(_lag_line(kind, lag))
         for dead in status["dead_letters"]:
             console.print(
                 f"  dead: {dead['kind']}:{dead['version_id']} after {dead['attempts']} attempts: {dead['last_error']}"
