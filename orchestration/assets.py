@@ -179,7 +179,7 @@ def run_chain(
 ) -> ChainRun:
     """Refreshes this chain's versions as the config asks and logs progress as n/total.
     The refresh log names this run as the source of what it refreshed."""
-    policy = replace(RefreshPolicy.from_env(), source=f"dagster:{context.run_id}")
+    policy = replace(RefreshPolicy.from_env(), source=f"dagster:{context.run.run_id}")
     if config.versions:
         ids = _named_versions(context, kind, config.versions)
         before = gateway.version_summaries(conn, kind, ids[:PREVIEW_VERSIONS])
@@ -361,7 +361,7 @@ def build_chain_asset(kind: str) -> dg.AssetsDefinition:
             if not run.report.versions_of(kind):
                 context.log.info(f"{kind}: no version refreshed, so no {kind} read model materialises in this run")
                 return
-            facts = run_facts(conn, kind, run, f"dagster:{context.run_id}")
+            facts = run_facts(conn, kind, run, f"dagster:{context.run.run_id}")
         for model in models:
             if dg.AssetKey(model.name) in context.selected_asset_keys:
                 yield dg.MaterializeResult(asset_key=model.name, metadata=materialization_metadata(model, run, facts))

@@ -199,32 +199,31 @@ END
 $$;
 
 -- Names, languages and current progress of some versions, for metadata a
--- person reads (names, not bare ids); versions without a summary row yet
--- (deleted, or never refreshed) have NULL fractions.
+-- person reads (names, not bare ids); versions without a summary row (deleted,
+-- never refreshed, or read models not yet populated) have NULL fractions.
 CREATE OR REPLACE FUNCTION progress_version_summaries(p_kind text, p_versions uuid[])
 RETURNS TABLE (version_id uuid, name text, language text, verse_fraction numeric,
                chapter_fraction numeric, book_fraction numeric)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    readable boolean := progress_read_models_readable();
 BEGIN
     PERFORM progress_check_kind(p_kind);
-    IF p_kind = 'audio' THEN
-        RETURN QUERY
-        SELECT ids.id, v.name, l.name, s.verse_fraction, s.chapter_fraction, s.book_fraction
-          FROM unnest(p_versions) WITH ORDINALITY AS ids (id, n)
-          LEFT JOIN audio_versions v ON v.id = ids.id
-          LEFT JOIN language_entities l ON l.id = v.language_entity_id
-          LEFT JOIN mv_audio_version_progress_summary s ON s.audio_version_id = ids.id
-         ORDER BY ids.n;
-    ELSE
-        RETURN QUERY
-        SELECT ids.id, v.name, l.name, s.verse_fraction, s.chapter_fraction, s.book_fraction
-          FROM unnest(p_versions) WITH ORDINALITY AS ids (id, n)
-          LEFT JOIN text_versions v ON v.id = ids.id
-          LEFT JOIN language_entities l ON l.id = v.language_entity_id
-          LEFT JOIN mv_text_version_progress_summary s ON s.text_version_id = ids.id
-         ORDER BY ids.n;
-    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT ids.id, v.name, l.name, %s
+           FROM unnest($1) WITH ORDINALITY AS ids (id, n)
+           LEFT JOIN %I v ON v.id = ids.id
+           LEFT JOIN language_entities l ON l.id = v.language_entity_id
+           %s
+          ORDER BY ids.n',
+        CASE WHEN readable THEN 's.verse_fraction, s.chapter_fraction, s.book_fraction'
+             ELSE 'NULL::numeric, NULL::numeric, NULL::numeric' END,
+        p_kind || '_versions',
+        CASE WHEN readable THEN format('LEFT JOIN %I s ON s.%I = ids.id',
+                                       'mv_' || p_kind || '_version_progress_summary', p_kind || '_version_id')
+             ELSE '' END)
+    USING p_versions;
 END
 $$;
 
