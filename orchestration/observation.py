@@ -83,7 +83,7 @@ def outside_refresh_events(
         "oldest_queued_age_seconds": dg.MetadataValue.float(round(oldest_queued_age, 3)),
     }
     return [
-        dg.AssetMaterialization(asset_key=model.name, metadata=metadata, tags={"progress/source": refreshes.source})
+        dg.AssetMaterialization(asset_key=model.name, metadata=metadata)
         for model in of_kind(refreshes.kind)  # type: ignore[arg-type]
     ]
 
@@ -124,7 +124,9 @@ def base_table_observations(
 def outside_refresh_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource) -> dg.SensorResult:
     """Why: a read model refreshed by pg_cron at 10:02 must not look as if its last refresh
     was a Dagster run at 09:00. The database logs every refresh; this turns the ones Dagster
-    did not run into materializations, from the sensor's first tick on."""
+    did not run into materializations, from the sensor's first tick on. A refresh is
+    reported once every transaction older than it has ended (see
+    progress_refresh_log_horizon), so a long write transaction delays reports, never loses one."""
     cursor = ObservationCursor.parse(context.cursor)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     reported: list[str] = []
