@@ -409,3 +409,75 @@ def test_multiprocess_executor_configuration_refreshes_both_chains(db, dsn, tmp_
     assert "RUN_SUCCESS" in output
     assert_read_models_equal_views(db)
     assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0
+
+
+def test_materializations_record_the_lag_of_what_they_refreshed(db, dsn):
+    versions = seed(db, audio_versions=3)
+    for version, seconds in zip(versions["audio"], (10, 20, 30), strict=True):
+        publish_chapter(db, version, 1)
+        db.execute(
+            "UPDATE progress_refresh_queue SET enqueued_at = now() - make_interval(secs => %s) WHERE version_id = %s",
+            [seconds, version],
+        )
+
+    result = run_job(dsn, "refresh_queued_versions")
+
+    for name in ("mv_audio_verse_coverage", "language_entity_best_audio_version"):
+        metadata = materializations(result)[name]
+        p50, p95, worst = (metadata[f"lag_seconds_{p}"].value for p in ("p50", "p95", "max"))
+        # Ages of 10, 20 and 30 s at the start, plus the time until each refresh committed.
+        assert 20 <= p50 < 40, name
+        assert (p95 - p50, worst - p50) == (pytest.approx(9, abs=1), pytest.approx(10, abs=1)), name
+        assert metadata["oldest_queued_age_seconds"].value == 0
+    # `status` reads the same log.
+    assert gateway.refresh_lag(db, "audio", f"dagster:{result.run_id}").max == pytest.approx(worst, abs=0.001)
+
+
+def test_the_summary_shows_refreshed_versions_by_name_before_and_after(db, dsn):
+    versions = seed(db, audio_versions=2)
+    first, second = versions["audio"]
+    publish_chapter(db, first, 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    publish_chapter(db, first, 2)
+    publish_chapter(db, second, 3)
+
+    result = run_job(dsn, "refresh_queued_versions")
+
+    preview = materializations(result)["mv_audio_version_progress_summary"]["preview"].value
+    assert preview.startswith("2 of 2 refreshed version(s):")
+    rows = {line.split(" | ")[0].strip("| "): line for line in preview.splitlines() if line.startswith("| audio")}
+    assert set(rows) == {"audio 0", "audio 1"}
+    # audio 0 had chapter 1 (31 of Genesis 1-3's 80 verses) and now has chapters 1 and 2.
+    assert "| Test language | 38.8 % → 70.0 % | 33.3 % → 66.7 % | 0.0 % → 0.0 % |" in rows["audio 0"]
+    assert "| 0.0 % → 30.0 % | 0.0 % → 33.3 % |" in rows["audio 1"]  # chapter 3: 24 verses
+    assert "preview" not in materializations(result)["mv_audio_verse_coverage"]
+
+
+def test_a_chain_with_nothing_queued_materialises_nothing_and_its_checks_still_work(db, dsn):
+    versions = seed(db)
+    assert run_job(dsn, "refresh_queued_versions").success
+    add_verse_texts(db, versions["text"][0], range(1, 4))
+
+    result = run_job(dsn, "refresh_queued_versions")
+
+    assert result.success
+    assert set(materializations(result)) == {model.name for model in READ_MODELS if model.kind == "text"}
+    assert any("no audio read model materialises" in m for m in run_logs(result))
+    checks = check_results(result)
+    assert checks and all(key.startswith(("mv_text", "language_entity_best_text")) for key in checks), checks
+    assert all(c.passed for c in checks.values())
+
+    # Run on their own, the audio checks compare every settled scope and still catch a wrong row.
+    db.execute(
+        "INSERT INTO mv_audio_verse_coverage VALUES (%s, %s)", [versions["audio"][0], verse_id("kjv", "Gen", 1, 1)]
+    )
+    standalone = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.checks_for_assets(*(m.name for m in READ_MODELS if m.kind == "audio")),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+        raise_on_error=False,
+    )
+    audio_checks = check_results(standalone)
+    broken = audio_checks[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"]
+    assert not broken.passed
+    assert broken.metadata["scope"].value == "whole table (every settled scope)"

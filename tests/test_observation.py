@@ -46,9 +46,7 @@ def materialized(result) -> dict[str, dict]:
 
 
 def observed(result) -> dict[str, dict]:
-    return {
-        e.asset_key.to_user_string(): e.metadata for e in result.asset_events if isinstance(e, dg.AssetObservation)
-    }
+    return {e.asset_key.to_user_string(): e.metadata for e in result.asset_events if isinstance(e, dg.AssetObservation)}
 
 
 @pytest.fixture

@@ -69,9 +69,10 @@ def test_lag_runs_from_the_first_enqueue_to_the_refresh(db, texts):
 
     lag = gateway.refresh_lag(db, "text", "cli")
     assert lag.refreshes == 3
-    assert lag.p50 == pytest.approx(20, abs=2)
-    assert lag.p95 == pytest.approx(29, abs=2)
-    assert lag.max == pytest.approx(30, abs=2)
+    assert lag.p50 is not None and lag.p95 is not None and lag.max is not None
+    # Ages of 10, 20 and 30 s, plus the time until each refresh committed.
+    assert 20 <= lag.p50 < 30
+    assert (lag.p95 - lag.p50, lag.max - lag.p50) == (pytest.approx(9, abs=1), pytest.approx(10, abs=1))
     assert lag.oldest_queued_age_seconds == 0
     assert gateway.refresh_lag(db, "audio").refreshes == 0
     assert gateway.refresh_lag(db, "text", "dagster:elsewhere").p95 is None
