@@ -145,12 +145,17 @@ def outside_refresh_sensor(context: dg.SensorEvaluationContext, postgres: Postgr
     cursor.log_horizon = horizon
     observed = base_table_observations(activity, cursor)
     events.extend(observed)
-    if reported:
-        context.log.info(f"reporting refreshes outside Dagster: {'; '.join(reported)}")
+    # The tick list shows this line for every tick (this sensor starts no runs).
     if not events:
-        reason = "no refreshes outside Dagster and no writes to the base tables since the last tick"
-        context.log.info(reason)
-        return dg.SensorResult(skip_reason=reason, cursor=cursor.dump())
-    if started:
-        context.log.info("first tick: refreshes are reported from now on; base tables observed")
-    return dg.SensorResult(asset_events=events, cursor=cursor.dump())
+        summary = "no refreshes outside Dagster and no writes to the base tables since the last tick"
+    else:
+        parts = [f"reported {'; '.join(reported)}"] if reported else []
+        if observed:
+            parts.append(
+                f"observed {len(observed)} base table(s): {', '.join(str(o.asset_key.path[-1]) for o in observed)}"
+            )
+        if started:
+            parts.append("first tick: refreshes are reported from now on")
+        summary = "; ".join(parts)
+    context.log.info(summary)
+    return dg.SensorResult(asset_events=events, skip_reason=summary, cursor=cursor.dump())

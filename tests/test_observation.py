@@ -92,6 +92,7 @@ def test_a_command_line_refresh_is_reported_on_each_read_model_with_source_and_l
     result = sensor.tick()
     reported = materialized(result)
     assert set(reported) == TEXT_READ_MODELS
+    assert "reported 1 text version(s) by cli" in (result.skip_message or "")  # the tick list's line
     summary = reported["mv_text_version_progress_summary"]
     assert summary["source"].value == "cli"
     assert summary["versions"].value == [{"version": "King James text", "language": "English", "id": str(text)}]
