@@ -26,7 +26,7 @@ from orchestration.read_models import BY_NAME
 
 TARGET_ENV = "PROGRESS_FRESHNESS_TARGET_SECONDS"
 DEFAULT_TARGET_SECONDS = 30.0
-FAIL_MULTIPLE = 5
+FAIL_MULTIPLE = 4
 # Dagster's lower bound for either window of a time-window freshness policy.
 MIN_WINDOW = timedelta(minutes=1)
 

@@ -63,11 +63,14 @@ def _seconds(value: float | None) -> dg.MetadataValue:
 
 
 def outside_refresh_events(
-    refreshes: gateway.LoggedRefreshes, labels: list[dict[str, str]], oldest_queued_age: float
+    refreshes: gateway.LoggedRefreshes,
+    labels: list[dict[str, str]],
+    oldest_queued_age: float,
+    sizes: dict[str, dict[str, int]],
 ) -> list[dg.AssetMaterialization]:
     """One materialization per read model of the refreshed kind: a version's refresh
     rewrites every level of it."""
-    metadata = {
+    metadata: dict[str, dg.MetadataValue] = {
         "source": dg.MetadataValue.text(refreshes.source),
         "outcome": dg.MetadataValue.text(
             f"{refreshes.refreshes} {refreshes.kind} refresh(es) by {refreshes.source}, reported from the refresh log"
@@ -83,7 +86,13 @@ def outside_refresh_events(
         "oldest_queued_age_seconds": dg.MetadataValue.float(round(oldest_queued_age, 3)),
     }
     return [
-        dg.AssetMaterialization(asset_key=model.name, metadata=metadata)
+        dg.AssetMaterialization(
+            asset_key=model.name,
+            metadata={
+                **metadata,
+                "dagster/row_count": dg.MetadataValue.int(sizes.get(model.name, {}).get("rows", 0)),
+            },
+        )
         for model in of_kind(refreshes.kind)  # type: ignore[arg-type]
     ]
 
@@ -133,12 +142,12 @@ def outside_refresh_sensor(context: dg.SensorEvaluationContext, postgres: Postgr
     with postgres.connect() as conn:
         horizon = gateway.refresh_log_horizon(conn)
         logged = gateway.refreshes_between(conn, cursor.log_horizon, horizon) if cursor.log_horizon is not None else []
-        for refreshes in logged:
-            if is_own_run(context.instance, refreshes.source):
-                continue
+        outside = [r for r in logged if not is_own_run(context.instance, r.source)]
+        sizes = gateway.read_model_sizes(conn) if outside else {}
+        for refreshes in outside:
             labels = version_labels(conn, refreshes.kind, refreshes.version_ids)
             oldest = float(gateway.queue_state(conn, refreshes.kind)["oldest_age_seconds"])
-            events.extend(outside_refresh_events(refreshes, labels, oldest))
+            events.extend(outside_refresh_events(refreshes, labels, oldest, sizes))
             reported.append(f"{len(refreshes.version_ids)} {refreshes.kind} version(s) by {refreshes.source}")
         activity = gateway.table_activity(conn, list(BASE_TABLES))
     started = cursor.log_horizon is None

@@ -40,18 +40,18 @@ def reloaded_defs(monkeypatch):
     importlib.reload(orchestration.definitions)
 
 
-def test_every_read_model_warns_at_a_minute_and_fails_at_150_seconds_by_default(reloaded_defs, monkeypatch):
+def test_every_read_model_warns_at_a_minute_and_fails_at_two_by_default(reloaded_defs, monkeypatch):
     monkeypatch.delenv(TARGET_ENV, raising=False)
     found = policies(reloaded_defs())
     for model in READ_MODELS:
-        assert windows(found[model.name]) == (timedelta(seconds=60), timedelta(seconds=150)), model.name
+        assert windows(found[model.name]) == (timedelta(minutes=1), timedelta(minutes=2)), model.name
     for table in BASE_TABLES:
         assert found[table] is None, table
 
 
 def test_windows_follow_the_configured_target(reloaded_defs):
     found = policies(reloaded_defs(**{TARGET_ENV: "120"}))
-    assert {windows(found[m.name]) for m in READ_MODELS} == {(timedelta(minutes=2), timedelta(minutes=10))}
+    assert {windows(found[m.name]) for m in READ_MODELS} == {(timedelta(minutes=2), timedelta(minutes=8))}
 
 
 def test_a_target_under_a_minute_keeps_dagsters_minimum_windows():
