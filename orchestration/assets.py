@@ -226,7 +226,7 @@ def run_chain(
 
 
 def _percent(fraction: float | None) -> str:
-    return "–" if fraction is None else f"{fraction * 100:.1f} %"
+    return "–" if fraction is None else f"{fraction * 100:.1f}%"
 
 
 def preview_markdown(before: list[gateway.VersionSummary], after: list[gateway.VersionSummary], total: int) -> str:

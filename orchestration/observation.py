@@ -6,19 +6,19 @@ refresh with its source (progress_refresh_log). `outside_refresh_sensor`
 reports the ones this Dagster instance did not run as materializations of
 the read models they refreshed, so the last refresh the UI shows is the real
 one, with its source and lag. It also observes the base tables the apps
-write (rows, and rows written since the last look), so the catalog shows
-them too.
+write (rows, and rows written since the last look); the base tables are
+observable source assets, so the catalog shows when they were last observed.
 """
-
-from __future__ import annotations
 
 import json
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-from orchestration.assets import BASE_TABLES, version_labels
+from orchestration.assets import BASE_TABLES, base_table_specs, version_labels
 from orchestration.db import gateway
 from orchestration.read_models import of_kind
 from orchestration.resources import PostgresResource
@@ -41,7 +41,7 @@ class ObservationCursor:
     rows_changed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: str | None) -> ObservationCursor:
+    def parse(cls, raw: str | None) -> "ObservationCursor":
         if not raw:
             return cls()
         data = json.loads(raw)
@@ -97,6 +97,17 @@ def outside_refresh_events(
     ]
 
 
+def base_table_metadata(table: gateway.TableActivity, previous: int | None) -> dict[str, dg.MetadataValue]:
+    return {
+        "dagster/row_count": dg.MetadataValue.int(table.row_count),
+        "row_count_estimated": dg.MetadataValue.bool(table.estimated),
+        "rows_written_since_last_observation": dg.MetadataValue.int(
+            0 if previous is None else max(table.rows_changed - previous, 0)
+        ),
+        "rows_written_since_stats_reset": dg.MetadataValue.int(table.rows_changed),
+    }
+
+
 def base_table_observations(
     activity: list[gateway.TableActivity], cursor: ObservationCursor
 ) -> list[dg.AssetObservation]:
@@ -106,21 +117,30 @@ def base_table_observations(
         previous = cursor.rows_changed.get(table.table)
         if previous is not None and previous == table.rows_changed:
             continue
-        observed.append(
-            dg.AssetObservation(
-                asset_key=table.table,
-                metadata={
-                    "dagster/row_count": dg.MetadataValue.int(table.row_count),
-                    "row_count_estimated": dg.MetadataValue.bool(table.estimated),
-                    "rows_written_since_last_observation": dg.MetadataValue.int(
-                        0 if previous is None else max(table.rows_changed - previous, 0)
-                    ),
-                    "rows_written_since_stats_reset": dg.MetadataValue.int(table.rows_changed),
-                },
-            )
-        )
+        observed.append(dg.AssetObservation(asset_key=table.table, metadata=base_table_metadata(table, previous)))
         cursor.rows_changed[table.table] = table.rows_changed
     return observed
+
+
+def _observe_base_tables(context: dg.AssetExecutionContext, postgres: PostgresResource) -> Iterator[dg.ObserveResult]:
+    """Why: the apps write the base tables, not Dagster; observing them shows their size and
+    activity upstream of the read models. outside_refresh_sensor observes them as they change;
+    this observes them on demand (the catalog's "Observe" button)."""
+    with postgres.connect() as conn:
+        activity = gateway.table_activity(conn, [key.path[-1] for key in sorted(context.selected_asset_keys)])
+    for table in activity:
+        yield dg.ObserveResult(asset_key=table.table, metadata=base_table_metadata(table, None))
+
+
+# multi_observable_source_asset is marked beta in the pinned Dagster; its warning says nothing to users.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", category=dg.BetaWarning)
+    observe_base_tables = dg.multi_observable_source_asset(
+        specs=base_table_specs,
+        name="observe_base_tables",
+        can_subset=True,
+        description="Rows of the base tables and rows the apps wrote, as the database counts them.",
+    )(_observe_base_tables)
 
 
 @dg.sensor(

@@ -448,8 +448,8 @@ def test_the_summary_shows_refreshed_versions_by_name_before_and_after(db, dsn):
     rows = {line.split(" | ")[0].strip("| "): line for line in preview.splitlines() if line.startswith("| audio")}
     assert set(rows) == {"audio 0", "audio 1"}
     # audio 0 had chapter 1 (31 of Genesis 1-3's 80 verses) and now has chapters 1 and 2.
-    assert "| Test language | 38.8 % → 70.0 % | 33.3 % → 66.7 % | 0.0 % → 0.0 % |" in rows["audio 0"]
-    assert "| 0.0 % → 30.0 % | 0.0 % → 33.3 % |" in rows["audio 1"]  # chapter 3: 24 verses
+    assert "| Test language | 38.8% → 70.0% | 33.3% → 66.7% | 0.0% → 0.0% |" in rows["audio 0"]
+    assert "| 0.0% → 30.0% | 0.0% → 33.3% |" in rows["audio 1"]  # chapter 3: 24 verses
     assert "preview" not in materializations(result)["mv_audio_verse_coverage"]
 
 

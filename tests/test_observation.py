@@ -9,12 +9,13 @@ from dataclasses import replace
 import dagster as dg
 import psycopg
 import pytest
+from dagster._core.definitions.observe import observe
 from dagster._core.test_utils import create_run_for_test
 
 import builders as b
 from orchestration.assets import BASE_TABLES
 from orchestration.db.connection import connect
-from orchestration.observation import outside_refresh_sensor
+from orchestration.observation import observe_base_tables, outside_refresh_sensor
 from orchestration.read_models import of_kind
 from orchestration.refresh import RefreshPolicy, drain_queue
 from orchestration.resources import PostgresResource
@@ -143,3 +144,14 @@ def test_nothing_new_skips_and_says_why(dsn, text):
     result = sensor.tick()
     assert result.asset_events == []
     assert "no refreshes outside Dagster and no writes to the base tables" in (result.skip_message or "")
+
+
+def test_base_tables_can_be_observed_on_demand(dsn, text):
+    result = observe([observe_base_tables], resources={"postgres": PostgresResource(database_url=dsn)})
+    observations = {
+        e.asset_key.to_user_string(): e.event_specific_data.asset_observation.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    }
+    assert set(observations) == set(BASE_TABLES)
+    assert observations["verse_texts"]["dagster/row_count"].value == 2
