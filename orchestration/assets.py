@@ -50,20 +50,6 @@ BASE_TABLES: dict[str, str] = {
     "verse_texts": "Typed verse texts of text versions.",
 }
 
-# Which base tables each level reads directly (the levels below it are read models).
-BASE_TABLE_DEPS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("audio", "verse"): ("audio_versions", "media_files", "media_files_verses", "verses", "chapters", "books"),
-    ("audio", "chapter"): ("chapters",),
-    ("audio", "book"): ("audio_versions", "bible_versions", "books", "chapters"),
-    ("audio", "summary"): ("audio_versions", "books", "chapters", "verses"),
-    ("audio", "best"): ("language_entities", "audio_versions"),
-    ("text", "verse"): ("text_versions", "verse_texts", "verses"),
-    ("text", "chapter"): ("chapters",),
-    ("text", "book"): ("text_versions", "bible_versions", "books", "chapters"),
-    ("text", "summary"): ("text_versions", "books", "chapters", "verses"),
-    ("text", "best"): ("language_entities", "text_versions"),
-}
-
 base_table_specs: list[dg.AssetSpec] = [
     dg.AssetSpec(
         key=name,
@@ -82,7 +68,7 @@ def read_model_spec(model: ReadModel) -> dg.AssetSpec:
         description=model.description,
         group_name=model.group,
         kinds={"postgres"},
-        deps=[*model.upstreams, *BASE_TABLE_DEPS[(model.kind, model.level)]],
+        deps=[*model.upstreams, *model.base_tables],
         # A run that refreshed nothing of this kind yields no materialization for it.
         skippable=True,
         metadata={

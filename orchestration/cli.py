@@ -24,7 +24,7 @@ from rich.table import Table
 from orchestration.db import gateway
 from orchestration.db.connection import connection
 from orchestration.db.embedded import database_url, stop_embedded
-from orchestration.db.migrations import STRATEGIES, check_schema_current, migrate
+from orchestration.db.migrations import STRATEGIES, ForeignObjectsError, check_schema_current, migrate, plan_migrate
 from orchestration.errors import ProgressError
 from orchestration.read_models import KINDS
 from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
@@ -88,16 +88,40 @@ def cli() -> None:
     default=None,
     help="Read-model storage: per-version tables (default) or materialized views.",
 )
-def migrate_command(strategy: str | None) -> None:
+@click.option("--adopt", is_flag=True, help="Take over a database that runs the previous design.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+def migrate_command(strategy: str | None, adopt: bool, dry_run: bool) -> None:
     """Install or upgrade the schema (idempotent).
 
+    Looks first: where the previous design's objects stand under this
+    product's names, nothing changes until you run it with --adopt, which
+    builds the new read models beside the old ones and swaps them in while
+    readers and writers go on.
+
     \b
-    Example:
+    Examples:
+      progress-refresh migrate --dry-run
       progress-refresh migrate
+      progress-refresh migrate --adopt
     """
     with _database(check_schema=False) as conn:
-        applied = migrate(conn, strategy=strategy)
-    click.echo(f"migrated: {', '.join(applied)}" if applied else "schema is up to date")
+        if dry_run:
+            plan = plan_migrate(conn, strategy, adopt)
+            for line in plan.lines():
+                click.echo(line)
+            if plan.inspection.needs_adoption and not adopt:
+                click.echo("refused without --adopt: progress-refresh migrate --adopt")
+            return
+        try:
+            changes = migrate(conn, strategy=strategy, adopt=adopt)
+        except ForeignObjectsError as exc:
+            for line in exc.lines:
+                click.echo(f"found: {line}", err=True)
+            raise
+    for line in changes:
+        click.echo(line)
+    if not changes:
+        click.echo("schema is up to date")
 
 
 @cli.command("seed-demo")

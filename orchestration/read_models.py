@@ -1,32 +1,55 @@
-"""The read-model graph, declared once.
+"""The read-model graph, read from sql/read_models/ (one file per read model).
 
-Each entry names a stored read model, its kind and level, the read models it
-is computed from, its logical view (the live definition in sql/003) and the
-SQL function that refreshes one of its scopes. The Dagster assets and checks
-are generated from this list, and `migrate` writes it to the database's
-progress_read_models table and checks it against the SQL definitions, so
-adding a read model is one entry here plus its definition in SQL.
+A file is the read model's definition (SQL reading the base tables and the
+stored read models above it) under a short header:
+
+    -- What it holds, in a sentence (the Dagster description).
+    --
+    -- kind: audio
+    -- level: chapter
+    -- logical view: audio_chapter_coverage
+    -- key: audio_version_id, chapter_id
+    -- lookup: audio_version_id            (optional: an extra index)
+    -- upstreams: mv_audio_verse_coverage  (read models it depends on, or -)
+    -- base tables: chapters, verses
+
+Everything else is made from these files: the registry `migrate` writes to
+the database (storage, logical views, refresh functions), the Dagster assets
+and checks. Adding a read model is adding a file.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from orchestration.db.base_schema import REQUIRED_COLUMNS
+from orchestration.errors import ProgressError
+from orchestration.sql_files import sql_files
+
 Kind = Literal["audio", "text"]
-Level = Literal["verse", "chapter", "book", "summary", "best"]
 
 KINDS: tuple[Kind, ...] = ("audio", "text")
+READ_MODELS_FOLDER = "read_models"
+BASE_TABLES = tuple(REQUIRED_COLUMNS)
+_HEADER_LINE = re.compile(r"^--\s*([a-z ]+):\s*(.*?)\s*$")
+_REQUIRED = ("kind", "level", "logical view", "key", "upstreams", "base tables")
 
 
 @dataclass(frozen=True)
 class ReadModel:
     name: str
     kind: Kind
-    level: Level
+    level: str
     upstreams: tuple[str, ...]
     logical_view: str
     description: str
+    key_columns: tuple[str, ...]
+    lookup_columns: tuple[str, ...]
+    base_tables: tuple[str, ...]
+    body: str
 
     @property
     def sync_function(self) -> str:
@@ -38,72 +61,92 @@ class ReadModel:
         return f"{self.kind}_progress"
 
     @property
-    def key_columns(self) -> tuple[str, ...]:
-        version = f"{self.kind}_version_id"
-        return {
-            "verse": (version, "verse_id"),
-            "chapter": (version, "chapter_id"),
-            "book": (version, "book_id"),
-            "summary": (version,),
-            "best": ("language_entity_id",),
-        }[self.level]
+    def scope_column(self) -> str:
+        """What one refresh covers: a version, or (best-version read models) a language entity."""
+        return self.key_columns[0]
 
 
-def _chain(kind: Kind) -> tuple[ReadModel, ...]:
-    verse = f"mv_{kind}_verse_coverage"
-    chapter = f"mv_{kind}_chapter_coverage"
-    book = f"mv_{kind}_book_coverage"
-    summary = f"mv_{kind}_version_progress_summary"
-    medium = "audio recordings" if kind == "audio" else "typed text"
-    return (
-        ReadModel(
-            verse,
-            kind,
-            "verse",
-            (),
-            f"{kind}_verse_coverage",
-            f"Which verses each live {kind} version covers with {medium}: one row per covered verse.",
-        ),
-        ReadModel(
-            chapter,
-            kind,
-            "chapter",
-            (verse,),
-            f"{kind}_chapter_coverage",
-            f"Per {kind} version and chapter with any coverage: how many verses are covered "
-            "and whether the chapter is complete.",
-        ),
-        ReadModel(
-            book,
-            kind,
-            "book",
-            (chapter,),
-            f"{kind}_book_coverage",
-            f"Every book of each live {kind} version's bible version, with its complete chapters "
-            "(zero coverage included).",
-        ),
-        ReadModel(
-            summary,
-            kind,
-            "summary",
-            (verse, chapter, book),
-            f"{kind}_version_progress_summary",
-            f"How much of each live {kind} version is done: verse, chapter and book counts "
-            "and fractions within its own bible version.",
-        ),
-        ReadModel(
-            f"language_entity_best_{kind}_version",
-            kind,
-            "best",
-            (summary,),
-            f"{kind}_best_version_by_language",
-            f"The best live {kind} version of each language: highest verse, then chapter, "
-            "then book fraction, then newest, then smallest id.",
-        ),
+def _names(value: str) -> tuple[str, ...]:
+    return () if value in ("", "-") else tuple(part.strip() for part in value.split(","))
+
+
+def parse_read_model(path: Path) -> ReadModel:
+    """One read-model file; ProgressError naming the file and what is wrong."""
+    header: dict[str, str] = {}
+    description: list[str] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    body_start = 0
+    for body_start, line in enumerate(lines):  # noqa: B007 - the index is used after the loop
+        if not line.startswith("--"):
+            break
+        match = _HEADER_LINE.match(line)
+        if match and match.group(1) in (*_REQUIRED, "lookup"):
+            header[match.group(1)] = match.group(2)
+        elif not header and line.strip("- "):
+            description.append(line.lstrip("- ").strip())
+    else:
+        body_start = len(lines)
+    missing = [key for key in _REQUIRED if key not in header]
+    body = "\n".join(lines[body_start:]).strip()
+    where = f"sql/{READ_MODELS_FOLDER}/{path.name}"
+    if missing or not body or not description:
+        what = ", ".join(missing) if missing else "its SQL" if not body else "a description line"
+        raise ProgressError(f"{where} lacks {what}")
+    if header["kind"] not in KINDS:
+        raise ProgressError(f"{where}: kind must be audio or text, not {header['kind']!r}")
+    unknown = [t for t in _names(header["base tables"]) if t not in BASE_TABLES]
+    if unknown:
+        raise ProgressError(f"{where}: unknown base tables {', '.join(unknown)}")
+    return ReadModel(
+        name=path.stem,
+        kind=header["kind"],
+        level=header["level"],
+        upstreams=_names(header["upstreams"]),
+        logical_view=header["logical view"],
+        description=" ".join(description),
+        key_columns=_names(header["key"]),
+        lookup_columns=_names(header.get("lookup", "")),
+        base_tables=_names(header["base tables"]),
+        body=body,
     )
 
 
-READ_MODELS: tuple[ReadModel, ...] = _chain("audio") + _chain("text")
+def _in_dependency_order(models: list[ReadModel]) -> tuple[ReadModel, ...]:
+    """Upstreams first (then by name); refuses unknown upstreams, cycles, and a
+    definition that reads a read model it does not declare."""
+    by_name = {m.name: m for m in models}
+    for model in models:
+        unknown = [u for u in model.upstreams if u not in by_name]
+        if unknown:
+            raise ProgressError(f"read model {model.name}: unknown upstreams {', '.join(unknown)}")
+        undeclared = [
+            other
+            for other in by_name
+            if other != model.name
+            and other not in model.upstreams
+            and re.search(rf"\b{re.escape(other)}\b", model.body)
+        ]
+        if undeclared:
+            raise ProgressError(f"read model {model.name} reads {', '.join(undeclared)}: declare it in upstreams")
+    ordered: list[ReadModel] = []
+    placed: set[str] = set()
+    while len(ordered) < len(models):
+        ready = sorted(m.name for m in models if m.name not in placed and set(m.upstreams) <= placed)
+        if not ready:
+            raise ProgressError(
+                "read models depend on each other in a cycle: " + ", ".join(sorted(set(by_name) - placed))
+            )
+        ordered.extend(by_name[name] for name in ready)
+        placed.update(ready)
+    return tuple(ordered)
+
+
+def load_read_models(root: Path | None = None) -> tuple[ReadModel, ...]:
+    """Every read model of a sql/ folder (this release's by default), upstreams first."""
+    return _in_dependency_order([parse_read_model(path) for path in sql_files(READ_MODELS_FOLDER, root)])
+
+
+READ_MODELS: tuple[ReadModel, ...] = load_read_models()
 
 BY_NAME: dict[str, ReadModel] = {model.name: model for model in READ_MODELS}
 

@@ -13,6 +13,10 @@ from orchestration.db.connection import connect
 from orchestration.db.migrations import load_migrations, migrate
 
 SNAPSHOT = Path(__file__).with_name("schema.txt")
+# One generated refresh function, checked in so a reviewer reads the real SQL a
+# read-model file turns into (and sees it change when the generator changes).
+GENERATED = Path(__file__).with_name("generated")
+GENERATED_FUNCTIONS = ("progress_sync_text_chapter_coverage(uuid)", "progress_rows_text_chapter_coverage(uuid)")
 UPDATE_ENV = "PROGRESS_UPDATE_SCHEMA_SNAPSHOT"
 
 SCHEMA_QUERIES = {
@@ -102,3 +106,13 @@ def test_existing_base_tables_with_enum_statuses_work(empty_dsn: str) -> None:
         assert conn.execute(
             "SELECT covered_verses, verse_fraction FROM mv_audio_version_progress_summary"
         ).fetchall() == [(2, 1)]
+
+
+def test_generated_refresh_functions_match_their_checked_in_copies(db: psycopg.Connection) -> None:
+    for signature in GENERATED_FUNCTIONS:
+        path = GENERATED / f"{signature.split('(')[0]}.sql"
+        actual = db.execute("SELECT pg_get_functiondef(%s::regprocedure)", [signature]).fetchone()[0]  # type: ignore[index]
+        if os.environ.get(UPDATE_ENV):
+            GENERATED.mkdir(exist_ok=True)
+            path.write_text(actual)
+        assert actual == path.read_text(), f"{signature} changed: review it, then regenerate with {UPDATE_ENV}=1"

@@ -24,10 +24,12 @@ DECLARE
     public_roles text := 'PUBLIC';
     reader_roles text;
     product_tables text[] := ARRAY['progress_refresh_queue', 'progress_refresh_dead_letter',
-                                   'progress_refresh_settings', 'progress_read_models',
+                                   'progress_refresh_settings',
                                    'progress_read_model_definitions', 'progress_schema_migrations',
                                    'progress_refresh_log'];
-    read_models text[] := ARRAY(SELECT stored_name FROM progress_read_model_definitions);
+    -- Only those standing (a take-over grants on its read models when it swaps them in).
+    read_models text[] := ARRAY(SELECT stored_name FROM progress_read_model_definitions
+                                 WHERE to_regclass(quote_ident(stored_name)) IS NOT NULL);
     t text;
 BEGIN
     -- Supabase grants its API roles everything by default; take writes away from them too.
@@ -67,8 +69,9 @@ BEGIN
     END LOOP;
     GRANT progress_refresher TO progress_admin;
     -- The checks compare read models with the logical views.
-    EXECUTE (SELECT string_agg(format('GRANT SELECT ON %I TO progress_refresher', logical_view), '; ')
-               FROM progress_read_model_definitions);
+    EXECUTE coalesce((SELECT string_agg(format('GRANT SELECT ON %I TO progress_refresher', logical_view), '; ')
+                        FROM progress_read_model_definitions
+                       WHERE to_regclass(quote_ident(logical_view)) IS NOT NULL), '');
 EXCEPTION WHEN undefined_object THEN
     RAISE WARNING 'roles progress_refresher / progress_admin are missing: grants not applied';
 END

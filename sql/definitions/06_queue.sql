@@ -11,7 +11,9 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     WITH picked AS (
         SELECT q.id FROM progress_refresh_queue q
-         WHERE (q.lease_until IS NULL OR q.lease_until < now())
+         -- A migrate holds this lock throughout: nothing is claimed meanwhile.
+         WHERE pg_try_advisory_xact_lock_shared(7370214001)
+           AND (q.lease_until IS NULL OR q.lease_until < now())
            AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
            AND (q.not_before IS NULL OR q.not_before <= now())
          ORDER BY q.enqueued_at, q.id
@@ -19,6 +21,7 @@ LANGUAGE sql AS $$
            FOR UPDATE SKIP LOCKED)
     UPDATE progress_refresh_queue q
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
+           claimed_chapter_ids = q.chapter_ids,
            lease_until = now() + p_lease
       FROM picked
      WHERE q.id = picked.id
@@ -116,13 +119,17 @@ SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
+    scope text[];
 BEGIN
-    IF NOT EXISTS (SELECT FROM progress_refresh_queue q
-                    WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker) THEN
+    -- The scope recorded by the claim (NULL: the whole version). Chapters
+    -- changed since bumped the generation and stay queued for the next claim.
+    SELECT q.claimed_chapter_ids INTO scope FROM progress_refresh_queue q
+     WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
     BEGIN
-        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities) AS c);
+        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, scope) AS c);
     EXCEPTION WHEN OTHERS THEN
         PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
@@ -134,7 +141,6 @@ BEGIN
 END
 $$;
 
--- The SQL API (SPEC section 5) -------------------------------------------
 
 -- Versions a caller may name: existing ones, and deleted ones that still have
 -- stored rows to remove.
@@ -156,84 +162,6 @@ BEGIN
                                            WHERE text_version_id = p_version) THEN
         RAISE EXCEPTION 'unknown % version %', p_kind, p_version USING ERRCODE = 'no_data_found';
     END IF;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION enqueue_progress_refresh(kind text, version_id uuid) RETURNS void
-SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM progress_check_version(kind, version_id);
-    PERFORM progress_enqueue_versions(kind, ARRAY[version_id]);
-END
-$$;
-
--- Refreshes one version now, queued or not; its queue entry, if any, is
--- settled as a drain would.
-CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
-RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
-LANGUAGE plpgsql AS $$
-DECLARE
-    queued_generation bigint;
-    done progress_refresh_count[];
-BEGIN
-    PERFORM progress_check_version(kind, version_id);
-    -- The entry is locked before anything else, as in progress_refresh_claimed.
-    SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
-     WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
-       FOR UPDATE;
-    done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
-    PERFORM progress_log_refresh(kind, version_id,
-                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
-    RETURN QUERY SELECT * FROM unnest(done);
-    IF queued_generation IS NOT NULL THEN
-        PERFORM progress_finish(kind, version_id, queued_generation);
-    END IF;
-END
-$$;
-
--- Refreshes one batch of queued versions in this transaction and returns
--- those refreshed; call until it returns no rows. Failed versions are retried
--- later with backoff; language entities are refreshed once, at the end of the
--- batch, in sorted order, so concurrent drains never deadlock.
-CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
-RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
-LANGUAGE plpgsql AS $$
-DECLARE
-    claimed record;
-    failures int;
-    audio_entities uuid[] := '{}';
-    text_entities uuid[] := '{}';
-    worker text := 'sql:' || pg_backend_pid();
-BEGIN
-    IF progress_storage_strategy() = 'matview' THEN
-        -- Everything is refreshed at once, so every ready entry is claimed first.
-        RETURN QUERY SELECT * FROM progress_drain_matviews();
-        RETURN;
-    END IF;
-    FOR claimed IN
-        SELECT * FROM progress_claim_batch(worker,
-                                           progress_setting('drain_batch_size')::int,
-                                           make_interval(secs => progress_setting('lease_seconds')::int))
-    LOOP
-        IF claimed.kind = 'audio' THEN
-            audio_entities := audio_entities
-                || progress_affected_language_entities('audio', ARRAY[claimed.version_id]);
-        ELSE
-            text_entities := text_entities
-                || progress_affected_language_entities('text', ARRAY[claimed.version_id]);
-        END IF;
-        SELECT count(*) FILTER (WHERE r.error IS NOT NULL) INTO failures
-          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, worker, false) AS r;
-        IF failures = 0 THEN
-            PERFORM progress_finish(claimed.kind, claimed.version_id, claimed.generation);
-            kind := claimed.kind;
-            version_id := claimed.version_id;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-    PERFORM progress_refresh_language_entities('audio', audio_entities);
-    PERFORM progress_refresh_language_entities('text', text_entities);
 END
 $$;
 
@@ -342,7 +270,7 @@ BEGIN
             -- and a per-version refresh reads those, not one page per row.
             index_ddl := progress_drop_indexes(d.stored_name::regclass);
             EXECUTE format('INSERT INTO %I SELECT * FROM (%s) r ORDER BY %s', d.stored_name,
-                           progress_definition_sql(d.body, 'stored'),
+                           d.body,
                            progress_column_list(d.key_columns));
             FOREACH ddl IN ARRAY index_ddl LOOP
                 EXECUTE ddl;
@@ -351,41 +279,5 @@ BEGIN
     END IF;
     PERFORM progress_settle_after_rebuild(before);
     PERFORM progress_mark_populated();
-END
-$$;
-
-CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
-SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$ SELECT progress_rebuild_all(false) $$;
-
-CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_concurrently() RETURNS void
-SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$ SELECT progress_rebuild_all(true) $$;
-
-CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS void
-SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF progress_setting('populated_at') IS NULL AND progress_storage_strategy() = 'table'
-       OR NOT progress_read_models_readable() THEN
-        PERFORM refresh_progress_materialized_views_full();
-    ELSE
-        PERFORM refresh_progress_materialized_views_concurrently();
-    END IF;
-END
-$$;
-
--- Puts dead-lettered versions back in the queue with a fresh attempt count.
-CREATE OR REPLACE FUNCTION requeue_progress_dead_letters()
-RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN QUERY
-    WITH moved AS (DELETE FROM progress_refresh_dead_letter RETURNING *)
-    INSERT INTO progress_refresh_queue AS q (kind, version_id)
-    SELECT m.kind, m.version_id FROM moved m ORDER BY 1, 2
-    ON CONFLICT ON CONSTRAINT progress_refresh_queue_kind_version_id_key DO UPDATE
-       SET attempts = 0, not_before = NULL, generation = q.generation + 1
-    RETURNING q.kind, q.version_id;
 END
 $$;

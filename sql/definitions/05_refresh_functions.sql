@@ -80,7 +80,9 @@ $$;
 -- from the stored level below, one scope: the stored read model's row type is
 -- the return type, so a definition drifting from its storage fails at migrate
 -- time), progress_sync_<view>(scope) and progress_rebuild_<view>().
-CREATE OR REPLACE FUNCTION progress_install_refresh_functions() RETURNS void
+-- p_except: read models about to be swapped in, whose functions follow the swap.
+DROP FUNCTION IF EXISTS progress_install_refresh_functions();
+CREATE OR REPLACE FUNCTION progress_install_refresh_functions(p_except text[] DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -88,12 +90,13 @@ DECLARE
     keys text[];
     vals text[];
 BEGIN
-    FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
+    FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name <> ALL (p_except)
+              ORDER BY install_order LOOP
         EXECUTE format(
             'CREATE OR REPLACE FUNCTION %I(p_scope uuid) RETURNS SETOF %I LANGUAGE sql STABLE AS %L',
             'progress_rows_' || d.logical_view, d.stored_name,
             format('SELECT * FROM (%s) r WHERE r.%I = p_scope',
-                   progress_definition_sql(d.body, 'stored'), d.scope_column));
+                   d.body, d.scope_column));
 
         SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
           FROM pg_attribute a
@@ -106,10 +109,20 @@ BEGIN
             'progress_sync_' || d.logical_view, 'p_scope uuid,',
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
+        -- The same difference for part of a scope: the rows whose second key
+        -- (a verse, chapter or book) is one of p_members (a chapter-scoped refresh).
+        IF cardinality(keys) > 1 THEN
+            PERFORM progress_create_diff_function(
+                'progress_sync_' || d.logical_view || '_within', 'p_scope uuid, p_members text[],',
+                progress_diff_statement(
+                    d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (p_members)',
+                              d.body, d.scope_column, keys[2]),
+                    format('t.%I = p_scope AND t.%I = ANY (p_members)', d.scope_column, keys[2]), keys, vals));
+        END IF;
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
             'progress_rebuild_' || d.logical_view, '',
-            progress_diff_statement(d, progress_definition_sql(d.body, 'stored'), 'true', keys, vals));
+            progress_diff_statement(d, d.body, 'true', keys, vals));
     END LOOP;
 END
 $$;
@@ -156,21 +169,45 @@ RETURNS uuid[] LANGUAGE sql STABLE AS $$
          WHERE e IS NOT NULL ORDER BY e)
 $$;
 
--- The version-scoped levels of one version, in order.
-CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid)
+-- The members of a set of chapters at the level a key column names (its
+-- verses, the chapters themselves, their books); NULL for any other column.
+CREATE OR REPLACE FUNCTION progress_chapter_members(p_column text, p_chapters text[])
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT CASE p_column
+           WHEN 'verse_id' THEN ARRAY(SELECT v.id FROM verses v WHERE v.chapter_id = ANY (p_chapters) ORDER BY 1)
+           WHEN 'chapter_id' THEN ARRAY(SELECT DISTINCT c FROM unnest(p_chapters) AS c ORDER BY 1)
+           WHEN 'book_id' THEN ARRAY(SELECT DISTINCT c.book_id FROM chapters c
+                                      WHERE c.id = ANY (p_chapters) AND c.book_id IS NOT NULL ORDER BY 1)
+           END
+$$;
+
+-- The version-scoped levels of one version, in order. With p_chapters (NULL:
+-- the whole version) the levels keyed below the version (verse, chapter,
+-- book) sync only the rows of those chapters and their books; the summary,
+-- read from the chapter and book levels, is synced whole.
+DROP FUNCTION IF EXISTS progress_refresh_version_levels(text, uuid);
+CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
     c progress_refresh_count;
+    members text[];
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
         c.read_model := d.stored_name;
-        EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
-           INTO c.inserted, c.updated, c.deleted USING p_version;
+        members := CASE WHEN p_chapters IS NOT NULL AND cardinality(d.key_columns) > 1
+                        THEN progress_chapter_members(d.key_columns[2], p_chapters) END;
+        IF members IS NULL THEN
+            EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
+               INTO c.inserted, c.updated, c.deleted USING p_version;
+        ELSE
+            EXECUTE format('SELECT * FROM %I($1, $2)', 'progress_sync_' || d.logical_view || '_within')
+               INTO c.inserted, c.updated, c.deleted USING p_version, members;
+        END IF;
         RETURN NEXT c;
     END LOOP;
 END
@@ -221,13 +258,14 @@ BEGIN
 END
 $$;
 
--- Refreshes one version: its levels, then (unless the caller batches them)
--- the language entities it touches. Refreshes of one version take turns.
+-- Refreshes one version (or, with p_chapters, the rows those chapters reach):
+-- its levels, then (unless the caller batches them) the language entities it touches. Refreshes of one version take turns.
 -- JIT is off on this path and the other entry points: compiling the large
 -- per-version plans costs seconds where running them costs milliseconds.
 -- (With the matview strategy everything is refreshed: it has no finer grain.)
+DROP FUNCTION IF EXISTS progress_refresh_version(text, uuid, boolean);
 CREATE OR REPLACE FUNCTION progress_refresh_version(
-    p_kind text, p_version uuid, p_with_entities boolean DEFAULT true)
+    p_kind text, p_version uuid, p_with_entities boolean DEFAULT true, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
 SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
@@ -241,11 +279,10 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
     entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
-    RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version);
+    RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version, p_chapters);
     IF p_with_entities THEN
         RETURN QUERY SELECT * FROM progress_refresh_language_entities(p_kind, entities);
     END IF;
 END
 $$;
 
-SELECT progress_install_refresh_functions();

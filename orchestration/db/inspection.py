@@ -1,0 +1,274 @@
+"""What a database holds before `migrate` changes it: objects of the previous
+design (or anyone's) standing under this product's names.
+
+The previous design kept the read models as materialized views and views,
+a queue table of its own filled by row triggers, and SQL functions under the
+names of our SQL API. `migrate` refuses to touch such a database and names
+what it found; `migrate --adopt` takes it over (orchestration/db/migrations.py).
+Queue triggers are recognised by what their function does (it writes
+progress_refresh_queue or calls enqueue_progress_refresh), never by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from orchestration.read_models import BASE_TABLES, READ_MODELS
+
+API_FUNCTIONS = (
+    "enqueue_progress_refresh",
+    "drain_progress_refresh_queue",
+    "refresh_progress_version",
+    "refresh_progress_materialized_views_full",
+    "refresh_progress_materialized_views_concurrently",
+    "refresh_progress_materialized_views_safe",
+    "requeue_progress_dead_letters",
+)
+# Our own statement triggers on the base tables (sql/definitions/04_change_capture.sql).
+OWN_TRIGGERS = (
+    "progress_capture_insert",
+    "progress_capture_update",
+    "progress_capture_delete",
+    "progress_capture_truncate",
+)
+QUEUE_TABLE = "progress_refresh_queue"
+QUEUE_COLUMNS_REQUIRED = ("kind", "version_id")
+REGISTRY_TABLE = "progress_read_model_definitions"
+# Set by a take-over's first transaction, removed by its swap.
+TAKEOVER_SETTING = "takeover_started_at"
+RELKIND_NAMES = {
+    "r": "table",
+    "v": "view",
+    "m": "materialized view",
+    "p": "table",
+    "f": "foreign table",
+    "S": "sequence",
+    "i": "index",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One object in the way: what it is, where, and what --adopt does with it."""
+
+    what: str
+    name: str
+    action: str
+    blocking: bool = True  # False: reported and left alone
+
+    def line(self) -> str:
+        return f"{self.what} {self.name}: {self.action}"
+
+
+@dataclass
+class Inspection:
+    ours: bool  # the product's registry is installed: a database migrated by a release of ours
+    findings: list[Finding] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # cannot be adopted: bad input
+    queue_triggers: list[tuple[str, str, str]] = field(default_factory=list)  # (table, trigger, function)
+    foreign_api: list[str] = field(default_factory=list)  # regprocedure texts
+    replaced_relations: list[str] = field(default_factory=list)
+    pending_entries: int = 0
+    api_callers: dict[str, list[str]] = field(default_factory=dict)  # function -> roles that could execute it
+
+    @property
+    def needs_adoption(self) -> bool:
+        return any(f.blocking for f in self.findings)
+
+
+def _relkinds(conn: psycopg.Connection, names: list[str]) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT c.relname, c.relkind::text FROM pg_class c"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (%s)",
+        [names],
+    ).fetchall()
+    return dict(rows)
+
+
+def _columns(conn: psycopg.Connection, table: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s",
+        [table],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _registered(conn: psycopg.Connection, kinds: dict[str, str]) -> set[str]:
+    """Read models of ours; none while a take-over has not completed (the old ones still stand)."""
+    if kinds.get(REGISTRY_TABLE) != "r":
+        return set()
+    unfinished = conn.execute(
+        "SELECT EXISTS (SELECT FROM progress_refresh_settings WHERE key = %s)", [TAKEOVER_SETTING]
+    ).fetchone()
+    if unfinished and unfinished[0]:
+        return set()
+    return {row[0] for row in conn.execute(f"SELECT stored_name FROM {REGISTRY_TABLE}")}
+
+
+def _outside_dependents(conn: psycopg.Connection, names: list[str], replaced_functions: list[str]) -> list[str]:
+    """Views, materialized views or (BEGIN ATOMIC) functions of someone else's built on objects we replace."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT dependent.relname || ' (reads ' || referenced.relname || ')'
+          FROM pg_depend d
+          JOIN pg_rewrite r ON r.oid = d.objid
+          JOIN pg_class dependent ON dependent.oid = r.ev_class
+          JOIN pg_class referenced ON referenced.oid = d.refobjid
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND referenced.relnamespace = current_schema()::regnamespace
+           AND referenced.relname = ANY (%(names)s) AND dependent.oid <> referenced.oid
+           AND NOT dependent.relname = ANY (%(names)s)
+        UNION
+        SELECT DISTINCT p.oid::regprocedure::text || ' (reads ' || referenced.relname || ')'
+          FROM pg_depend d
+          JOIN pg_proc p ON p.oid = d.objid
+          JOIN pg_class referenced ON referenced.oid = d.refobjid
+         WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND referenced.relnamespace = current_schema()::regnamespace
+           AND referenced.relname = ANY (%(names)s)
+           AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
+           AND NOT starts_with(p.proname, 'progress_')
+        """,
+        {"names": names, "functions": replaced_functions},
+    ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
+def _cron_jobs(conn: psycopg.Connection) -> list[Finding]:
+    """pg_cron jobs that call our API's names: they keep working, with the right grant."""
+    exists = conn.execute("SELECT to_regclass('cron.job') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return []
+    rows = conn.execute(
+        "SELECT jobid, schedule, command, username FROM cron.job WHERE command ~ %s ORDER BY jobid",
+        ["|".join(API_FUNCTIONS)],
+    ).fetchall()
+    return [
+        Finding(
+            "pg_cron job",
+            f"{jobid} ({schedule}, as {user}): {' '.join(command.split())}",
+            f"keeps working if {user} is granted progress_refresher",
+            blocking=False,
+        )
+        for jobid, schedule, command, user in rows
+    ]
+
+
+def inspect(conn: psycopg.Connection) -> Inspection:
+    """Reads what stands under the product's names; changes nothing."""
+    stored = [m.name for m in READ_MODELS]
+    logical = [m.logical_view for m in READ_MODELS]
+    kinds = _relkinds(conn, [*stored, *logical, QUEUE_TABLE, REGISTRY_TABLE])
+    registered = _registered(conn, kinds)
+    result = Inspection(ours=bool(registered))
+
+    for name in stored:
+        kind = kinds.get(name)
+        if kind is None or name in registered:
+            continue
+        label = RELKIND_NAMES.get(kind, kind)
+        if kind in ("m", "v"):
+            result.findings.append(Finding(f"read model as a {label}", name, "replaced by ours (grants kept)"))
+            result.replaced_relations.append(name)
+        else:
+            result.problems.append(f"{name} is a {label} that is not one of ours")
+    if not result.ours:
+        for name in logical:
+            kind = kinds.get(name)
+            if kind == "v":
+                result.findings.append(Finding("logical view", name, "replaced by ours"))
+                result.replaced_relations.append(name)
+            elif kind is not None:
+                result.problems.append(f"{name} is a {RELKIND_NAMES.get(kind, kind)}, expected a view")
+
+    if QUEUE_TABLE in kinds:
+        columns = _columns(conn, QUEUE_TABLE)
+        lacking = [c for c in QUEUE_COLUMNS_REQUIRED if c not in columns]
+        if lacking:
+            result.problems.append(f"{QUEUE_TABLE} has no column {', '.join(lacking)}")
+        elif "generation" not in columns:
+            result.pending_entries = int(conn.execute(f"SELECT count(*) FROM {QUEUE_TABLE}").fetchone()[0])  # type: ignore[index]
+            result.findings.append(
+                Finding(
+                    "queue table",
+                    QUEUE_TABLE,
+                    f"kept and altered in place ({result.pending_entries} pending entries kept)",
+                )
+            )
+
+    _inspect_functions(conn, result)
+    _inspect_triggers(conn, result)
+
+    # Partial: some of the previous design's read models or logical views, not all.
+    matviews = [n for n in stored if kinds.get(n) == "m" and n not in registered]
+    # The previous design had a logical view per materialized view (mv_*), none for the best versions.
+    mv_names = [n for n in stored if n.startswith("mv_")]
+    previous_views = [m.logical_view for m in READ_MODELS if m.name in mv_names]
+    views = [n for n in previous_views if kinds.get(n) == "v"]
+    if not result.ours:
+        if 0 < len(matviews) < len(mv_names):
+            missing = sorted(set(mv_names) - set(matviews))
+            result.problems.append("only part of the previous design is here: missing " + ", ".join(missing))
+        if 0 < len(views) < len(previous_views):
+            missing = sorted(set(previous_views) - set(views))
+            result.problems.append("only part of the previous design is here: missing " + ", ".join(missing))
+    result.findings += _cron_jobs(conn)
+    dependents = _outside_dependents(conn, result.replaced_relations, result.foreign_api)
+    if dependents:
+        result.problems.append("objects of someone else's read what would be replaced: " + ", ".join(dependents))
+    return result
+
+
+def _inspect_functions(conn: psycopg.Connection, result: Inspection) -> None:
+    rows = conn.execute(
+        """
+        SELECT p.proname, p.oid::regprocedure::text,
+               ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END
+                       FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                      WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner ORDER BY 1)
+          FROM pg_proc p
+         WHERE p.pronamespace = current_schema()::regnamespace AND p.proname = ANY (%s)
+        """,
+        [list(API_FUNCTIONS)],
+    ).fetchall()
+    for name, signature, callers in rows:
+        if result.ours:
+            continue
+        result.foreign_api.append(signature)
+        result.api_callers[name] = list(callers)
+        result.findings.append(Finding("SQL API function", signature, "replaced by ours (same name)"))
+
+
+def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
+    # A trigger writes the queue when its function does, or calls a function that does.
+    rows = conn.execute(
+        """
+        WITH writers AS (
+            SELECT p.proname FROM pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace
+               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               AND NOT starts_with(p.proname, 'progress_'))
+        SELECT c.relname, t.tgname, p.oid::regprocedure::text,
+               p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
+          FROM pg_trigger t
+          JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_proc p ON p.oid = t.tgfoid
+         WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
+           AND c.relname = ANY (%s)
+         ORDER BY 1, 2
+        """,
+        [list(BASE_TABLES)],
+    ).fetchall()
+    for table, trigger, function, writes_queue in rows:
+        if trigger in OWN_TRIGGERS and function.startswith("progress_capture_"):
+            continue
+        if writes_queue:
+            result.queue_triggers.append((table, trigger, function))
+            result.findings.append(
+                Finding("queue trigger", f"{trigger} on {table} ({function})", "dropped; ours capture its changes")
+            )
+        else:
+            result.findings.append(Finding("other trigger", f"{trigger} on {table}", "left alone", blocking=False))

@@ -1,1 +1,0 @@
-migrations/110_refresh_log.sql

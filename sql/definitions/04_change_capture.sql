@@ -1,0 +1,435 @@
+-- Change capture: statement-level triggers with transition tables queue, in
+-- the writer's own transaction, every version whose read models the
+-- statement can alter (SPEC section 4). One queue upsert per statement, never
+-- one per row; updates that change nothing relevant queue nothing.
+
+-- Queues whole versions; a version already queued gets its generation bumped
+-- so a refresh that claimed the older generation leaves it queued, and its
+-- chapter scope widened to the whole version.
+CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_refresh_queue AS q (kind, version_id)
+    SELECT DISTINCT p_kind, v FROM unnest(p_versions) AS v WHERE v IS NOT NULL ORDER BY 2
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now(), chapter_ids = NULL
+$$;
+
+-- Past this many chapters a version is refreshed whole: as cheap, and the
+-- queue entry stays small.
+CREATE OR REPLACE FUNCTION progress_chapter_scope_limit() RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT 200 $$;
+
+-- Two chapter scopes merged: NULL (the whole version) absorbs everything.
+CREATE OR REPLACE FUNCTION progress_merge_chapter_scopes(p_left text[], p_right text[])
+RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_left IS NULL OR p_right IS NULL THEN NULL
+                WHEN p_right <@ p_left THEN p_left
+                ELSE (SELECT CASE WHEN count(*) > progress_chapter_scope_limit() THEN NULL
+                                  ELSE array_agg(c ORDER BY c) END
+                        FROM (SELECT unnest(p_left) UNION SELECT unnest(p_right)) AS u (c)) END
+$$;
+
+-- Queues versions with the chapters a change touched, as parallel arrays: a
+-- version is queued whole where p_whole is true (or its chapters pass the
+-- limit); a NULL chapter queues the version with no chapter of its own (its
+-- summary and best-version rows only).
+CREATE OR REPLACE FUNCTION progress_enqueue_scopes(
+    p_kind text, p_versions uuid[], p_chapters text[], p_whole boolean[] DEFAULT NULL)
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
+    SELECT p_kind, x.v,
+           CASE WHEN bool_or(x.w) OR count(DISTINCT x.c) > progress_chapter_scope_limit() THEN NULL
+                ELSE coalesce(array_agg(DISTINCT x.c ORDER BY x.c) FILTER (WHERE x.c IS NOT NULL), '{}') END
+      FROM unnest(p_versions, p_chapters, coalesce(p_whole, '{}')) AS x (v, c, w)
+     WHERE x.v IS NOT NULL
+     GROUP BY x.v ORDER BY x.v
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now(),
+           chapter_ids = progress_merge_chapter_scopes(q.chapter_ids, EXCLUDED.chapter_ids)
+$$;
+
+-- Queues versions with the chapters of the verses a change touched (parallel
+-- arrays). A statement writing more rows of one version than a chapter scope
+-- could hold (a bulk load) queues that version whole, with no lookups.
+CREATE OR REPLACE FUNCTION progress_enqueue_verses(p_kind text, p_versions uuid[], p_verses text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    WITH pairs AS MATERIALIZED (
+        SELECT x.v, x.verse_id, count(*) OVER (PARTITION BY x.v) > 10 * progress_chapter_scope_limit() AS bulk
+          FROM unnest(p_versions, p_verses) AS x (v, verse_id) WHERE x.v IS NOT NULL),
+    scopes AS (
+        SELECT DISTINCT p.v, NULL::text AS chapter_id, true AS whole FROM pairs p WHERE p.bulk
+        UNION ALL
+        SELECT p.v, (SELECT ve.chapter_id FROM verses ve WHERE ve.id = p.verse_id), false
+          FROM pairs p WHERE NOT p.bulk)
+    SELECT progress_enqueue_scopes(p_kind, array_agg(v), array_agg(chapter_id), array_agg(whole))
+      FROM scopes
+     HAVING count(*) > 0
+$$;
+
+-- The chapters a media file's coverage reaches: its chapter, the chapters of
+-- its verse range, the chapters of its mapped verses.
+CREATE OR REPLACE FUNCTION progress_media_file_chapters(
+    p_file uuid, p_chapter text, p_start_verse text, p_end_verse text)
+RETURNS SETOF text LANGUAGE sql STABLE AS $$
+    SELECT p_chapter WHERE p_chapter IS NOT NULL
+    UNION
+    SELECT s.chapter_id
+      FROM progress_verse_structure sv
+      LEFT JOIN verses ev ON ev.id = p_end_verse
+      JOIN progress_verse_structure s
+        ON s.bible_version_id = sv.bible_version_id
+       AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
+     WHERE sv.verse_id = p_start_verse
+    UNION
+    SELECT v.chapter_id FROM media_files_verses m JOIN verses v ON v.id = m.verse_id
+     WHERE m.media_file_id = p_file AND m.deleted_at IS NULL
+$$;
+
+-- Files (one side of a statement) as parallel arrays: their versions queued
+-- with the chapters each file reaches; a version with more files in the
+-- statement than a chapter scope holds is queued whole.
+CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
+    p_versions uuid[], p_files uuid[], p_chapters text[], p_starts text[], p_ends text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    WITH files AS MATERIALIZED (
+        SELECT x.*, count(*) OVER (PARTITION BY x.v) > progress_chapter_scope_limit() AS bulk
+          FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends) AS x (v, id, chapter_id, start_id, end_id)
+         WHERE x.v IS NOT NULL),
+    scopes AS (
+        SELECT DISTINCT f.v, NULL::text AS chapter_id, true AS whole FROM files f WHERE f.bulk
+        UNION ALL
+        SELECT f.v, reached.chapter_id, false
+          FROM files f
+          LEFT JOIN LATERAL progress_media_file_chapters(f.id, f.chapter_id, f.start_id, f.end_id)
+                    AS reached (chapter_id) ON true
+         WHERE NOT f.bulk)
+    SELECT progress_enqueue_scopes('audio', array_agg(v), array_agg(chapter_id), array_agg(whole))
+      FROM scopes
+     HAVING count(*) > 0
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_media_files() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_media_files(
+            array_agg(n.audio_version_id), array_agg(n.id), array_agg(n.chapter_id),
+            array_agg(n.start_verse_id), array_agg(n.end_verse_id))
+           FROM new_rows n
+          WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                             n.publish_status::text, n.deleted_at)
+         HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        -- The file's mappings are gone with it (ON DELETE CASCADE) before this
+        -- runs, and with them the chapters they reached: the whole version.
+        PERFORM progress_enqueue_versions('audio', ARRAY(
+            SELECT o.audio_version_id FROM old_rows o
+             WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                                o.publish_status::text, o.deleted_at)));
+    ELSE
+        -- Both sides of every changed row count, each while it is live.
+        PERFORM progress_enqueue_media_files(
+            array_agg(side.audio_version_id), array_agg(side.id), array_agg(side.chapter_id),
+            array_agg(side.start_verse_id), array_agg(side.end_verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES
+                (o.audio_version_id, o.id, o.chapter_id, o.start_verse_id, o.end_verse_id,
+                 progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                              o.publish_status::text, o.deleted_at)),
+                (n.audio_version_id, n.id, n.chapter_id, n.start_verse_id, n.end_verse_id,
+                 progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                              n.publish_status::text, n.deleted_at)))
+                AS side (audio_version_id, id, chapter_id, start_verse_id, end_verse_id, live)
+          WHERE side.live
+            AND (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
+                 o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)
+                IS DISTINCT FROM
+                (n.audio_version_id, n.media_type, n.is_bible_audio, n.upload_status,
+                 n.publish_status, n.chapter_id, n.start_verse_id, n.end_verse_id, n.deleted_at)
+         HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A mapping matters while its file is live bible audio (the file's own
+-- trigger covers the file changing state).
+CREATE OR REPLACE FUNCTION progress_capture_media_files_verses() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(n.verse_id))
+           FROM new_rows n JOIN progress_live_bible_audio_files f ON f.id = n.media_file_id
+          WHERE n.deleted_at IS NULL
+         HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(o.verse_id))
+           FROM old_rows o JOIN progress_live_bible_audio_files f ON f.id = o.media_file_id
+          WHERE o.deleted_at IS NULL
+         HAVING count(*) > 0;
+    ELSE
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(side.verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES (o.media_file_id, o.verse_id, o.deleted_at),
+                                     (n.media_file_id, n.verse_id, n.deleted_at))
+                AS side (media_file_id, verse_id, deleted_at)
+           JOIN progress_live_bible_audio_files f ON f.id = side.media_file_id
+          WHERE side.deleted_at IS NULL
+            AND (o.media_file_id, o.verse_id, o.deleted_at)
+                IS DISTINCT FROM (n.media_file_id, n.verse_id, n.deleted_at)
+         HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_verse_texts() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_verses('text', array_agg(n.text_version_id), array_agg(n.verse_id))
+           FROM new_rows n WHERE n.deleted_at IS NULL
+         HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_verses('text', array_agg(o.text_version_id), array_agg(o.verse_id))
+           FROM old_rows o WHERE o.deleted_at IS NULL
+         HAVING count(*) > 0;
+    ELSE
+        PERFORM progress_enqueue_verses('text', array_agg(side.version_id), array_agg(side.verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES (o.text_version_id, o.verse_id, o.deleted_at),
+                                     (n.text_version_id, n.verse_id, n.deleted_at))
+                AS side (version_id, verse_id, deleted_at)
+          WHERE side.deleted_at IS NULL
+            AND (o.text_version_id, o.verse_id, o.deleted_at)
+                IS DISTINCT FROM (n.text_version_id, n.verse_id, n.deleted_at)
+         HAVING count(*) > 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Shared by audio_versions and text_versions: TG_ARGV[0] is the kind.
+CREATE OR REPLACE FUNCTION progress_capture_versions() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT n.id FROM new_rows n));
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT o.id FROM old_rows o));
+    ELSE
+        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(
+            SELECT affected.version_id
+              FROM old_rows o
+              FULL JOIN new_rows n ON n.id = o.id
+             CROSS JOIN LATERAL (VALUES (o.id), (n.id)) AS affected (version_id)
+             WHERE (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
+                   IS DISTINCT FROM
+                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Versions a structure change can alter: every live version of the affected
+-- bible versions, plus versions of any bible version whose coverage reaches
+-- into the affected chapters (chapter files, mappings, texts, ranges starting
+-- there, or stored chapter rows).
+CREATE OR REPLACE FUNCTION progress_enqueue_structure_change(p_bible_versions text[], p_chapters text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM progress_enqueue_versions('audio', ARRAY(
+        SELECT av.id FROM audio_versions av
+         WHERE av.bible_version_id = ANY (p_bible_versions) AND av.deleted_at IS NULL
+        UNION
+        SELECT mf.audio_version_id FROM media_files mf WHERE mf.chapter_id = ANY (p_chapters)
+        UNION
+        SELECT mf.audio_version_id FROM media_files mf
+          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
+         WHERE s.bible_version_id = ANY (p_bible_versions)
+        UNION
+        SELECT mf.audio_version_id FROM verses v
+          JOIN media_files_verses mfv ON mfv.verse_id = v.id
+          JOIN media_files mf ON mf.id = mfv.media_file_id
+         WHERE v.chapter_id = ANY (p_chapters)));
+    -- Versions whose stored coverage reaches into the chapters (unreadable
+    -- before a matview's first refresh, and then there is nothing stored).
+    -- During a take-over these names may still hold the previous design's
+    -- read models, whose columns differ: the take-over then rebuilds all anyway.
+    IF progress_read_models_readable() THEN
+        BEGIN
+            PERFORM progress_enqueue_versions('audio', ARRAY(
+                SELECT cc.audio_version_id FROM mv_audio_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+            PERFORM progress_enqueue_versions('text', ARRAY(
+                SELECT cc.text_version_id FROM mv_text_chapter_coverage cc WHERE cc.chapter_id = ANY (p_chapters)));
+        EXCEPTION WHEN undefined_column OR undefined_table THEN
+            NULL;
+        END;
+    END IF;
+    PERFORM progress_enqueue_versions('text', ARRAY(
+        SELECT tv.id FROM text_versions tv
+         WHERE tv.bible_version_id = ANY (p_bible_versions) AND tv.deleted_at IS NULL
+        UNION
+        SELECT vt.text_version_id FROM verses v JOIN verse_texts vt ON vt.verse_id = v.id
+         WHERE v.chapter_id = ANY (p_chapters)));
+END
+$$;
+
+-- Structure triggers reduce the touched rows to (bible versions, chapters);
+-- on update only rows whose relevant columns changed count, on both sides.
+CREATE OR REPLACE FUNCTION progress_capture_books() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_books text[];
+    touched_bibles text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(id), array_agg(bible_version_id) INTO touched_books, touched_bibles FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(id), array_agg(bible_version_id) INTO touched_books, touched_bibles FROM old_rows;
+    ELSE
+        SELECT array_agg(t.id), array_agg(t.bible_version_id) INTO touched_books, touched_bibles
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.id, o.bible_version_id), (n.id, n.bible_version_id)) AS t (id, bible_version_id)
+         WHERE (o.id, o.bible_version_id) IS DISTINCT FROM (n.id, n.bible_version_id);
+    END IF;
+    IF touched_books IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            touched_bibles, ARRAY(SELECT c.id FROM chapters c WHERE c.book_id = ANY (touched_books)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_chapters() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_chapters text[];
+    touched_books text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(id), array_agg(book_id) INTO touched_chapters, touched_books FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(id), array_agg(book_id) INTO touched_chapters, touched_books FROM old_rows;
+    ELSE
+        SELECT array_agg(t.id), array_agg(t.book_id) INTO touched_chapters, touched_books
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.id, o.book_id), (n.id, n.book_id)) AS t (id, book_id)
+         WHERE (o.id, o.book_id, o.total_verses) IS DISTINCT FROM (n.id, n.book_id, n.total_verses);
+    END IF;
+    IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)),
+            touched_chapters);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_capture_verses() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    touched_chapters text[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM old_rows;
+    ELSE
+        SELECT array_agg(DISTINCT t.chapter_id) INTO touched_chapters
+          FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
+         CROSS JOIN LATERAL (VALUES (o.chapter_id), (n.chapter_id)) AS t (chapter_id)
+         WHERE (o.id, o.chapter_id, o.global_order) IS DISTINCT FROM (n.id, n.chapter_id, n.global_order);
+    END IF;
+    IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_enqueue_structure_change(
+            ARRAY(SELECT DISTINCT b.bible_version_id FROM chapters c JOIN books b ON b.id = c.book_id
+                   WHERE c.id = ANY (touched_chapters)),
+            touched_chapters);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- TRUNCATE has no transition table: every version of the kinds the table
+-- feeds (TG_ARGV) is queued.
+CREATE OR REPLACE FUNCTION progress_capture_truncate() RETURNS trigger
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+DECLARE
+    kind text;
+BEGIN
+    FOREACH kind IN ARRAY TG_ARGV LOOP
+        PERFORM progress_enqueue_all_versions(kind);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- (Re)creates the statement triggers of a table; idempotent.
+CREATE OR REPLACE FUNCTION progress_install_capture(
+    p_table text, p_function text, p_args text DEFAULT '', p_truncate_kinds text DEFAULT '''audio'', ''text''')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_truncate ON %1$I;
+        CREATE TRIGGER progress_capture_truncate AFTER TRUNCATE ON %1$I
+            FOR EACH STATEMENT EXECUTE FUNCTION progress_capture_truncate(%2$s)',
+        p_table, p_truncate_kinds);
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_insert ON %1$I;
+        CREATE TRIGGER progress_capture_insert AFTER INSERT ON %1$I
+            REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_update ON %1$I;
+        CREATE TRIGGER progress_capture_update AFTER UPDATE ON %1$I
+            REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_delete ON %1$I;
+        CREATE TRIGGER progress_capture_delete AFTER DELETE ON %1$I
+            REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
+        p_table, p_function, p_args);
+END
+$$;
+
+-- Removes our statement triggers (a take-over that failed gives the previous
+-- design's back).
+CREATE OR REPLACE FUNCTION progress_remove_capture() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT c.relname, tg.tgname FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+              JOIN pg_proc p ON p.oid = tg.tgfoid
+             WHERE NOT tg.tgisinternal AND c.relnamespace = current_schema()::regnamespace
+               AND tg.tgname LIKE 'progress\_capture\_%' AND p.proname LIKE 'progress\_capture\_%' LOOP
+        EXECUTE format('DROP TRIGGER %I ON %I', t.tgname, t.relname);
+    END LOOP;
+END
+$$;
+
+SELECT progress_install_capture('media_files', 'progress_capture_media_files', '', quote_literal('audio'));
+SELECT progress_install_capture('media_files_verses', 'progress_capture_media_files_verses', '',
+                                quote_literal('audio'));
+SELECT progress_install_capture('verse_texts', 'progress_capture_verse_texts', '', quote_literal('text'));
+SELECT progress_install_capture('audio_versions', 'progress_capture_versions', quote_literal('audio'),
+                                quote_literal('audio'));
+SELECT progress_install_capture('text_versions', 'progress_capture_versions', quote_literal('text'),
+                                quote_literal('text'));
+SELECT progress_install_capture('books', 'progress_capture_books');
+SELECT progress_install_capture('chapters', 'progress_capture_chapters');
+SELECT progress_install_capture('verses', 'progress_capture_verses');

@@ -1,0 +1,121 @@
+-- The SQL API (SPEC section 5): the names callers (psql, pg_cron, a Supabase
+-- RPC, the Dagster code location) use. Kept apart from the functions behind
+-- them: a take-over of the previous design, whose functions hold these names,
+-- replaces them in the same transaction that swaps the read models in.
+
+CREATE OR REPLACE FUNCTION enqueue_progress_refresh(kind text, version_id uuid) RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM progress_check_version(kind, version_id);
+    PERFORM progress_enqueue_versions(kind, ARRAY[version_id]);
+END
+$$;
+
+-- Refreshes one version now, queued or not; its queue entry, if any, is
+-- settled as a drain would.
+CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
+RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
+LANGUAGE plpgsql AS $$
+DECLARE
+    queued_generation bigint;
+    done progress_refresh_count[];
+BEGIN
+    PERFORM progress_check_version(kind, version_id);
+    -- The entry is locked before anything else, as in progress_refresh_claimed.
+    SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
+     WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
+       FOR UPDATE;
+    done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
+    PERFORM progress_log_refresh(kind, version_id,
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
+    RETURN QUERY SELECT * FROM unnest(done);
+    IF queued_generation IS NOT NULL THEN
+        PERFORM progress_finish(kind, version_id, queued_generation);
+    END IF;
+END
+$$;
+
+-- Refreshes one batch of queued versions in this transaction and returns
+-- those refreshed; call until it returns no rows. Failed versions are retried
+-- later with backoff; language entities are refreshed once, at the end of the
+-- batch, in sorted order, so concurrent drains never deadlock.
+CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed record;
+    failures int;
+    audio_entities uuid[] := '{}';
+    text_entities uuid[] := '{}';
+    worker text := 'sql:' || pg_backend_pid();
+BEGIN
+    IF progress_storage_strategy() = 'matview' THEN
+        -- Everything is refreshed at once, so every ready entry is claimed first.
+        RETURN QUERY SELECT * FROM progress_drain_matviews();
+        RETURN;
+    END IF;
+    FOR claimed IN
+        SELECT * FROM progress_claim_batch(worker,
+                                           progress_setting('drain_batch_size')::int,
+                                           make_interval(secs => progress_setting('lease_seconds')::int))
+    LOOP
+        IF claimed.kind = 'audio' THEN
+            audio_entities := audio_entities
+                || progress_affected_language_entities('audio', ARRAY[claimed.version_id]);
+        ELSE
+            text_entities := text_entities
+                || progress_affected_language_entities('text', ARRAY[claimed.version_id]);
+        END IF;
+        SELECT count(*) FILTER (WHERE r.error IS NOT NULL) INTO failures
+          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, worker, false) AS r;
+        IF failures = 0 THEN
+            PERFORM progress_finish(claimed.kind, claimed.version_id, claimed.generation);
+            kind := claimed.kind;
+            version_id := claimed.version_id;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+    PERFORM progress_refresh_language_entities('audio', audio_entities);
+    PERFORM progress_refresh_language_entities('text', text_entities);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_full() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$ SELECT progress_rebuild_all(false) $$;
+
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_concurrently() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$ SELECT progress_rebuild_all(true) $$;
+
+CREATE OR REPLACE FUNCTION refresh_progress_materialized_views_safe() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF progress_setting('populated_at') IS NULL AND progress_storage_strategy() = 'table'
+       OR NOT progress_read_models_readable() THEN
+        PERFORM refresh_progress_materialized_views_full();
+    ELSE
+        PERFORM refresh_progress_materialized_views_concurrently();
+    END IF;
+END
+$$;
+
+-- Puts dead-lettered versions back in the queue with a fresh attempt count.
+CREATE OR REPLACE FUNCTION requeue_progress_dead_letters()
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+-- The conflict target names the queue's columns (its unique constraint may be
+-- named otherwise in a database taken over from the previous design).
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH moved AS (DELETE FROM progress_refresh_dead_letter RETURNING *)
+    INSERT INTO progress_refresh_queue AS q (kind, version_id)
+    SELECT m.kind, m.version_id FROM moved m ORDER BY 1, 2
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET attempts = 0, not_before = NULL, generation = q.generation + 1
+    RETURNING q.kind, q.version_id;
+END
+$$;

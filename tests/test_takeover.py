@@ -1,0 +1,241 @@
+"""Taking over a database that runs the previous design: plain migrate refuses
+and changes nothing; --adopt swaps our read models in while a reader polls
+them, keeps pending queue entries and readers' grants, and is a no-op the
+second time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from bench.previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
+from builders import assert_read_models_match, drain
+from orchestration.db.connection import connect
+from orchestration.db.migrations import ForeignObjectsError, migrate, plan_migrate
+from orchestration.errors import ProgressError
+from orchestration.read_models import READ_MODELS
+from test_migrations import schema_of
+
+
+@pytest.fixture
+def previous_dsn(empty_dsn: str) -> str:
+    install_previous_design(empty_dsn)
+    return empty_dsn
+
+
+def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration", *args],
+        env={**os.environ, "PROGRESS_DATABASE_URL": dsn, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_plain_migrate_refuses_names_what_it_found_and_changes_nothing(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn:
+        before = schema_of(conn)
+    result = _cli(previous_dsn, "migrate")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "progress-refresh migrate --adopt" in result.stderr
+    # One line per finding: the queue triggers by their own names, the read models, the API.
+    assert "note_media_file_change on media_files" in result.stderr
+    assert "note_verse_text_change on verse_texts" in result.stderr
+    assert "read model as a materialized view mv_audio_verse_coverage" in result.stderr
+    assert "read model as a view language_entity_best_text_version" in result.stderr
+    assert "drain_progress_refresh_queue()" in result.stderr
+    # A trigger that does not write the queue is not in the way.
+    assert "blank_verse_text_is_null" not in result.stderr
+    with connect(previous_dsn) as conn:
+        assert schema_of(conn) == before
+
+
+def test_dry_run_prints_the_take_over_plan_and_changes_nothing(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn:
+        before = schema_of(conn)
+    result = _cli(previous_dsn, "migrate", "--adopt", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "take over: queue trigger note_media_file_change" in result.stdout
+    assert "note: other trigger blank_verse_text_is_null on verse_texts: left alone" in result.stdout
+    assert "build mv_audio_verse_coverage beside the current one and swap it in" in result.stdout
+    with connect(previous_dsn) as conn:
+        assert schema_of(conn) == before
+
+
+@pytest.mark.parametrize("strategy", ["table", "matview"])
+def test_adopt_swaps_in_while_a_reader_polls_keeps_queue_and_grants(previous_dsn: str, strategy: str) -> None:
+    with connect(previous_dsn) as conn:
+        queued_before = pending(conn)
+        assert queued_before, "the fixture leaves changes queued"
+        with PollingReader(previous_dsn) as reader:
+            changes = migrate(conn, strategy=strategy, adopt=True)
+            time.sleep(0.2)
+        assert reader.log.errors == []
+        assert reader.log.empty == []
+        assert reader.log.reads > 2 * len(READ_MODELS)
+        print(f"\nslowest read during the take-over ({strategy}): {reader.log.slowest_seconds * 1000:.1f} ms")
+
+        assert pending(conn) >= queued_before
+        kinds = dict(
+            conn.execute(
+                "SELECT relname, relkind::text FROM pg_class WHERE relname = ANY (%s)", [[m.name for m in READ_MODELS]]
+            ).fetchall()
+        )
+        assert set(kinds.values()) == {"r" if strategy == "table" else "m"}
+        # Readers keep reading every read model under their own role.
+        for model in READ_MODELS:
+            granted = conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", [READER_ROLE, model.name])
+            assert granted.fetchone() == (True,), model.name
+        # The old queue triggers are gone, the apps' other trigger stays.
+        triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        assert not {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} & triggers
+        assert "blank_verse_text_is_null" in triggers
+        report = "\n".join(changes)
+        assert "dropped queue trigger note_media_file_change on media_files" in report
+        assert APP_ROLE in report  # it could drain before; the report says what to grant instead
+
+        drain(conn)
+        assert_read_models_match(conn)
+        assert pending(conn) == set()
+
+
+def test_changes_committed_during_the_take_over_are_captured(previous_dsn: str) -> None:
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        with connect(previous_dsn) as writer:
+            while not stop.is_set():
+                make_changes(writer, salt=written[0] + 1)
+                writer.execute(
+                    "UPDATE text_versions SET deleted_at = now() WHERE id = "
+                    "(SELECT id FROM text_versions WHERE deleted_at IS NULL ORDER BY id LIMIT 1)"
+                )
+                written[0] += 1
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=write, daemon=True)
+    with connect(previous_dsn) as conn:
+        thread.start()
+        try:
+            migrate(conn, adopt=True)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+        assert written[0] > 0
+        drain(conn)
+        assert_read_models_match(conn)
+
+
+def test_adopt_twice_changes_nothing_the_second_time(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn:
+        migrate(conn, adopt=True)
+        after_first = schema_of(conn)
+        assert migrate(conn, adopt=True) == []
+        assert schema_of(conn) == after_first
+        assert migrate(conn) == []
+
+
+def test_a_partial_previous_design_is_refused_by_name(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn:
+        conn.execute("DROP VIEW language_entity_best_text_version")
+        conn.execute("DROP MATERIALIZED VIEW mv_text_version_progress_summary")
+        before = schema_of(conn)
+        with pytest.raises(ProgressError, match=r"only part of the previous design.*mv_text_version_progress_summary"):
+            migrate(conn, adopt=True)
+        assert schema_of(conn) == before
+
+
+def test_someone_elses_view_on_a_read_model_is_refused(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn:
+        conn.execute("CREATE VIEW dashboard_numbers AS SELECT * FROM mv_audio_version_progress_summary")
+        with pytest.raises(ProgressError, match="dashboard_numbers"):
+            migrate(conn, adopt=True)
+        assert conn.execute("SELECT to_regclass('progress_read_model_definitions')").fetchone() == (None,)
+
+
+def test_someone_elses_table_under_a_read_model_name_is_refused(empty_dsn: str) -> None:
+    with connect(empty_dsn) as conn:
+        conn.execute("CREATE TABLE mv_text_book_coverage (id int)")
+        with pytest.raises(ProgressError, match="mv_text_book_coverage is a table"):
+            plan_migrate(conn, adopt=True)
+
+
+def test_a_database_of_ours_needs_no_adoption(db) -> None:  # type: ignore[no-untyped-def]
+    plan = plan_migrate(db, adopt=True)
+    assert not plan.inspection.needs_adoption
+    assert plan.shadows == []
+    with pytest.raises(ForeignObjectsError):
+        db.execute(
+            "CREATE FUNCTION stray_enqueue() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN INSERT INTO progress_refresh_queue (kind, version_id) VALUES ('text', '{uuid.uuid4()}');"
+            " RETURN NULL; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER stray AFTER INSERT ON verse_texts FOR EACH STATEMENT EXECUTE FUNCTION stray_enqueue()"
+        )
+        migrate(db)
+
+
+def test_a_take_over_that_cannot_swap_leaves_the_previous_design_working(previous_dsn: str) -> None:
+    with connect(previous_dsn) as conn, connect(previous_dsn) as long_reader:
+        queued = pending(conn)
+        # A report that never ends holds its read lock: the swap cannot get in.
+        long_reader.execute("BEGIN")
+        long_reader.execute("SELECT count(*) FROM mv_text_book_coverage")
+        with pytest.raises(ProgressError, match="could not swap"):
+            migrate(conn, adopt=True)
+        long_reader.execute("ROLLBACK")
+
+        triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        assert {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} <= triggers
+        assert not any(t.startswith("progress_capture_") for t in triggers)
+        shadows = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_next'").fetchall()
+        assert shadows == []
+        assert conn.execute(
+            "SELECT relkind::text FROM pg_class WHERE relname = 'mv_text_book_coverage'"
+        ).fetchone() == ("m",)
+        assert pending(conn) >= queued
+        # The previous design's own capture still works, and a later --adopt completes.
+        make_changes(conn, salt=5)
+        migrate(conn, adopt=True)
+        drain(conn)
+        assert_read_models_match(conn)
+
+
+def test_another_rendition_best_versions_as_materialized_views_and_a_queue_without_its_key(
+    previous_dsn: str,
+) -> None:
+    with connect(previous_dsn) as conn:
+        for kind in ("audio", "text"):
+            name = f"language_entity_best_{kind}_version"
+            definition = conn.execute("SELECT pg_get_viewdef(%s::regclass)", [name]).fetchone()[0]  # type: ignore[index]
+            conn.execute(f"DROP VIEW {name}")
+            conn.execute(f"CREATE MATERIALIZED VIEW {name} AS {definition}")
+            conn.execute(f"GRANT SELECT ON {name} TO {READER_ROLE}")
+        conn.execute("ALTER TABLE progress_refresh_queue DROP CONSTRAINT progress_refresh_queue_kind_version_id_key")
+        conn.execute(
+            "INSERT INTO progress_refresh_queue (kind, version_id)"
+            " SELECT kind, version_id FROM progress_refresh_queue ORDER BY id LIMIT 1"
+        )
+        queued = pending(conn)
+        found = "\n".join(f.line() for f in plan_migrate(conn, adopt=True).inspection.findings)
+        assert "read model as a materialized view language_entity_best_audio_version" in found
+        assert "queue trigger note_media_file_verse_change on media_files_verses" in found  # through a helper
+
+        with PollingReader(previous_dsn) as reader:
+            migrate(conn, adopt=True)
+        assert (reader.log.errors, reader.log.empty) == ([], [])
+        assert pending(conn) == queued
+        duplicates = conn.execute("SELECT count(*) - count(DISTINCT (kind, version_id)) FROM progress_refresh_queue")
+        assert duplicates.fetchone() == (0,)
+        drain(conn)
+        assert_read_models_match(conn)
