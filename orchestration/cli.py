@@ -8,6 +8,7 @@ failed to refresh); 2 bad input or an unusable database (one line on stderr);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -30,6 +31,7 @@ from orchestration.db.dsn import mask_dsn, scrub
 from orchestration.db.embedded import database_url, stop_embedded
 from orchestration.db.migrations import STRATEGIES, ForeignObjectsError, check_schema_current, migrate, plan_migrate
 from orchestration.errors import ConnectionLost, ProgressError
+from orchestration.read_models import KINDS
 from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
 
 console = Console()
@@ -257,6 +259,10 @@ def refresh_command(
         sys.exit(1)
 
 
+# The window `status` reports refresh lag over (the refresh log keeps days).
+STATUS_LAG_WINDOW_SECONDS = 3600
+
+
 def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
     queue = gateway.queue_state(conn)
     return {
@@ -267,6 +273,10 @@ def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
         "populated_at": gateway.last_populated(conn),
         "queue": queue,
         "claims": gateway.claims(conn),
+        "lag_last_hour": {
+            kind: dataclasses.asdict(gateway.refresh_lag(conn, kind, within_seconds=STATUS_LAG_WINDOW_SECONDS))
+            for kind in KINDS
+        },
         "dead_letters": gateway.dead_letters(conn),
         "read_models": gateway.read_model_sizes(conn),
     }
@@ -330,6 +340,8 @@ def _render_status(status: dict[str, Any]) -> None:
     facts.add_row("dead letters", str(q["dead_letters"]))
     facts.add_row("populated", _when(status["populated_at"], "not yet: run `progress-refresh refresh --rebuild safe`"))
     console.print(facts)
+    for kind, kind_lag in status["lag_last_hour"].items():
+        console.print(_lag_line(kind, kind_lag), highlight=False)
     for line in _claim_lines(status["claims"]):
         console.print(line, highlight=False, soft_wrap=True)
     if status["dead_letters"]:
@@ -347,6 +359,17 @@ def _render_status(status: dict[str, Any]) -> None:
     for name, size in status["read_models"].items():
         table.add_row(name, f"{size['rows']:,}", _size(size["bytes"]))
     console.print(table)
+
+
+def _lag_line(kind: str, lag: dict[str, Any]) -> str:
+    """The figures each materialization records, over the last hour, as one line."""
+    if not lag["refreshes"]:
+        return f"{kind} lag: no refreshes in the last hour, oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    figures = ", ".join(f"{name} {'–' if lag[name] is None else f'{lag[name]:.1f}s'}" for name in ("p50", "p95", "max"))
+    return (
+        f"{kind} lag over the last hour ({lag['refreshes']} refreshes): {figures}; "
+        f"oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    )
 
 
 @cli.command("status")

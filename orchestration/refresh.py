@@ -42,6 +42,9 @@ class RefreshPolicy:
     statement_timeout: str = settings.STATEMENT_TIMEOUT.default
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Who refreshes, as the refresh log records it: Dagster runs say 'dagster:<run id>';
+    # any other Python drain is the command line's.
+    source: str = "cli"
 
     @classmethod
     def from_env(cls, conn: psycopg.Connection | None = None) -> RefreshPolicy:
@@ -104,7 +107,7 @@ class RefreshReport:
 
 
 def prepare_session(conn: psycopg.Connection, policy: RefreshPolicy) -> None:
-    gateway.configure_refresh_session(conn, policy.lock_timeout, policy.statement_timeout)
+    gateway.configure_refresh_session(conn, policy.lock_timeout, policy.statement_timeout, policy.source)
 
 
 def drain_queue(

@@ -141,6 +141,15 @@ def test_refresh_queued_then_status_shows_rows(dsn: str) -> None:
     status = json.loads(run_cli("status", "--json", dsn=dsn).stdout)
     assert status["queue"]["depth"] == 0
     assert status["read_models"]["mv_text_version_progress_summary"]["rows"] == 1
+    # The lag figures Dagster records per materialization, from the same refresh log.
+    text_lag, audio_lag = status["lag_last_hour"]["text"], status["lag_last_hour"]["audio"]
+    assert text_lag["refreshes"] == 1 and 0 <= text_lag["p50"] == text_lag["p95"] == text_lag["max"]
+    assert audio_lag["refreshes"] == 0 and audio_lag["p95"] is None
+    with connect(dsn) as conn:
+        assert conn.execute("SELECT source FROM progress_refresh_log").fetchall() == [("cli",)]
+    shown = run_cli("status", dsn=dsn).stdout
+    assert "text lag over the last hour (1 refreshes): p50" in shown
+    assert "audio lag: no refreshes in the last hour" in shown
 
 
 def text_versions_with_a_verse(db, count: int) -> list[uuid.UUID]:

@@ -68,15 +68,19 @@ def _translate(exc: psycopg.Error) -> ProgressError:
 CLIENT_CHECK_SECONDS = 0.25
 
 
-def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
+def configure_refresh_session(
+    conn: psycopg.Connection, lock_timeout: str, statement_timeout: str, source: str = "cli"
+) -> None:
     """A stuck lock or a runaway statement fails one version instead of hanging
     a run; a killed worker's statement is cancelled (and its session, which
     holds its claims, ends) within CLIENT_CHECK_SECONDS instead of when the
-    statement finishes."""
+    statement finishes. `source` names who refreshes in the refresh log
+    ('dagster:<run id>', 'cli')."""
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
-        "       set_config('client_connection_check_interval', %s, false)",
-        [lock_timeout, statement_timeout, f"{int(CLIENT_CHECK_SECONDS * 1000)}ms"],
+        "       set_config('client_connection_check_interval', %s, false),"
+        "       set_config('progress.refresh_source', %s, false)",
+        [lock_timeout, statement_timeout, f"{int(CLIENT_CHECK_SECONDS * 1000)}ms", source],
     )
 
 
@@ -313,3 +317,112 @@ def settings(conn: psycopg.Connection) -> dict[str, str]:
     if not row or not row[0]:
         return {}
     return {key: value for key, value in conn.execute("SELECT key, value FROM progress_refresh_settings")}
+
+
+@dataclass(frozen=True)
+class RefreshLag:
+    """Lag of finished refreshes, in seconds (None when none had a queued change)."""
+
+    refreshes: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    last_refreshed_at: datetime | None
+    oldest_queued_age_seconds: float
+
+
+def refresh_lag(
+    conn: psycopg.Connection, kind: str | None = None, source: str | None = None, within_seconds: float | None = None
+) -> RefreshLag:
+    """From each refresh's oldest change (its queue entry's first enqueue) to its
+    commit, over the refresh log: of one kind, one source, a recent window."""
+    row = conn.execute(
+        "SELECT * FROM progress_refresh_lag(%s, %s, make_interval(secs => %s))", [kind, source, within_seconds]
+    ).fetchone()
+    assert row is not None
+    refreshes, p50, p95, worst, last, oldest = row
+    return RefreshLag(int(refreshes), p50, p95, worst, last, float(oldest or 0.0))
+
+
+@dataclass(frozen=True)
+class LoggedRefreshes:
+    """Refreshes of one kind by one source, read from the refresh log."""
+
+    kind: str
+    source: str
+    version_ids: list[uuid.UUID]
+    refreshes: int
+    rows_written: int | None
+    first_refreshed_at: datetime
+    last_refreshed_at: datetime
+    lag_p50: float | None
+    lag_p95: float | None
+    lag_max: float | None
+
+
+def refresh_log_horizon(conn: psycopg.Connection) -> int:
+    """Transactions below this id have all ended: the refresh log is complete below it."""
+    row = conn.execute("SELECT progress_refresh_log_horizon()::text").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def refreshes_between(conn: psycopg.Connection, after: int, before: int) -> list[LoggedRefreshes]:
+    """Refreshes logged by transactions in [after, before), per kind and source."""
+    rows = conn.execute(
+        "SELECT * FROM progress_refreshes_between(%s::text::xid8, %s::text::xid8)", [str(after), str(before)]
+    ).fetchall()
+    return [
+        LoggedRefreshes(kind, source, list(ids), int(n), None if rows_written is None else int(rows_written), *rest)
+        for kind, source, ids, n, rows_written, *rest in rows
+    ]
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    version_id: uuid.UUID
+    name: str | None
+    language: str | None
+    verse_fraction: float | None
+    chapter_fraction: float | None
+    book_fraction: float | None
+
+    @property
+    def label(self) -> str:
+        """What a person recognises: the name, with the id's first block to tell namesakes apart."""
+        short = str(self.version_id).split("-")[0]
+        return f"{self.name} ({short})" if self.name else str(self.version_id)
+
+
+def version_summaries(conn: psycopg.Connection, kind: str, versions: list[uuid.UUID]) -> list[VersionSummary]:
+    """Name, language and current verse/chapter/book fractions of each version, in the given order."""
+    if not versions:
+        return []
+    return [
+        VersionSummary(version_id, name, language, *(None if f is None else float(f) for f in fractions))
+        for version_id, name, language, *fractions in conn.execute(
+            "SELECT * FROM progress_version_summaries(%s, %s)", [kind, versions]
+        )
+    ]
+
+
+def next_queued_versions(conn: psycopg.Connection, kind: str, limit: int) -> list[uuid.UUID]:
+    """The ready versions of a kind a drain would claim first."""
+    row = conn.execute("SELECT progress_next_queued_versions(%s, %s)", [kind, limit]).fetchone()
+    return list(row[0]) if row and row[0] else []
+
+
+@dataclass(frozen=True)
+class TableActivity:
+    table: str
+    row_count: int
+    estimated: bool
+    rows_changed: int
+
+
+def table_activity(conn: psycopg.Connection, tables: list[str]) -> list[TableActivity]:
+    """Rows (estimated for big tables) and rows written since the statistics reset, per table."""
+    return [
+        TableActivity(name, int(rows), bool(estimated), int(changed))
+        for name, rows, estimated, changed in conn.execute("SELECT * FROM progress_table_activity(%s)", [tables])
+    ]

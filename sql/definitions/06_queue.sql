@@ -111,6 +111,33 @@ BEGIN
 END
 $$;
 
+-- Who is refreshing in this session: 'dagster:<run id>' or 'cli' when the
+-- Python drain set progress.refresh_source, 'sql' otherwise (psql, pg_cron).
+CREATE OR REPLACE FUNCTION progress_refresh_source() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('progress.refresh_source', true), ''), 'sql')
+$$;
+
+-- Records a finished refresh of a version in progress_refresh_log, in the
+-- refresh's own transaction (so it commits with it), and prunes a bounded
+-- number of rows past refresh_log_keep_days that no one else is pruning.
+-- The queue entry's enqueued_at is read before progress_finish() releases it.
+CREATE OR REPLACE FUNCTION progress_log_refresh(p_kind text, p_version uuid, p_rows_written bigint)
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, refreshed_at, source, rows_written)
+    SELECT p_kind, p_version,
+           (SELECT q.enqueued_at FROM progress_refresh_queue q WHERE q.kind = p_kind AND q.version_id = p_version),
+           clock_timestamp(), progress_refresh_source(), p_rows_written;
+    DELETE FROM progress_refresh_log
+     WHERE id IN (SELECT id FROM progress_refresh_log
+                   WHERE refreshed_at < now() - make_interval(days => progress_setting('refresh_log_keep_days')::int)
+                   ORDER BY refreshed_at LIMIT 1000
+                     FOR UPDATE SKIP LOCKED);
+END
+$$;
+
 -- Refreshes a claimed version. A failure rolls back this version only and is
 -- recorded; the caller goes on with the rest. A claim no longer held by
 -- p_worker (its lease expired and another worker took it) is left alone: no
@@ -146,6 +173,8 @@ BEGIN
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
         RETURN;
     END;
+    PERFORM progress_log_refresh(p_kind, p_version,
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
     RETURN QUERY SELECT c.read_model, c.inserted, c.updated, c.deleted, NULL::text FROM unnest(done) AS c;
 END
 $$;
@@ -190,6 +219,7 @@ BEGIN
     END IF;
     PERFORM progress_refresh_matviews(true);
     FOR c IN SELECT * FROM jsonb_to_recordset(claims) AS j (kind text, version_id uuid, generation bigint) LOOP
+        PERFORM progress_log_refresh(c.kind, c.version_id, NULL);
         PERFORM progress_finish(c.kind, c.version_id, c.generation);
         kind := c.kind;
         version_id := c.version_id;
