@@ -15,8 +15,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import venv
+from collections.abc import Mapping
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
@@ -79,24 +82,63 @@ def run_until_stopped(args: list[str]) -> int:
 def run_tests(extra: list[str]) -> int:
     """Quality gates first, then the suite on the embedded PostgreSQL 18, then again
     on Debian's PostgreSQL 15 when its binaries are installed (or on the server of
-    PROGRESS_TEST_DATABASE_URL alone, when given)."""
+    PROGRESS_TEST_DATABASE_URL alone, when given). Ends by saying which servers the
+    suite ran on, with its counts, and which pass it skipped."""
     sources = [name for name in ("orchestration", "tests", "bench") if (ROOT / name).is_dir()]
-    steps: list[tuple[str, list[str], dict[str, str]]] = [
-        ("ruff check", [str(BIN / "ruff"), "check", *sources], {}),
-        ("ruff format", [str(BIN / "ruff"), "format", "--check", *sources], {}),
-        ("mypy", [str(BIN / "mypy")], {}),
-        ("tests on the embedded PostgreSQL", [_python(), "-m", "pytest", *extra], {}),
+    gates = [
+        ("ruff check", [str(BIN / "ruff"), "check", *sources]),
+        ("ruff format", [str(BIN / "ruff"), "format", "--check", *sources]),
+        ("mypy", [str(BIN / "mypy")]),
     ]
-    if PG15_BIN.joinpath("postgres").exists() and not os.environ.get("PROGRESS_TEST_DATABASE_URL"):
-        steps.append(("tests on PostgreSQL 15", [_python(), "-m", "pytest", *extra],
-                      {"PROGRESS_TEST_POSTGRES_BIN": str(PG15_BIN)}))
-    for name, args, env in steps:
+    for name, args in gates:
         print(f"==> {name}", flush=True)
-        code = subprocess.run(args, cwd=ROOT, env={**os.environ, **env}).returncode
+        code = subprocess.run(args, cwd=ROOT).returncode
         if code != 0:
             print(f"==> {name} failed ({code})", flush=True)
             return code
-    return 0
+    passes, skipped = suite_passes(os.environ, PG15_BIN)
+    for line in skipped:
+        print(f"==> {line}", flush=True)
+    results: list[str] = []
+    code = 0
+    with tempfile.TemporaryDirectory() as reports:
+        for number, (name, env) in enumerate(passes):
+            report = Path(reports) / f"pass{number}.xml"
+            print(f"==> tests on {name}", flush=True)
+            args = [_python(), "-m", "pytest", f"--junitxml={report}", *extra]
+            code = subprocess.run(args, cwd=ROOT, env={**os.environ, **env}).returncode
+            results.append(summarize(report, name))
+            if code != 0:
+                print(f"==> tests on {name} failed ({code})", flush=True)
+                break
+    print(f"==> ran on {'; '.join(results + skipped)}", flush=True)
+    return code
+
+
+def suite_passes(environ: Mapping[str, str], pg15_bin: Path) -> tuple[list[tuple[str, dict[str, str]]], list[str]]:
+    """The servers to run the suite on (name, extra environment), and the passes skipped, said plainly."""
+    if environ.get("PROGRESS_TEST_DATABASE_URL"):
+        return [("the server of PROGRESS_TEST_DATABASE_URL", {})], []
+    embedded: tuple[str, dict[str, str]] = ("the embedded PostgreSQL", {})
+    if pg15_bin.joinpath("postgres").exists():
+        return [embedded, ("PostgreSQL 15", {"PROGRESS_TEST_POSTGRES_BIN": str(pg15_bin)})], []
+    return [embedded], [f"PostgreSQL 15: SKIPPED, not installed in {pg15_bin} (apt-get install postgresql-15)"]
+
+
+def summarize(report: Path, name: str) -> str:
+    """'PostgreSQL 18.1: 215 passed, 2 skipped' from pytest's JUnit report (the
+    server's version is recorded by the tests' server fixture)."""
+    if not report.exists():
+        return f"{name}: no report"
+    root = ElementTree.parse(report).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return f"{name}: no report"
+    count = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    version = next((p.get("value") for p in suite.iter("property") if p.get("name") == "postgresql_version"), None)
+    passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
+    parts = [f"{passed} passed"] + [f"{count[key]} {key}" for key in ("failures", "errors", "skipped") if count[key]]
+    return f"{f'PostgreSQL {version}' if version else name}: {', '.join(parts)}"
 
 
 if __name__ == "__main__":

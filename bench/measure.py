@@ -259,13 +259,19 @@ class Targets:
 TOGGLE_FILE = """UPDATE media_files
                     SET publish_status = CASE publish_status WHEN 'published' THEN 'pending' ELSE 'published' END
                   WHERE id = %s"""
+ADD_VERSE_TEXT = """INSERT INTO verse_texts (text_version_id, verse_id, verse_text)
+                    SELECT %s, v.id, 'benchmark text' FROM verses v WHERE v.chapter_id = %s
+                     ORDER BY v.id LIMIT 1
+                    ON CONFLICT DO NOTHING"""
+# A version-level change: the whole version is refreshed.
+TOUCH_VERSION = "UPDATE audio_versions SET created_at = created_at + interval '1 second' WHERE id = %s"
 ADD_CHAPTER_TEXT = """INSERT INTO verse_texts (text_version_id, verse_id, verse_text)
                       SELECT %s, v.id, 'benchmark text' FROM verses v WHERE v.chapter_id = %s
                       ON CONFLICT DO NOTHING"""
 
 
-def _add_chapter_text(s: Session, version: uuid.UUID, chapter: str) -> object:
-    return s.execute(ADD_CHAPTER_TEXT, [version, chapter])
+def _add_chapter_text(s: Session, version: uuid.UUID, chapter: str, statement: str = ADD_CHAPTER_TEXT) -> object:
+    return s.execute(statement, [version, chapter])
 
 
 class Change:
@@ -278,14 +284,20 @@ class Change:
         version, file_id = self.targets.take(pool)
         return ("audio", version), lambda s: s.execute(TOGGLE_FILE, [file_id])
 
-    def text(self) -> tuple[tuple[str, uuid.UUID], Callable[[Session], object]]:
+    def audio_version(self) -> tuple[tuple[str, uuid.UUID], Callable[[Session], object]]:
+        version, _ = self.targets.take("audio_chapter")
+        return ("audio", version), lambda s: s.execute(TOUCH_VERSION, [version])
+
+    def text(self, statement: str = ADD_CHAPTER_TEXT) -> tuple[tuple[str, uuid.UUID], Callable[[Session], object]]:
         for _ in range(max(1, len(self.targets.text))):
             version = self.targets.take("text")
             try:
                 chapter = self.targets.uncovered_chapter(version)
             except RuntimeError:
                 continue
-            return ("text", version), functools.partial(_add_chapter_text, version=version, chapter=chapter)
+            return ("text", version), functools.partial(
+                _add_chapter_text, version=version, chapter=chapter, statement=statement
+            )
         raise RuntimeError("every generated text version covers every chapter: nothing to add")
 
 
@@ -327,6 +339,16 @@ class Runner:
                 lambda: [self.change.audio("audio_range")],
             ),
             ("refresh_1_text", "1 changed text version (a chapter's verse_texts added)", lambda: [self.change.text()]),
+            (
+                "refresh_1_text_verse",
+                "1 changed text version (one verse_texts row added)",
+                lambda: [self.change.text(ADD_VERSE_TEXT)],
+            ),
+            (
+                "refresh_1_audio_whole",
+                "1 audio version changed as a whole (its created_at moved: every chapter refreshed)",
+                lambda: [self.change.audio_version()],
+            ),
             (
                 "refresh_10_mixed",
                 "10 changed versions (5 audio versions of any style + 5 text versions)",

@@ -16,7 +16,7 @@ CAPTURE_SINGLE_MAX = 1.3
 FULL_REBUILD_MAX = 1.2
 POINT_LOOKUP_MAX_MS = 1.0
 
-REFRESH_ONE = ("refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text")
+REFRESH_ONE = ("refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text", "refresh_1_text_verse")
 
 
 def _metric(results: dict[str, Any], size: str, metric_id: str) -> dict[str, Any] | None:
@@ -233,6 +233,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         "refresh_1_audio_chapter": ("o", "audio chapter file"),
         "refresh_1_audio_range": ("s", "audio verse range"),
         "refresh_1_text": ("^", "text chapter"),
+        "refresh_1_text_verse": ("v", "text verse"),
     }
     for metric_id, (marker, label) in styles.items():
         points: list[tuple[int, dict[str, Any]]] = []

@@ -4,18 +4,22 @@ PostgreSQL does the refreshing; Dagster orchestrates and observes it. Refreshing
 a version rewrites all of its levels (verse, chapter, book, summary, best) in
 one SQL transaction, so the read models are ONE multi-asset (one step) whose
 specs are the ten read models: a run drains the queue with its workers, oldest
-change first whatever its kind, and reports, per read model, what it wrote. One
-step rather than one per chain, because steps of a run execute one after the
-other: a run that keeps draining audio would keep text changes waiting. A run
-of a subset (say the audio models) drains only that kind. The base tables the
-apps write are external assets upstream, so the lineage reads from a recording
-to a summary.
+change first whatever its kind, and reports, per read model, what it wrote and
+the lag of what it refreshed. One step rather than one per chain, because steps
+of a run execute one after the other: a run that keeps draining audio would keep
+text changes waiting. A run of a subset (say the audio models) drains only that
+kind. A read
+model materialises only when the run refreshed at least one version of its kind
+(every level of that version was recomputed, whether or not rows changed); a
+run with nothing to refresh says so in its log and records nothing. The base
+tables the apps write are external assets upstream, so the lineage reads from a
+recording to a summary.
 """
 
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import dagster as dg
 import psycopg
@@ -27,14 +31,17 @@ from orchestration.errors import ProgressError
 from orchestration.read_models import KINDS, READ_MODELS, ReadModel
 from orchestration.refresh import RefreshPolicy, RefreshReport, drain_queue, refresh_versions
 from orchestration.resources import APPLICATION_NAME, PostgresResource
+from orchestration.schemas import BASE_TABLE_COLUMNS, READ_MODEL_COLUMNS, table_schema
 
-# The Dagster pool every refresh step claims a slot of; dagster.yaml gives it a
-# limit of 1, so only one refresh step (with its workers) touches the database at a time.
+# The Dagster pool every refresh step claims a slot of; dagster.yaml sizes it from
+# the number of refresh workers.
 REFRESH_POOL = "progress_refresh"
 REFRESH_STEP = "refresh_progress"
 BASE_TABLES_GROUP = "base_tables"
-# Version ids shown in metadata (the count is always complete).
+# Versions listed in metadata (the count is always complete).
 MAX_IDS_IN_METADATA = 20
+# Versions in the summary's before/after preview table.
+PREVIEW_VERSIONS = 10
 
 BASE_TABLES: dict[str, str] = {
     "language_entities": "Languages; each one's best audio and text version is chosen among its versions.",
@@ -55,7 +62,7 @@ base_table_specs: list[dg.AssetSpec] = [
         description=f"{description} Written by the apps; triggers queue the versions a change can alter.",
         group_name=BASE_TABLES_GROUP,
         kinds={"postgres"},
-        metadata={"dagster/table_name": name},
+        metadata={"dagster/table_name": name, "dagster/column_schema": table_schema(BASE_TABLE_COLUMNS[name])},
     )
     for name, description in BASE_TABLES.items()
 ]
@@ -68,8 +75,11 @@ def read_model_spec(model: ReadModel) -> dg.AssetSpec:
         group_name=model.group,
         kinds={"postgres"},
         deps=[*model.upstreams, *model.base_tables],
+        # A run that refreshed nothing of this kind yields no materialization for it.
+        skippable=True,
         metadata={
             "dagster/table_name": model.name,
+            "dagster/column_schema": table_schema(READ_MODEL_COLUMNS[model.name]),
             "logical_view": model.logical_view,
             "key_columns": ", ".join(model.key_columns),
             "sync_function": model.sync_function,
@@ -114,6 +124,17 @@ class ChainRun:
     report: RefreshReport
     total: int
     note: str
+    # Summaries of the first versions the run was to refresh, as they were before it.
+    preview_before: list[gateway.VersionSummary] = field(default_factory=list)
+
+
+def version_labels(conn: psycopg.Connection, kind: str, versions: Sequence[uuid.UUID]) -> list[dict[str, str]]:
+    """Versions as people know them: name and language, with the id for tools."""
+    shown = list(versions[:MAX_IDS_IN_METADATA])
+    return [
+        {"version": v.name or "(no name)", "language": v.language or "", "id": str(v.version_id)}
+        for v in gateway.version_summaries(conn, kind, shown)
+    ]
 
 
 def _resuming(context: dg.AssetExecutionContext) -> bool:
@@ -165,7 +186,7 @@ def _chain_note(kind: str, mode: str, report: RefreshReport, total: int) -> str:
             return f"no {kind} versions named: nothing to refresh"
         return f"refreshed {len(report.refreshed)} named {kind} version(s)"
     if not report.outcomes:
-        return f"nothing queued for {kind}: its read models are already fresh"
+        return f"nothing queued for {kind}: nothing refreshed, no materialization recorded"
     done = len(report.outcomes)
     if report.failed:
         return (
@@ -183,13 +204,17 @@ def run_refresh(
     connect: Callable[[], psycopg.Connection],
 ) -> dict[str, ChainRun]:
     """Refreshes the selected kinds' versions as the config asks (the queue with
-    parallel workers, named versions, or all) and logs progress as n/total."""
-    policy = RefreshPolicy.from_env(conn)
+    parallel workers, named versions, or all) and logs progress as n/total.
+    The refresh log names this run as the source of what it refreshed."""
+    policy = replace(RefreshPolicy.from_env(conn), source=f"dagster:{context.run.run_id}")
     totals: dict[str, int]
+    before: dict[str, list[gateway.VersionSummary]]
     if config.versions:
         named = _named_versions(context, kinds, config.versions)
         mode = "named"
-        totals = {kind: sum(1 for k, _ in named if k == kind) for kind in kinds}
+        ids = {kind: [v for k, v in named if k == kind] for kind in kinds}
+        totals = {kind: len(ids[kind]) for kind in kinds}
+        before = {kind: gateway.version_summaries(conn, kind, ids[kind][:PREVIEW_VERSIONS]) for kind in kinds}
         on_version = _progress_logger(context, len(named), policy.batch_size)
         try:
             report = refresh_versions(conn, named, policy, on_version=on_version)
@@ -211,6 +236,10 @@ def run_refresh(
             totals = {kind: int(gateway.queue_state(conn, kind)["ready"]) for kind in kinds}
         if config.max_versions is not None:
             totals = {kind: min(total, config.max_versions) for kind, total in totals.items()}
+        before = {
+            kind: gateway.version_summaries(conn, kind, gateway.next_queued_versions(conn, kind, PREVIEW_VERSIONS))
+            for kind in kinds
+        }
         workers = config.workers or policy.workers
         follow = config.keep_draining and mode == "queued"
         context.log.info(
@@ -236,25 +265,76 @@ def run_refresh(
     runs = {}
     for kind in kinds:
         part = report.of_kind(kind)
-        runs[kind] = ChainRun(mode, part, totals.get(kind, 0), _chain_note(kind, mode, part, totals.get(kind, 0)))
+        total = totals.get(kind, 0)
+        runs[kind] = ChainRun(mode, part, total, _chain_note(kind, mode, part, total), before.get(kind, []))
         context.log.info(runs[kind].note)
     return runs
 
 
-def materialization_metadata(
-    model: ReadModel, run: ChainRun, sizes: dict[str, dict[str, int]], dead_letters: int
-) -> dict[str, dg.MetadataValue]:
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def preview_markdown(before: list[gateway.VersionSummary], after: list[gateway.VersionSummary], total: int) -> str:
+    """A small table of refreshed versions: verse, chapter and book fractions before → after."""
+    was = {v.version_id: v for v in before}
+    lines = [
+        f"{len(after)} of {total} refreshed version(s):",
+        "",
+        "| version | language | verses | chapters | books |",
+        "|---|---|---|---|---|",
+    ]
+    for now in after:
+        old = was.get(now.version_id)
+        cells = [
+            f"{_percent(getattr(old, name, None))} → {_percent(getattr(now, name))}"
+            for name in ("verse_fraction", "chapter_fraction", "book_fraction")
+        ]
+        name = (now.name or str(now.version_id)).replace("|", "/")
+        lines.append(f"| {name} | {(now.language or '').replace('|', '/')} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def lag_metadata(lag: gateway.RefreshLag) -> dict[str, dg.MetadataValue]:
+    """Seconds from each refreshed change's first enqueue to its refresh's commit."""
+
+    def seconds(value: float | None) -> dg.MetadataValue:
+        return dg.MetadataValue.float(round(value, 3)) if value is not None else dg.MetadataValue.null()
+
+    return {
+        "lag_seconds_p50": seconds(lag.p50),
+        "lag_seconds_p95": seconds(lag.p95),
+        "lag_seconds_max": seconds(lag.max),
+        "oldest_queued_age_seconds": dg.MetadataValue.float(round(lag.oldest_queued_age_seconds, 3)),
+    }
+
+
+@dataclass
+class RunFacts:
+    """What the database says after a chain's run, shared by its read models' metadata."""
+
+    source: str
+    sizes: dict[str, dict[str, int]]
+    dead_letters: int
+    lag: gateway.RefreshLag
+    versions: list[dict[str, str]]
+    failed: list[dict[str, str | None]]
+    preview: str
+
+
+def materialization_metadata(model: ReadModel, run: ChainRun, facts: RunFacts) -> dict[str, dg.MetadataValue]:
     """The same keys on every materialisation, so the UI can plot them over time."""
     report = run.report
     refreshed = report.versions_of(model.kind)
     counts = report.totals().get(model.name, gateway.ReadModelCounts(model.name, 0, 0, 0))
-    failed = [{"version": f"{o.kind}:{o.version_id}", "error": o.error} for o in report.failed]
-    size = sizes.get(model.name, {"rows": 0, "bytes": 0})
+    size = facts.sizes.get(model.name, {"rows": 0, "bytes": 0})
+    extra = {"preview": dg.MetadataValue.md(facts.preview)} if model.level == "summary" and facts.preview else {}
     return {
         "mode": dg.MetadataValue.text(run.mode),
         "outcome": dg.MetadataValue.text(run.note),
+        "source": dg.MetadataValue.text(facts.source),
         "versions_refreshed": dg.MetadataValue.int(len(refreshed)),
-        "version_ids": dg.MetadataValue.json([str(v) for v in refreshed[:MAX_IDS_IN_METADATA]]),
+        "versions": dg.MetadataValue.json(facts.versions),
         "rows_inserted": dg.MetadataValue.int(counts.inserted),
         "rows_updated": dg.MetadataValue.int(counts.updated),
         "rows_deleted": dg.MetadataValue.int(counts.deleted),
@@ -262,10 +342,32 @@ def materialization_metadata(
         "duration_seconds": dg.MetadataValue.float(round(report.seconds, 3)),
         "dagster/row_count": dg.MetadataValue.int(size["rows"]),
         "table_size_bytes": dg.MetadataValue.int(size["bytes"]),
-        "failed_versions_count": dg.MetadataValue.int(len(failed)),
-        "failed_versions": dg.MetadataValue.json(failed[:MAX_IDS_IN_METADATA]),
-        "dead_letters": dg.MetadataValue.int(dead_letters),
+        "failed_versions_count": dg.MetadataValue.int(len(report.failed)),
+        "failed_versions": dg.MetadataValue.json(facts.failed),
+        "dead_letters": dg.MetadataValue.int(facts.dead_letters),
+        **lag_metadata(facts.lag),
+        **extra,
     }
+
+
+def run_facts(conn: psycopg.Connection, kind: str, run: ChainRun, source: str) -> RunFacts:
+    refreshed = run.report.versions_of(kind)
+    failed_ids = [o.version_id for o in run.report.failed if o.kind == kind][:MAX_IDS_IN_METADATA]
+    errors = {o.version_id: o.error for o in run.report.failed}
+    failed: list[dict[str, str | None]] = [
+        {**label, "error": errors.get(uuid.UUID(label["id"]))} for label in version_labels(conn, kind, failed_ids)
+    ]
+    shown = [v.version_id for v in run.preview_before if v.version_id in set(refreshed)]
+    after = gateway.version_summaries(conn, kind, shown)
+    return RunFacts(
+        source=source,
+        sizes=gateway.read_model_sizes(conn),
+        dead_letters=int(gateway.queue_state(conn, kind).get("dead_letters", 0)),
+        lag=gateway.refresh_lag(conn, kind, source),
+        versions=version_labels(conn, kind, refreshed),
+        failed=failed,
+        preview=preview_markdown(run.preview_before, after, len(refreshed)) if after else "",
+    )
 
 
 def _selected_kinds(context: dg.AssetExecutionContext) -> list[str]:
@@ -290,22 +392,26 @@ def build_refresh_asset() -> dg.AssetsDefinition:
         started = time.perf_counter()
         kinds = _selected_kinds(context)
         dsn = postgres.dsn()
+        source = f"dagster:{context.run.run_id}"
         with postgres.connect() as conn:
             runs = run_refresh(
                 context, conn, kinds, config, lambda: open_connection(dsn, application_name=APPLICATION_NAME)
             )
-            sizes = gateway.read_model_sizes(conn)
-            dead_letters = {kind: int(gateway.queue_state(conn, kind).get("dead_letters", 0)) for kind in kinds}
+            facts = {}
+            for kind, run in runs.items():
+                if run.report.versions_of(kind):
+                    facts[kind] = run_facts(conn, kind, run, source)
+                else:
+                    context.log.info(f"{kind}: no version refreshed, so no {kind} read model materialises in this run")
+        for model in READ_MODELS:
+            if dg.AssetKey(model.name) in context.selected_asset_keys and model.kind in facts:
+                yield dg.MaterializeResult(
+                    asset_key=model.name, metadata=materialization_metadata(model, runs[model.kind], facts[model.kind])
+                )
         # A kind whose every version failed fails the step (after the other kind's
         # materializations); it is not retried as a step: the database retries
         # failed versions with backoff.
         all_failed = [kind for kind, run in runs.items() if run.report.failed and not run.report.refreshed]
-        for model in READ_MODELS:
-            if dg.AssetKey(model.name) in context.selected_asset_keys and model.kind not in all_failed:
-                yield dg.MaterializeResult(
-                    asset_key=model.name,
-                    metadata=materialization_metadata(model, runs[model.kind], sizes, dead_letters[model.kind]),
-                )
         if all_failed:
             failed = [o for kind in all_failed for o in runs[kind].report.failed]
             raise dg.Failure(

@@ -211,9 +211,7 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     cursor = json.loads(context.cursor) if context.cursor else {}
     requests = int(cursor.get("requests", 0)) + 1
     oldest = state["oldest_enqueued_at"]
-    context.update_cursor(
-        json.dumps({"requests": requests, "last_requested_at": time.time(), "oldest_enqueued_at": oldest.isoformat()})
-    )
+    context.update_cursor(json.dumps({"requests": requests}))
     context.log.info(f"requesting a refresh: {why}")
     return dg.RunRequest(
         # Unique per request (a re-evaluated tick re-uses it, so no duplicate run).

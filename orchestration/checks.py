@@ -12,12 +12,14 @@ check compares only the versions that refresh wrote; on its own, everything.
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import psycopg
 
 from orchestration import settings
+from orchestration.assets import version_labels
 from orchestration.db import gateway
 from orchestration.read_models import KINDS, ReadModel, of_kind
 from orchestration.resources import PostgresResource
@@ -50,7 +52,19 @@ def _scope_column(model: ReadModel) -> str:
     return model.key_columns[0]
 
 
-def refreshed_in_this_run(context: dg.AssetCheckExecutionContext, model: ReadModel) -> list[uuid.UUID] | None:
+@dataclass(frozen=True)
+class Sample:
+    """The refreshed versions a check compares, out of how many the run refreshed."""
+
+    versions: list[uuid.UUID]
+    refreshed: int
+
+    @property
+    def label(self) -> str:
+        return f"{len(self.versions)} of {self.refreshed} refreshed version(s) sampled"
+
+
+def refreshed_in_this_run(context: dg.AssetCheckExecutionContext, model: ReadModel) -> Sample | None:
     """A sample (at most CHECK_SAMPLE_VERSIONS) of the versions this run's refresh wrote,
     when this run materialised the model: comparing with a logical view computes it
     live, so a check after a big refresh stays cheap. None: compare every settled
@@ -59,10 +73,11 @@ def refreshed_in_this_run(context: dg.AssetCheckExecutionContext, model: ReadMod
     if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
         return None
     metadata = event.asset_materialization.metadata
-    mode, ids = metadata.get("mode"), metadata.get("version_ids")
-    if ids is None or (mode is not None and mode.value == "all"):
+    mode, listed, count = metadata.get("mode"), metadata.get("versions"), metadata.get("versions_refreshed")
+    if listed is None or count is None or (mode is not None and mode.value == "all"):
         return None
-    return [uuid.UUID(v) for v in ids.value[:CHECK_SAMPLE_VERSIONS]]
+    versions = [uuid.UUID(v["id"]) for v in listed.value[:CHECK_SAMPLE_VERSIONS]]
+    return Sample(versions, int(count.value))
 
 
 def compare(conn: psycopg.Connection, model: ReadModel, versions: list[uuid.UUID] | None) -> dict[str, Any]:
@@ -114,7 +129,8 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
                 key = dg.AssetCheckKey(dg.AssetKey(model.name), MATCHES_LOGICAL_VIEW)
                 if key not in context.selected_asset_check_keys:
                     continue
-                versions = refreshed_in_this_run(context, model)
+                sample = refreshed_in_this_run(context, model)
+                versions = None if sample is None else sample.versions
                 result = compare(conn, model, versions)
                 passed = result["mismatching_rows"] == 0
                 if not passed:
@@ -132,11 +148,11 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
                     metadata={
                         "mismatching_rows": dg.MetadataValue.int(result["mismatching_rows"]),
                         "scope": dg.MetadataValue.text(
-                            "whole table" if versions is None else f"{len(versions)} version(s) refreshed in this run"
+                            "whole table (every settled scope)" if sample is None else sample.label
                         ),
                         "scopes_compared": dg.MetadataValue.text(result["scopes_compared"]),
                         "scopes_left_out_as_queued": dg.MetadataValue.int(result["scopes_left_out"]),
-                        "versions": dg.MetadataValue.json([str(v) for v in versions or []]),
+                        "versions_sampled": dg.MetadataValue.json(version_labels(conn, model.kind, versions or [])),
                     },
                 )
 

@@ -2,11 +2,13 @@
 
 Exit codes: 0 success; 1 the work ran but something failed (versions that
 failed to refresh); 2 bad input or an unusable database (one line on stderr);
+3 the connection was lost during a refresh (the rest is still queued);
 130 interrupted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -28,7 +30,8 @@ from orchestration.db.connection import connection
 from orchestration.db.dsn import mask_dsn, scrub
 from orchestration.db.embedded import database_url, stop_embedded
 from orchestration.db.migrations import STRATEGIES, ForeignObjectsError, check_schema_current, migrate, plan_migrate
-from orchestration.errors import ProgressError
+from orchestration.errors import ConnectionLost, ProgressError
+from orchestration.read_models import KINDS
 from orchestration.refresh import RefreshReport, drain_queue, refresh_all, refresh_versions
 
 console = Console()
@@ -256,6 +259,10 @@ def refresh_command(
         sys.exit(1)
 
 
+# The window `status` reports refresh lag over (the refresh log keeps days).
+STATUS_LAG_WINDOW_SECONDS = 3600
+
+
 def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
     queue = gateway.queue_state(conn)
     return {
@@ -265,9 +272,33 @@ def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
         "lag_seconds": round(float(queue.get("oldest_age_seconds") or 0.0), 1),
         "populated_at": gateway.last_populated(conn),
         "queue": queue,
+        "claims": gateway.claims(conn),
+        "lag_last_hour": {
+            kind: dataclasses.asdict(gateway.refresh_lag(conn, kind, within_seconds=STATUS_LAG_WINDOW_SECONDS))
+            for kind in KINDS
+        },
         "dead_letters": gateway.dead_letters(conn),
         "read_models": gateway.read_model_sizes(conn),
     }
+
+
+def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """One line per holder: how many entries it claims, whether its session is
+    alive, and when they will be taken over."""
+    holders: dict[tuple, list[dict[str, Any]]] = {}
+    for claim in claims:
+        holders.setdefault((claim["claimed_by"], claim["holder_pid"], claim["holder_alive"]), []).append(claim)
+    lines = []
+    for (claimed_by, pid, alive), held in holders.items():
+        lease_end = f"{max(c['lease_until'] for c in held):%Y-%m-%d %H:%M:%S %Z}"
+        if alive is False:
+            state, when = "gone", "taken over at the next claim"
+        elif alive:
+            state, when = "alive", f"kept while it works, at most until its lease ends at {lease_end}"
+        else:
+            state, when = "not checked", f"taken over when its lease ends at {lease_end}"
+        lines.append(f"  claimed: {len(held)} by {claimed_by} (session pid {pid}, {state}): {when}")
+    return lines
 
 
 def _when(moment: datetime | None, never: str) -> str:
@@ -309,6 +340,10 @@ def _render_status(status: dict[str, Any]) -> None:
     facts.add_row("dead letters", str(q["dead_letters"]))
     facts.add_row("populated", _when(status["populated_at"], "not yet: run `progress-refresh refresh --rebuild safe`"))
     console.print(facts)
+    for kind, kind_lag in status["lag_last_hour"].items():
+        console.print(_lag_line(kind, kind_lag), highlight=False)
+    for line in _claim_lines(status["claims"]):
+        console.print(line, highlight=False, soft_wrap=True)
     if status["dead_letters"]:
         dead = Table(title="dead letters")
         dead.add_column("version", no_wrap=True)
@@ -326,10 +361,21 @@ def _render_status(status: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _lag_line(kind: str, lag: dict[str, Any]) -> str:
+    """The figures each materialization records, over the last hour, as one line."""
+    if not lag["refreshes"]:
+        return f"{kind} lag: no refreshes in the last hour, oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    figures = ", ".join(f"{name} {'–' if lag[name] is None else f'{lag[name]:.1f}s'}" for name in ("p50", "p95", "max"))
+    return (
+        f"{kind} lag over the last hour ({lag['refreshes']} refreshes): {figures}; "
+        f"oldest queued {lag['oldest_queued_age_seconds']:.0f}s"
+    )
+
+
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(as_json: bool) -> None:
-    """The database, last refresh, lag, queue, dead letters and read-model sizes.
+    """The database, last refresh, lag, queue, claims and their holders, dead letters and read-model sizes.
 
     Lag is the age of the oldest change not yet refreshed (0 when nothing is
     queued); populated is when every read model was last complete (a rebuild,
@@ -509,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as exc:
         _fail(exc.format_message(), 2)
+    except ConnectionLost as exc:
+        _fail(str(exc), 3)
     except ProgressError as exc:
         _fail(str(exc), 2)
     except psycopg.Error as exc:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestration.db.base_schema import REQUIRED_COLUMNS
 from orchestration.errors import ProgressError
 from orchestration.sql_files import sql_files
 
@@ -32,18 +33,7 @@ Kind = Literal["audio", "text"]
 
 KINDS: tuple[Kind, ...] = ("audio", "text")
 READ_MODELS_FOLDER = "read_models"
-BASE_TABLES = (
-    "language_entities",
-    "bible_versions",
-    "books",
-    "chapters",
-    "verses",
-    "audio_versions",
-    "text_versions",
-    "media_files",
-    "media_files_verses",
-    "verse_texts",
-)
+BASE_TABLES = tuple(REQUIRED_COLUMNS)
 _HEADER_LINE = re.compile(r"^--\s*([a-z ]+):\s*(.*?)\s*$")
 _REQUIRED = ("kind", "level", "logical view", "key", "upstreams", "base tables")
 

@@ -1,6 +1,7 @@
 """Draining the queue from Python: claim a batch in a short transaction, then
 refresh each version in a transaction of its own, so one failure never stops
-the rest and a killed worker loses at most its lease.
+the rest. A killed worker's claims are taken over by the next claim, as soon
+as the database sees its session gone.
 
 A drain may use several workers, each a thread with its own connection. They
 claim with FOR UPDATE SKIP LOCKED, so no two hold the same version, and the
@@ -26,9 +27,15 @@ import psycopg
 from orchestration import settings
 from orchestration.db import gateway
 from orchestration.db.gateway import Claim, ReadModelCounts, VersionOutcome
+from orchestration.errors import ConnectionLost
 
 DEFAULT_BATCH_SIZE: int = settings.BATCH_SIZE.default
 DEFAULT_LEASE_SECONDS = float(settings.LEASE_SECONDS.default)
+# A worker killed mid-statement leaves its session running until the server
+# notices the closed connection (every CLIENT_CHECK_SECONDS, later on a busy
+# machine); before leaving claims held by others behind, a drain that found
+# nothing else to do keeps trying to claim for at most this long.
+HOLDER_EXIT_GRACE_SECONDS = 2.0
 # How often a following drain looks at an empty queue again.
 POLL_SECONDS = 0.5
 
@@ -37,7 +44,9 @@ ConnectionFactory = Callable[[], psycopg.Connection]
 
 
 def worker_name(prefix: str = "python") -> str:
-    return f"{prefix}:{socket.gethostname()}:{os.getpid()}"
+    """Unique per drain: a restarted process (same host, same pid in a
+    container) never mistakes an old claim for its own."""
+    return f"{prefix}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class RefreshPolicy:
     statement_timeout: str = settings.STATEMENT_TIMEOUT.default
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Who refreshes, as the refresh log records it: Dagster runs say 'dagster:<run id>';
+    # any other Python drain is the command line's.
+    source: str = "cli"
     # Workers refreshing in parallel, each with its own connection.
     workers: int = settings.REFRESH_WORKERS.default
     # A following drain ends once the queue has had nothing ready for this long...
@@ -123,7 +135,7 @@ class RefreshReport:
 
 
 def prepare_session(conn: psycopg.Connection, policy: RefreshPolicy) -> None:
-    gateway.configure_refresh_session(conn, policy.lock_timeout, policy.statement_timeout)
+    gateway.configure_refresh_session(conn, policy.lock_timeout, policy.statement_timeout, policy.source)
 
 
 def drain_queue(
@@ -144,16 +156,33 @@ def drain_queue(
     the first on `conn`, each other on a connection of its own. With `follow`, the
     drain keeps claiming what arrives until the queue has had nothing ready for
     policy.idle_seconds, and claims nothing new after policy.max_run_seconds.
-    """
+
+    A lost connection ends the drain with ConnectionLost: what it had not
+    finished stays queued, and its claims are taken over by the next claim."""
     policy = policy or RefreshPolicy.from_env(conn)
-    prepare_session(conn, policy)
-    if gateway.storage_strategy(conn) == "matview":
-        return _drain_matviews(conn, on_version)
     count = 1 if connect is None else max(1, workers if workers is not None else policy.workers)
     drain = _ParallelDrain(policy, sorted(kinds) if kinds is not None else None, max_versions, follow, on_version)
-    report = drain.run(conn, connect, worker or worker_name(), count)
-    gateway.mark_populated_if_complete(conn)
-    return report
+    started = time.perf_counter()
+    try:
+        prepare_session(conn, policy)
+        if gateway.storage_strategy(conn) == "matview":
+            _drain_matviews(conn, drain.report, on_version)
+        else:
+            drain.run(conn, connect, worker or worker_name(), count)
+            gateway.mark_populated_if_complete(conn)
+    except (psycopg.OperationalError, _WorkerConnectionLost) as exc:
+        if isinstance(exc, psycopg.OperationalError) and not gateway.connection_lost(conn, exc):
+            raise
+        raise ConnectionLost(
+            f"lost the connection to the database after refreshing {len(drain.report.refreshed)} version(s): "
+            "the rest is still queued, and the next refresh takes it over"
+        ) from None
+    drain.report.seconds = time.perf_counter() - started
+    return drain.report
+
+
+class _WorkerConnectionLost(Exception):
+    """A worker's own connection was lost (its session is gone)."""
 
 
 class _ParallelDrain:
@@ -177,7 +206,7 @@ class _ParallelDrain:
         self.reserved = 0  # versions claimed or being claimed, against max_versions
         self.workers = 1
 
-    def run(self, conn: psycopg.Connection, connect: ConnectionFactory | None, name: str, count: int) -> RefreshReport:
+    def run(self, conn: psycopg.Connection, connect: ConnectionFactory | None, name: str, count: int) -> None:
         self.workers = count
         names = [name] if count == 1 else [f"{name}/{i}" for i in range(1, count + 1)]
         assert connect is not None or count == 1
@@ -191,25 +220,25 @@ class _ParallelDrain:
             self._work(conn, names[0])
         except BaseException:
             # Interrupted or failed: the helpers stop after their current version;
-            # what they still hold stays claimed until taken over.
+            # what they still hold is taken over by the next claim.
             self.stop.set()
             raise
         for thread in helpers:
             thread.join()
-        self.report.seconds = time.monotonic() - self.started
         if self.errors:
             raise self.errors[0]
-        return self.report
 
     def _helper(self, connect: ConnectionFactory | None, name: str) -> None:
+        conn: psycopg.Connection | None = None
         try:
             assert connect is not None
             with closing(connect()) as conn:
                 prepare_session(conn, self.policy)
                 self._work(conn, name)
         except BaseException as exc:
+            lost = isinstance(exc, psycopg.OperationalError) and conn is not None and gateway.connection_lost(conn, exc)
             with self.lock:
-                self.errors.append(exc)
+                self.errors.append(_WorkerConnectionLost() if lost else exc)
             self.stop.set()
 
     def _reserve(self) -> int:
@@ -233,7 +262,7 @@ class _ParallelDrain:
                 self.report.batches += 1
                 self.last_claimed = time.monotonic()
 
-    def _keep_waiting(self) -> bool:
+    def _keep_following(self) -> bool:
         """After an empty claim: whether a following drain should look again."""
         if not self.follow:
             return False
@@ -252,6 +281,7 @@ class _ParallelDrain:
         return max(1, min(limit, -(-ready // self.workers)))
 
     def _work(self, conn: psycopg.Connection, name: str) -> None:
+        grace_ends: float | None = None
         while reserved := self._reserve():
             limit = self._fair_share(conn, reserved)
             if limit < reserved:
@@ -259,9 +289,14 @@ class _ParallelDrain:
             claims = gateway.claim_batch(conn, name, limit, self.policy.lease_seconds, self.kinds)
             self._claimed(limit, len(claims))
             if not claims:
-                if not self._keep_waiting():
+                if self._keep_following():
+                    self.stop.wait(POLL_SECONDS)
+                    continue
+                # Claims of a killed worker are claimable once its session ends: wait a little.
+                grace_ends = grace_ends or time.monotonic() + HOLDER_EXIT_GRACE_SECONDS
+                if time.monotonic() >= grace_ends or not _claimable_soon(conn, self.kinds):
                     return
-                self.stop.wait(POLL_SECONDS)
+                self.stop.wait(gateway.CLIENT_CHECK_SECONDS)
                 continue
             for claim in claims:
                 outcome = gateway.refresh_claimed(conn, claim, name)
@@ -270,17 +305,24 @@ class _ParallelDrain:
                     self.last_claimed = time.monotonic()
 
 
-def _drain_matviews(conn: psycopg.Connection, on_version: Callable[[VersionOutcome], None] | None) -> RefreshReport:
+def _claimable_soon(conn: psycopg.Connection, kinds: list[str] | None) -> bool:
+    """Whether entries of these kinds are claimed by holders alive as far as
+    the database knows (one may be a killed worker's session, about to end),
+    or ready (such a session ended since the last claim)."""
+    kind = kinds[0] if kinds is not None and len(kinds) == 1 else None
+    state = gateway.queue_state(conn, kind)
+    return bool(state.get("claimed") or state.get("ready"))
+
+
+def _drain_matviews(
+    conn: psycopg.Connection, report: RefreshReport, on_version: Callable[[VersionOutcome], None] | None
+) -> None:
     """The matview strategy has no per-version refresh: the SQL drain claims
     every ready entry, refreshes all views once and settles the claims."""
-    report = RefreshReport()
-    started = time.perf_counter()
     while batch := gateway.drain_sql_batch(conn):
         report.batches += 1
         for kind, version_id in batch:
             report.record(VersionOutcome(kind, version_id), on_version)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def refresh_versions(

@@ -45,6 +45,13 @@ def _non_negative_float(text: str) -> float:
     return number
 
 
+def _positive_float(text: str) -> float:
+    number = float(text)
+    if number <= 0:
+        raise ValueError(text)
+    return number
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting. database_key: kept in progress_refresh_settings under this key
@@ -214,6 +221,22 @@ QUEUE_STALE_SECONDS = Setting(
     parse=_non_negative_float,
     expected="a number of seconds",
 )
+FRESHNESS_TARGET_SECONDS = Setting(
+    "freshness_target_seconds",
+    "PROGRESS_FRESHNESS_TARGET_SECONDS",
+    30.0,
+    "latency aimed at from a change's commit to its refresh; the read models' freshness policy follows it",
+    parse=_positive_float,
+    expected="a positive number of seconds",
+)
+OBSERVATION_INTERVAL_SECONDS = Setting(
+    "observation_interval_seconds",
+    "PROGRESS_OBSERVATION_INTERVAL_SECONDS",
+    10,
+    "how often outside_refresh_sensor reports refreshes made outside Dagster",
+    parse=_positive_int,
+    expected="a positive integer",
+)
 TEST_DATABASE_URL = Setting(
     "test_database_url",
     "PROGRESS_TEST_DATABASE_URL",
@@ -249,6 +272,8 @@ SETTINGS: tuple[Setting, ...] = (
     RUN_MAX_SECONDS,
     DAGSTER_EXECUTOR,
     QUEUE_STALE_SECONDS,
+    FRESHNESS_TARGET_SECONDS,
+    OBSERVATION_INTERVAL_SECONDS,
     TEST_DATABASE_URL,
     TEST_POSTGRES_BIN,
 )

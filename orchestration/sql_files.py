@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from orchestration.settings import PROJECT_ROOT
 
 
 def sql_dir() -> Path:

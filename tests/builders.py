@@ -259,6 +259,16 @@ def queued(conn: psycopg.Connection) -> set[tuple[str, uuid.UUID]]:
     return {(k, v) for k, v in conn.execute("SELECT kind, version_id FROM progress_refresh_queue")}
 
 
+def chapter_scopes(conn: psycopg.Connection) -> dict[tuple[str, uuid.UUID], list[str] | None]:
+    """Queued versions and the chapters each is queued for (None: the whole version)."""
+    return {(k, v): c for k, v, c in conn.execute("SELECT kind, version_id, chapter_ids FROM progress_refresh_queue")}
+
+
+def chapter_scoped_entries(conn: psycopg.Connection) -> int:
+    """Queued versions that a drain refreshes by chapter rather than whole."""
+    return sum(1 for scope in chapter_scopes(conn).values() if scope is not None)
+
+
 def clear_queue(conn: psycopg.Connection) -> None:
     conn.execute("DELETE FROM progress_refresh_queue")
 

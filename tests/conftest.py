@@ -28,16 +28,21 @@ def database_dsn(server_dsn: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_dsn() -> str:
+def server_dsn(record_testsuite_property) -> str:
     """DSN of a maintenance database on the test server: PROGRESS_TEST_DATABASE_URL,
-    else a server from PROGRESS_TEST_POSTGRES_BIN's binaries, else the embedded one."""
+    else a server from PROGRESS_TEST_POSTGRES_BIN's binaries, else the embedded one.
+    Its version goes in the JUnit report, for `project.py test` to say where it ran."""
     configured = settings.from_env(TEST_DATABASE_URL)
-    if configured:
-        return str(configured)
     bin_dir = settings.from_env(TEST_POSTGRES_BIN)
-    if bin_dir is not None:
-        return start_embedded(pgdata=state_dir() / f"pgdata-test-{bin_dir.parent.name}", bin_dir=bin_dir)
-    return start_embedded()
+    if configured:
+        dsn = str(configured)
+    elif bin_dir is not None:
+        dsn = start_embedded(pgdata=state_dir() / f"pgdata-test-{bin_dir.parent.name}", bin_dir=bin_dir)
+    else:
+        dsn = start_embedded()
+    with connect(dsn) as conn:
+        record_testsuite_property("postgresql_version", conn.execute("SHOW server_version").fetchone()[0])
+    return dsn
 
 
 def _create_template(server_dsn: str, name: str, strategy: str) -> str:

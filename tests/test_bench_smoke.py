@@ -18,6 +18,8 @@ METRICS = {
     "refresh_1_audio_chapter",
     "refresh_1_audio_range",
     "refresh_1_text",
+    "refresh_1_text_verse",
+    "refresh_1_audio_whole",
     "refresh_10_mixed",
     "full_rebuild",
     "full_rebuild_vs_concurrently",

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+import builders as b
 from orchestration.db.connection import connect
 
 
@@ -140,25 +141,24 @@ def test_refresh_queued_then_status_shows_rows(dsn: str) -> None:
     status = json.loads(run_cli("status", "--json", dsn=dsn).stdout)
     assert status["queue"]["depth"] == 0
     assert status["read_models"]["mv_text_version_progress_summary"]["rows"] == 1
+    # The lag figures Dagster records per materialization, from the same refresh log.
+    text_lag, audio_lag = status["lag_last_hour"]["text"], status["lag_last_hour"]["audio"]
+    assert text_lag["refreshes"] == 1 and 0 <= text_lag["p50"] == text_lag["p95"] == text_lag["max"]
+    assert audio_lag["refreshes"] == 0 and audio_lag["p95"] is None
+    with connect(dsn) as conn:
+        assert conn.execute("SELECT source FROM progress_refresh_log").fetchall() == [("cli",)]
+    shown = run_cli("status", dsn=dsn).stdout
+    assert "text lag over the last hour (1 refreshes): p50" in shown
+    assert "audio lag: no refreshes in the last hour" in shown
 
 
 def text_versions_with_a_verse(db, count: int) -> list[uuid.UUID]:
-    """Versions that each cover the one verse of a tiny bible, queued by their triggers."""
-    db.execute("INSERT INTO bible_versions VALUES ('b', 'B') ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO books VALUES ('b-1', 'b', 1, 'One') ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO chapters VALUES ('b-1-1', 'b-1', 1, 1) ON CONFLICT DO NOTHING")
-    db.execute("INSERT INTO verses VALUES ('b-1-1-1', 'b-1-1', 1, 1) ON CONFLICT DO NOTHING")
-    language = uuid.uuid4()
-    db.execute("INSERT INTO language_entities (id, name) VALUES (%s, 'L')", [language])
-    ids = [uuid.uuid4() for _ in range(count)]
-    for n, version in enumerate(ids, start=1):
-        db.execute(
-            "INSERT INTO text_versions (id, language_entity_id, bible_version_id, name) VALUES (%s, %s, 'b', %s)",
-            [version, language, f"Text {n}"],
-        )
-        db.execute(
-            "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 'text')", [version]
-        )
+    """Versions named "Text 1", "Text 2", … that each cover one verse, queued by their triggers."""
+    bible = b.bible(db, f"b{uuid.uuid4().hex[:6]}", {"GEN": [1]})
+    language = b.language(db)
+    ids = [b.text_version(db, bible.id, language, name=f"Text {n}") for n in range(1, count + 1)]
+    for version in ids:
+        b.verse_texts(db, version, [bible.verse("GEN", 1, 1)])
     return ids
 
 

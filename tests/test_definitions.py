@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
+import yaml
 
 from orchestration.assets import BASE_TABLES, REFRESH_POOL
 from orchestration.automation import CONCURRENCY_TAG, SENSOR_INTERVAL_ENV
 from orchestration.definitions import defs
 from orchestration.read_models import READ_MODELS
+from orchestration.settings import PROJECT_ROOT
 
 READ_MODEL_NAMES = {model.name for model in READ_MODELS}
 
@@ -81,39 +86,73 @@ def test_read_models_are_one_subsettable_step_in_the_refresh_pool(graph):
     assert step.node_def.pool == REFRESH_POOL
 
 
-def test_jobs_carry_the_concurrency_tag():
+def test_jobs_carry_the_tag_the_instance_limits_to_one_run():
+    instance = yaml.safe_load((PROJECT_ROOT / "dagster.yaml.template").read_text())
+    limits = {limit["key"]: limit["limit"] for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]}
     for name in ("refresh_queued_versions", "full_backfill"):
         job = defs.resolve_job_def(name)
-        assert job.tags[CONCURRENCY_TAG]
-        assert job.description
+        assert job.tags[CONCURRENCY_TAG] == "database"
+        assert limits[CONCURRENCY_TAG] >= 1  # the tag names a limit the shipped instance sets
         selected = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
         assert selected == READ_MODEL_NAMES
+    assert (
+        "refreshes only the versions those changes queued"
+        in defs.resolve_job_def("refresh_queued_versions").description
+    )
+    assert "Queues every version and drains the queue in batches" in defs.resolve_job_def("full_backfill").description
 
 
 @pytest.mark.parametrize(
-    "name, cron, job",
+    "name, cron, job, description",
     [
-        ("refresh_queued_every_15_minutes", "*/15 * * * *", "refresh_queued_versions"),
-        ("full_backfill_nightly", "0 3 * * *", "full_backfill"),
+        (
+            "refresh_queued_every_15_minutes",
+            "*/15 * * * *",
+            "refresh_queued_versions",
+            "Drains the queue every 15 minutes whatever the sensor thresholds say.",
+        ),
+        (
+            "full_backfill_nightly",
+            "0 3 * * *",
+            "full_backfill",
+            "Rebuilds every version nightly at 03:00 UTC, in batches.",
+        ),
     ],
 )
-def test_schedules(name, cron, job):
+def test_schedules(name, cron, job, description):
     schedule = defs.resolve_schedule_def(name)
     assert schedule.cron_schedule == cron
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == job
-    assert schedule.description
+    assert schedule.description == description
+
+
+def sensor_seen_with(environment: dict[str, str]) -> dict:
+    """The sensor as a fresh code location loads it under this environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGRESS_SENSOR_")}
+    script = (
+        "import json; from orchestration.definitions import defs;"
+        "s = defs.resolve_sensor_def('refresh_queue_sensor');"
+        "print(json.dumps({'interval': s.minimum_interval_seconds, 'description': s.description}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**env, **environment}, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_sensor():
     sensor = defs.resolve_sensor_def("refresh_queue_sensor")
     assert sensor.job_name == "refresh_queued_versions"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    if SENSOR_INTERVAL_ENV not in os.environ:
-        # The daemon's loop runs at most every 5 s: the shipped interval is that floor.
-        assert sensor.minimum_interval_seconds == 5
-    assert sensor.description
+    default = sensor_seen_with({})
+    # The daemon's loop runs at most every 5 s: the shipped interval is that floor.
+    assert default["interval"] == 5
+    assert "($PROGRESS_SENSOR_MIN_DEPTH, default 25)" in default["description"]
+    assert "($PROGRESS_SENSOR_MAX_AGE_SECONDS, default 0s)" in default["description"]
+    assert sensor_seen_with({SENSOR_INTERVAL_ENV: "7"})["interval"] == 7
 
 
 def test_checks(graph):

@@ -506,3 +506,46 @@ def test_matview_strategy_random_workload_structure_heavy(matview_db, seed):
 @pytest.mark.parametrize(("seed", "final"), [(211, concurrent_rebuild), (311, full_rebuild)])
 def test_matview_strategy_random_workload_rebuilds(matview_db, seed, final):
     run_workload(matview_db, seed, final)
+
+
+# Chapter-scoped refreshes: file, mapping and text edits only (no version or
+# structure change), a drain after every few edits, so most drains refresh
+# chapters rather than whole versions; both strategies must match the views.
+CHAPTER_EDITS = {
+    "op_insert_version": 0,
+    "op_version_change": 0,
+    "op_version_hard_delete": 0,
+    "op_structure": 0,
+    "op_files_bulk": 0,
+}
+
+
+def run_chapter_edits(db: psycopg.Connection, seed: int, drain: Callable[[psycopg.Connection], None]) -> None:
+    workload = Workload(db, seed, CHAPTER_EDITS)
+    workload.setup()
+    b.drain(db)
+    check(db, workload)
+    chapter_scoped = 0
+    for _ in range(10):
+        for _ in range(workload.rng.randint(1, 3)):
+            workload.random_op()
+        chapter_scoped += b.chapter_scoped_entries(db)
+        workload.log.append("-- drain")
+        drain(db)
+        check(db, workload)
+    assert chapter_scoped > 0, "no drain refreshed a chapter scope"
+
+
+@pytest.mark.parametrize("seed", range(500, 508))
+def test_random_chapter_edits_sql_drain(db, seed):
+    run_chapter_edits(db, seed, sql_drain)
+
+
+@pytest.mark.parametrize("seed", [510, 511, 512])
+def test_random_chapter_edits_python_drain(db, seed):
+    run_chapter_edits(db, seed, python_drain)
+
+
+@pytest.mark.parametrize("seed", [520, 521])
+def test_matview_strategy_random_chapter_edits(matview_db, seed):
+    run_chapter_edits(matview_db, seed, sql_drain)

@@ -206,6 +206,83 @@ def test_change_committed_mid_refresh_sql_drain(db, dsn):
     assert b.summary(db, "audio", other)["covered_verses"] == 3
 
 
+def test_chapter_change_landing_mid_refresh_of_another_chapter(strategy_dsn):
+    """A change to one chapter commits while a drain refreshes another chapter of
+    the same version (held at the book level by a lock the test holds): the
+    next drain makes every read model equal to its logical view."""
+    with connect(strategy_dsn) as db:
+        db.execute("SELECT refresh_progress_materialized_views_full()")
+        A, _, v = small_world(db)
+        table = gateway.storage_strategy(db) == "table"
+        b.media_file(db, v, chapter=A.chapter("GEN", 2))
+        assert b.chapter_scopes(db) == {("audio", v): [A.chapter("GEN", 2)]}
+
+        with connect(strategy_dsn) as refresher, connect(strategy_dsn) as writer, connect(strategy_dsn) as holder:
+            holder.execute("BEGIN")
+            # A SHARE lock until rollback (LOCK TABLE refuses materialized views).
+            holder.execute("CREATE INDEX test_hold ON mv_audio_book_coverage (book_id)")
+            try:
+                if table:  # the Python path: claimed in a transaction of its own
+                    [claim] = gateway.claim_batch(refresher, "test-worker", 10, 300)
+                    thread, result = run_in_thread(lambda: gateway.refresh_claimed(refresher, claim, "test-worker"))
+                else:  # the SQL drain: claim and refresh in one transaction
+                    thread, result = run_in_thread(
+                        lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
+                    )
+                wait_for(db, refresher.info.backend_pid, lambda event: event[0] == "Lock")
+                wthread, wresult = run_in_thread(lambda: b.media_file(writer, v, chapter=A.chapter("EXO", 1)))
+                if table:
+                    finish(wthread, wresult)  # committed while the refresh of GEN 2 waits
+                    assert thread.is_alive()
+                    assert b.chapter_scopes(db) == {("audio", v): sorted([A.chapter("GEN", 2), A.chapter("EXO", 1)])}
+            finally:
+                holder.execute("ROLLBACK")
+            outcome = finish(thread, result)
+            finish(wthread, wresult)
+            if table:
+                assert outcome.ok, outcome.error
+
+        assert ("audio", v) in b.queued(db)
+        b.drain(db)
+        b.assert_read_models_match(db)
+        b.assert_queue_empty(db)
+        assert b.summary(db, "audio", v)["covered_verses"] == 7
+
+
+def test_queue_scopes_merge_and_the_whole_version_absorbs_them(db):
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2, 3]})
+    v = b.audio_version(db, "A", b.language(db))
+    b.media_file(db, v, chapter=A.chapter("GEN", 1))
+    b.drain(db)
+    b.media_file(db, v, chapter=A.chapter("EXO", 1))
+    b.media_file(db, v, start=A.verse("GEN", 1, 2), end=A.verse("GEN", 2, 1))
+    assert b.chapter_scopes(db) == {
+        ("audio", v): sorted([A.chapter("EXO", 1), A.chapter("GEN", 1), A.chapter("GEN", 2)])
+    }
+    b.drain(db)
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+    assert b.summary(db, "audio", v)["covered_verses"] == 6
+
+    # a chapter-scoped drain writes only those chapters' rows
+    b.media_file(db, v, chapter=A.chapter("GEN", 2), publish_status="pending")
+    assert b.queued(db) == set()  # not live: nothing it could alter
+    f = b.media_file(db, v, verses=[A.verse("EXO", 2, 1)])
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("EXO", 2)]}
+    b.drain(db)
+    b.assert_read_models_match(db)
+
+    # a version-level change, or enqueueing by hand, means the whole version
+    db.execute("UPDATE media_files SET deleted_at = now() WHERE id = %s", [f])
+    db.execute("SELECT enqueue_progress_refresh('audio', %s)", [v])
+    assert b.chapter_scopes(db) == {("audio", v): None}
+    b.media_file(db, v, chapter=A.chapter("EXO", 2))
+    assert b.chapter_scopes(db) == {("audio", v): None}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+
+
 # (b) a refresh that changes nothing writes nothing --------------------------------
 
 

@@ -96,7 +96,7 @@ def test_adopt_swaps_in_while_a_reader_polls_keeps_queue_and_grants(previous_dsn
             assert granted.fetchone() == (True,), model.name
         # The old queue triggers are gone, the apps' other trigger stays.
         triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
-        assert "note_media_file_change" not in triggers and "note_verse_text_change" not in triggers
+        assert not {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} & triggers
         assert "blank_verse_text_is_null" in triggers
         report = "\n".join(changes)
         assert "dropped queue trigger note_media_file_change on media_files" in report
@@ -207,5 +207,35 @@ def test_a_take_over_that_cannot_swap_leaves_the_previous_design_working(previou
         # The previous design's own capture still works, and a later --adopt completes.
         make_changes(conn, salt=5)
         migrate(conn, adopt=True)
+        drain(conn)
+        assert_read_models_match(conn)
+
+
+def test_another_rendition_best_versions_as_materialized_views_and_a_queue_without_its_key(
+    previous_dsn: str,
+) -> None:
+    with connect(previous_dsn) as conn:
+        for kind in ("audio", "text"):
+            name = f"language_entity_best_{kind}_version"
+            definition = conn.execute("SELECT pg_get_viewdef(%s::regclass)", [name]).fetchone()[0]  # type: ignore[index]
+            conn.execute(f"DROP VIEW {name}")
+            conn.execute(f"CREATE MATERIALIZED VIEW {name} AS {definition}")
+            conn.execute(f"GRANT SELECT ON {name} TO {READER_ROLE}")
+        conn.execute("ALTER TABLE progress_refresh_queue DROP CONSTRAINT progress_refresh_queue_kind_version_id_key")
+        conn.execute(
+            "INSERT INTO progress_refresh_queue (kind, version_id)"
+            " SELECT kind, version_id FROM progress_refresh_queue ORDER BY id LIMIT 1"
+        )
+        queued = pending(conn)
+        found = "\n".join(f.line() for f in plan_migrate(conn, adopt=True).inspection.findings)
+        assert "read model as a materialized view language_entity_best_audio_version" in found
+        assert "queue trigger note_media_file_verse_change on media_files_verses" in found  # through a helper
+
+        with PollingReader(previous_dsn) as reader:
+            migrate(conn, adopt=True)
+        assert (reader.log.errors, reader.log.empty) == ([], [])
+        assert pending(conn) == queued
+        duplicates = conn.execute("SELECT count(*) - count(DISTINCT (kind, version_id)) FROM progress_refresh_queue")
+        assert duplicates.fetchone() == (0,)
         drain(conn)
         assert_read_models_match(conn)

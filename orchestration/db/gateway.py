@@ -64,15 +64,31 @@ def _translate(exc: psycopg.Error) -> ProgressError:
     return ProgressError(diag or " ".join(str(exc).split()))
 
 
-def configure_refresh_session(conn: psycopg.Connection, lock_timeout: str, statement_timeout: str) -> None:
+# How often a refresh statement checks that its client is still there.
+CLIENT_CHECK_SECONDS = 0.25
+
+
+def configure_refresh_session(
+    conn: psycopg.Connection, lock_timeout: str, statement_timeout: str, source: str = "cli"
+) -> None:
     """A stuck lock or a runaway statement fails one version instead of hanging
-    a run; a killed worker's statement is cancelled within a second instead of
-    holding its locks until it finishes."""
+    a run; a killed worker's statement is cancelled (and its session, which
+    holds its claims, ends) within CLIENT_CHECK_SECONDS instead of when the
+    statement finishes. `source` names who refreshes in the refresh log
+    ('dagster:<run id>', 'cli')."""
     conn.execute(
         "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false),"
-        "       set_config('client_connection_check_interval', '1s', false)",
-        [lock_timeout, statement_timeout],
+        "       set_config('client_connection_check_interval', %s, false),"
+        "       set_config('progress.refresh_source', %s, false)",
+        [lock_timeout, statement_timeout, f"{int(CLIENT_CHECK_SECONDS * 1000)}ms", source],
     )
+
+
+def connection_lost(conn: psycopg.Connection, exc: psycopg.Error) -> bool:
+    """Whether exc means the session is gone (server restart or shutdown,
+    terminated backend, broken network) rather than a failed statement."""
+    sqlstate = exc.sqlstate or ""
+    return conn.broken or conn.closed or sqlstate.startswith(("08", "57P"))
 
 
 def claim_batch(
@@ -99,6 +115,8 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
                 [claim.kind, claim.version_id, worker],
             ).fetchall()
     except psycopg.Error as exc:
+        if connection_lost(conn, exc):
+            raise  # not this version's fault: its claim is taken over with the rest
         # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
         outcome.error = " ".join(str(exc).split())
         record_failure(conn, claim.kind, claim.version_id, outcome.error)
@@ -112,8 +130,8 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
         else:
             outcome.counts.append(ReadModelCounts(read_model, inserted, updated, deleted))
     if outcome.error is None:
-        # Killed between the two transactions, the entry stays claimed; once its
-        # lease expires it is refreshed again, which changes nothing.
+        # Killed between the two transactions, the entry stays claimed until the
+        # next claim takes it over; refreshed again, it changes nothing.
         with conn.transaction():
             conn.execute("SELECT progress_finish(%s, %s, %s)", [claim.kind, claim.version_id, claim.generation])
     return outcome
@@ -213,6 +231,13 @@ def queue_state(conn: psycopg.Connection, kind: str | None = None) -> dict[str, 
     return dict(row) if row else {}
 
 
+def claims(conn: psycopg.Connection, kind: str | None = None) -> list[dict[str, Any]]:
+    """Claimed entries with their holder, whether it is alive (None: not
+    checked) and when another worker may take them over."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute("SELECT * FROM progress_claims(%s)", [kind]))
+
+
 def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return list(
@@ -292,3 +317,112 @@ def settings(conn: psycopg.Connection) -> dict[str, str]:
     if not row or not row[0]:
         return {}
     return {key: value for key, value in conn.execute("SELECT key, value FROM progress_refresh_settings")}
+
+
+@dataclass(frozen=True)
+class RefreshLag:
+    """Lag of finished refreshes, in seconds (None when none had a queued change)."""
+
+    refreshes: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    last_refreshed_at: datetime | None
+    oldest_queued_age_seconds: float
+
+
+def refresh_lag(
+    conn: psycopg.Connection, kind: str | None = None, source: str | None = None, within_seconds: float | None = None
+) -> RefreshLag:
+    """From each refresh's oldest change (its queue entry's first enqueue) to its
+    commit, over the refresh log: of one kind, one source, a recent window."""
+    row = conn.execute(
+        "SELECT * FROM progress_refresh_lag(%s, %s, make_interval(secs => %s))", [kind, source, within_seconds]
+    ).fetchone()
+    assert row is not None
+    refreshes, p50, p95, worst, last, oldest = row
+    return RefreshLag(int(refreshes), p50, p95, worst, last, float(oldest or 0.0))
+
+
+@dataclass(frozen=True)
+class LoggedRefreshes:
+    """Refreshes of one kind by one source, read from the refresh log."""
+
+    kind: str
+    source: str
+    version_ids: list[uuid.UUID]
+    refreshes: int
+    rows_written: int | None
+    first_refreshed_at: datetime
+    last_refreshed_at: datetime
+    lag_p50: float | None
+    lag_p95: float | None
+    lag_max: float | None
+
+
+def refresh_log_horizon(conn: psycopg.Connection) -> int:
+    """Transactions below this id have all ended: the refresh log is complete below it."""
+    row = conn.execute("SELECT progress_refresh_log_horizon()::text").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def refreshes_between(conn: psycopg.Connection, after: int, before: int) -> list[LoggedRefreshes]:
+    """Refreshes logged by transactions in [after, before), per kind and source."""
+    rows = conn.execute(
+        "SELECT * FROM progress_refreshes_between(%s::text::xid8, %s::text::xid8)", [str(after), str(before)]
+    ).fetchall()
+    return [
+        LoggedRefreshes(kind, source, list(ids), int(n), None if rows_written is None else int(rows_written), *rest)
+        for kind, source, ids, n, rows_written, *rest in rows
+    ]
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    version_id: uuid.UUID
+    name: str | None
+    language: str | None
+    verse_fraction: float | None
+    chapter_fraction: float | None
+    book_fraction: float | None
+
+    @property
+    def label(self) -> str:
+        """What a person recognises: the name, with the id's first block to tell namesakes apart."""
+        short = str(self.version_id).split("-")[0]
+        return f"{self.name} ({short})" if self.name else str(self.version_id)
+
+
+def version_summaries(conn: psycopg.Connection, kind: str, versions: list[uuid.UUID]) -> list[VersionSummary]:
+    """Name, language and current verse/chapter/book fractions of each version, in the given order."""
+    if not versions:
+        return []
+    return [
+        VersionSummary(version_id, name, language, *(None if f is None else float(f) for f in fractions))
+        for version_id, name, language, *fractions in conn.execute(
+            "SELECT * FROM progress_version_summaries(%s, %s)", [kind, versions]
+        )
+    ]
+
+
+def next_queued_versions(conn: psycopg.Connection, kind: str, limit: int) -> list[uuid.UUID]:
+    """The ready versions of a kind a drain would claim first."""
+    row = conn.execute("SELECT progress_next_queued_versions(%s, %s)", [kind, limit]).fetchone()
+    return list(row[0]) if row and row[0] else []
+
+
+@dataclass(frozen=True)
+class TableActivity:
+    table: str
+    row_count: int
+    estimated: bool
+    rows_changed: int
+
+
+def table_activity(conn: psycopg.Connection, tables: list[str]) -> list[TableActivity]:
+    """Rows (estimated for big tables) and rows written since the statistics reset, per table."""
+    return [
+        TableActivity(name, int(rows), bool(estimated), int(changed))
+        for name, rows, estimated, changed in conn.execute("SELECT * FROM progress_table_activity(%s)", [tables])
+    ]

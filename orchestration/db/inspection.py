@@ -242,10 +242,17 @@ def _inspect_functions(conn: psycopg.Connection, result: Inspection) -> None:
 
 
 def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
+    # A trigger writes the queue when its function does, or calls a function that does.
     rows = conn.execute(
         """
+        WITH writers AS (
+            SELECT p.proname FROM pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace
+               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               AND NOT starts_with(p.proname, 'progress_'))
         SELECT c.relname, t.tgname, p.oid::regprocedure::text,
                p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
           FROM pg_trigger t
           JOIN pg_class c ON c.oid = t.tgrelid
           JOIN pg_proc p ON p.oid = t.tgfoid

@@ -31,20 +31,73 @@ RETURNS numeric[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Totals of a bible version: counted rows, not the sum of chapters.total_verses.
--- Verses are counted per chapter through the (chapter_id, id) index. The
+-- Verses are counted per chapter through the (chapter_id, id) index. NULL:
+-- every bible version that has books or a stored count.
+CREATE OR REPLACE FUNCTION progress_count_bible_versions(p_bible_version_ids text[])
+RETURNS TABLE (bible_version_id text, total_verses bigint, total_chapters bigint, total_books bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT bv.id,
+           coalesce((SELECT sum((SELECT count(*) FROM verses v WHERE v.chapter_id = c.id))
+                       FROM books b JOIN chapters c ON c.book_id = b.id
+                      WHERE b.bible_version_id = bv.id), 0)::bigint,
+           (SELECT count(*) FROM books b JOIN chapters c ON c.book_id = b.id WHERE b.bible_version_id = bv.id),
+           (SELECT count(*) FROM books b WHERE b.bible_version_id = bv.id)
+      FROM (SELECT DISTINCT x FROM unnest(p_bible_version_ids) AS x
+             WHERE x IS NOT NULL
+            UNION
+            SELECT DISTINCT b.bible_version_id FROM books b
+             WHERE p_bible_version_ids IS NULL AND b.bible_version_id IS NOT NULL
+            UNION
+            SELECT k.bible_version_id FROM progress_bible_version_counts k
+             WHERE p_bible_version_ids IS NULL) AS bv (id)
+$$;
+
+-- Makes the stored counts of these bible versions (NULL: all) exact. Called
+-- by the structure triggers in the writer's transaction. The rows are locked
+-- first and counted after, in a statement of its own: under READ COMMITTED it
+-- sees every transaction that changed the same bible version and committed
+-- while this one waited, so concurrent writers never leave a stale count.
+CREATE OR REPLACE FUNCTION progress_recount_bible_versions(p_bible_version_ids text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_bible_version_ids IS NULL THEN
+        INSERT INTO progress_bible_version_counts (bible_version_id)
+        SELECT DISTINCT b.bible_version_id FROM books b WHERE b.bible_version_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+        PERFORM FROM progress_bible_version_counts ORDER BY bible_version_id FOR UPDATE;
+    ELSE
+        INSERT INTO progress_bible_version_counts (bible_version_id)
+        SELECT DISTINCT x FROM unnest(p_bible_version_ids) AS x WHERE x IS NOT NULL ORDER BY 1
+        ON CONFLICT DO NOTHING;
+        PERFORM FROM progress_bible_version_counts
+          WHERE bible_version_id = ANY (p_bible_version_ids) ORDER BY bible_version_id FOR UPDATE;
+    END IF;
+    UPDATE progress_bible_version_counts k
+       SET total_verses = n.total_verses, total_chapters = n.total_chapters, total_books = n.total_books
+      FROM progress_count_bible_versions(p_bible_version_ids) n
+     WHERE k.bible_version_id = n.bible_version_id
+       AND (k.total_verses, k.total_chapters, k.total_books)
+           IS DISTINCT FROM (n.total_verses, n.total_chapters, n.total_books);
+END
+$$;
+
+-- Totals of a bible version, as progress_count_bible_versions counts them,
+-- read from the stored counts (zero for a bible version without books). The
 -- fixed search_path lets REFRESH MATERIALIZED VIEW (which runs with an empty
--- one) resolve the tables, and keeps each total computed once per call.
+-- one) resolve the table.
 CREATE OR REPLACE FUNCTION progress_bible_version_totals(p_bible_version_id text)
 RETURNS TABLE (total_verses bigint, total_chapters bigint, total_books bigint)
 LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
-    SELECT coalesce(sum(per_chapter.verses), 0)::bigint,
-           count(c.id),
-           (SELECT count(*) FROM books WHERE bible_version_id = p_bible_version_id)
-      FROM books b
-      JOIN chapters c ON c.book_id = b.id
-     CROSS JOIN LATERAL (SELECT count(*) AS verses FROM verses v WHERE v.chapter_id = c.id) AS per_chapter
-     WHERE b.bible_version_id = p_bible_version_id
+    SELECT coalesce(max(k.total_verses), 0)::bigint, coalesce(max(k.total_chapters), 0)::bigint,
+           coalesce(max(k.total_books), 0)::bigint
+      FROM progress_bible_version_counts k
+     WHERE k.bible_version_id = p_bible_version_id
 $$;
+
+-- The counts are made exact at every migrate too: structure written while the
+-- triggers were not installed (before this release, or during a take-over).
+SELECT progress_recount_bible_versions(NULL);
 
 CREATE OR REPLACE VIEW progress_live_bible_audio_files AS
 SELECT mf.id, mf.audio_version_id, mf.chapter_id, mf.start_verse_id, mf.end_verse_id
@@ -60,25 +113,104 @@ SELECT v.id AS verse_id, v.chapter_id, b.bible_version_id, v.global_order
   JOIN chapters c ON c.id = v.chapter_id
   JOIN books b ON b.id = c.book_id;
 
+-- The live files of one audio version whose coverage can reach the given
+-- chapters: a file of one of them, a file mapped to one of their verses
+-- (found verse first), a verse range overlapping their verses in global
+-- order. A superset of what reaches them (a range may pass over them, or lie
+-- in another bible version at the same global order), never less.
+-- Not inlined (plpgsql) and declared few rows: the definition reading it is
+-- planned as lookups from a handful of files, whatever the version holds.
+-- Every lookup is driven by the given chapters (unnest), so the plan cached
+-- once per session (generic) stays a chain of index lookups.
+DROP FUNCTION IF EXISTS progress_live_bible_audio_files_reaching(uuid, text[]);
+CREATE OR REPLACE FUNCTION progress_live_bible_audio_files_reaching(p_version uuid, p_chapters text[])
+RETURNS SETOF progress_live_bible_audio_files LANGUAGE plpgsql STABLE ROWS 10
+SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    first_verse bigint;
+    last_verse bigint;
+BEGIN
+    SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
+      FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
+            OFFSET 0) AS o;
+    RETURN QUERY
+    SELECT f.*
+      FROM (SELECT mf.id FROM unnest(p_chapters) AS ch (id)
+             CROSS JOIN LATERAL (SELECT m.id FROM media_files m
+                                  WHERE m.audio_version_id = p_version AND m.chapter_id = ch.id OFFSET 0) AS mf
+            UNION
+            SELECT mfv.media_file_id FROM unnest(p_chapters) AS ch (id)
+              JOIN verses v ON v.chapter_id = ch.id
+              JOIN media_files_verses mfv ON mfv.verse_id = v.id
+             WHERE mfv.deleted_at IS NULL
+            UNION
+            -- Each of the version's ranges looked up on its own (OFFSET 0): a
+            -- range's bounds are two verse lookups, never a scan of verses.
+            SELECT r.id FROM media_files r
+             CROSS JOIN LATERAL (
+                   SELECT sv.global_order AS first, coalesce(ev.global_order, sv.global_order) AS last
+                     FROM verses sv LEFT JOIN verses ev ON ev.id = r.end_verse_id
+                    WHERE sv.id = r.start_verse_id
+                   OFFSET 0) AS bounds
+             WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
+               AND bounds.first <= last_verse AND bounds.last >= first_verse) AS reach (id)
+     -- Each candidate looked up by its key, never a hash of the version's files.
+     CROSS JOIN LATERAL (
+           SELECT * FROM progress_live_bible_audio_files l
+            WHERE l.id = reach.id AND l.audio_version_id = p_version
+           OFFSET 0) AS f;
+END
+$$;
+
+-- What a chapter-scoped refresh reads instead of a base source a definition
+-- names: a function of (scope, chapters) returning the source's rows for that
+-- scope that can reach those chapters (a superset is fine: the rows made are
+-- filtered to the chapters' members). Sources not listed are read as they are.
+CREATE OR REPLACE FUNCTION progress_chapter_scoped_sources()
+RETURNS TABLE (source text, scoped_function text) LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('progress_live_bible_audio_files', 'progress_live_bible_audio_files_reaching')
+$$;
+
 -- A definition's SQL reads the stored read models above it (mv_*). The same
 -- SQL with those names replaced reads other sources:
 --   'stored'  as written: the per-version refresh and the matview strategy;
 --   'view'    the logical views above it, live from the base tables: the
 --             logical view, the reference every read model is checked against;
 --   'shadow'  the shadow copies being built beside the stored read models named
---             in p_shadowed (a take-over, or a changed definition).
+--             in p_shadowed (a take-over, or a changed definition);
+--   'chapters' a chapter-scoped refresh (the generated *_within functions):
+--             each stored read model above it narrowed to its rows of the
+--             scope (p_scope) whose second key is a member of the chapters
+--             (scope_members_<key>, see progress_chapter_members), and each base
+--             source of progress_chapter_scoped_sources() replaced by its
+--             scoped function. Cost follows the chapters, not the version.
 CREATE OR REPLACE FUNCTION progress_definition_sql(
     d progress_read_model_definitions, p_source text, p_shadowed text[] DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     sql text := d.body;
     up progress_read_model_definitions%ROWTYPE;
+    scoped record;
 BEGIN
     IF p_source = 'stored' THEN
         RETURN sql;
     END IF;
+    IF p_source = 'chapters' THEN
+        -- Each scoped source is computed once (a definition may read it in several branches).
+        FOR scoped IN SELECT * FROM progress_chapter_scoped_sources() LOOP
+            CONTINUE WHEN sql !~ ('\m' || scoped.source || '\M');
+            sql := format('WITH %I AS MATERIALIZED (SELECT * FROM %I(p_scope, scope_chapters)) ',
+                          'scoped_' || scoped.source, scoped.scoped_function)
+                   || regexp_replace(sql, '\m' || scoped.source || '\M', 'scoped_' || scoped.source, 'g');
+        END LOOP;
+    END IF;
     FOR up IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (d.upstreams) LOOP
-        IF p_source = 'view' THEN
+        IF p_source = 'chapters' THEN
+            sql := regexp_replace(sql, '\m' || up.stored_name || '\M',
+                                  format('(SELECT * FROM %I WHERE %I = p_scope AND %I = ANY (%I))',
+                                         up.stored_name, up.scope_column, up.key_columns[2],
+                                         'scope_members_' || up.key_columns[2]), 'g');
+        ELSIF p_source = 'view' THEN
             sql := regexp_replace(sql, '\m' || up.stored_name || '\M', up.logical_view, 'g');
         ELSIF up.stored_name = ANY (p_shadowed) THEN
             sql := regexp_replace(sql, '\m' || up.stored_name || '\M', progress_shadow_name(up.stored_name), 'g');

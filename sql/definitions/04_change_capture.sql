@@ -3,15 +3,113 @@
 -- statement can alter (SPEC section 4). One queue upsert per statement, never
 -- one per row; updates that change nothing relevant queue nothing.
 
--- Queues versions; a version already queued gets its generation bumped so a
--- refresh that claimed the older generation leaves it queued.
+-- Queues whole versions; a version already queued gets its generation bumped
+-- so a refresh that claimed the older generation leaves it queued, and its
+-- chapter scope widened to the whole version.
 CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     INSERT INTO progress_refresh_queue AS q (kind, version_id)
     SELECT DISTINCT p_kind, v FROM unnest(p_versions) AS v WHERE v IS NOT NULL ORDER BY 2
     ON CONFLICT (kind, version_id) DO UPDATE
-       SET generation = q.generation + 1, changed_at = now()
+       SET generation = q.generation + 1, changed_at = now(), chapter_ids = NULL
+$$;
+
+-- Past this many chapters a version is refreshed whole: as cheap, and the
+-- queue entry stays small.
+CREATE OR REPLACE FUNCTION progress_chapter_scope_limit() RETURNS int
+LANGUAGE sql IMMUTABLE AS $$ SELECT 200 $$;
+
+-- Two chapter scopes merged: NULL (the whole version) absorbs everything.
+CREATE OR REPLACE FUNCTION progress_merge_chapter_scopes(p_left text[], p_right text[])
+RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_left IS NULL OR p_right IS NULL THEN NULL
+                WHEN p_right <@ p_left THEN p_left
+                ELSE (SELECT CASE WHEN count(*) > progress_chapter_scope_limit() THEN NULL
+                                  ELSE array_agg(c ORDER BY c) END
+                        FROM (SELECT unnest(p_left) UNION SELECT unnest(p_right)) AS u (c)) END
+$$;
+
+-- Queues versions with the chapters a change touched, as parallel arrays: a
+-- version is queued whole where p_whole is true (or its chapters pass the
+-- limit); a NULL chapter queues the version with no chapter of its own (its
+-- summary and best-version rows only).
+CREATE OR REPLACE FUNCTION progress_enqueue_scopes(
+    p_kind text, p_versions uuid[], p_chapters text[], p_whole boolean[] DEFAULT NULL)
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
+    SELECT p_kind, x.v,
+           CASE WHEN bool_or(x.w) OR count(DISTINCT x.c) > progress_chapter_scope_limit() THEN NULL
+                ELSE coalesce(array_agg(DISTINCT x.c ORDER BY x.c) FILTER (WHERE x.c IS NOT NULL), '{}') END
+      FROM unnest(p_versions, p_chapters, coalesce(p_whole, '{}')) AS x (v, c, w)
+     WHERE x.v IS NOT NULL
+     GROUP BY x.v ORDER BY x.v
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now(),
+           chapter_ids = progress_merge_chapter_scopes(q.chapter_ids, EXCLUDED.chapter_ids)
+$$;
+
+-- Queues versions with the chapters of the verses a change touched (parallel
+-- arrays). A statement writing more rows of one version than a chapter scope
+-- could hold (a bulk load) queues that version whole, with no lookups.
+CREATE OR REPLACE FUNCTION progress_enqueue_verses(p_kind text, p_versions uuid[], p_verses text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    WITH pairs AS MATERIALIZED (
+        SELECT x.v, x.verse_id, count(*) OVER (PARTITION BY x.v) > 10 * progress_chapter_scope_limit() AS bulk
+          FROM unnest(p_versions, p_verses) AS x (v, verse_id) WHERE x.v IS NOT NULL),
+    scopes AS (
+        SELECT DISTINCT p.v, NULL::text AS chapter_id, true AS whole FROM pairs p WHERE p.bulk
+        UNION ALL
+        SELECT p.v, (SELECT ve.chapter_id FROM verses ve WHERE ve.id = p.verse_id), false
+          FROM pairs p WHERE NOT p.bulk)
+    SELECT progress_enqueue_scopes(p_kind, array_agg(v), array_agg(chapter_id), array_agg(whole))
+      FROM scopes
+     HAVING count(*) > 0
+$$;
+
+-- The chapters a media file's coverage reaches: its chapter, the chapters of
+-- its verse range, the chapters of its mapped verses.
+CREATE OR REPLACE FUNCTION progress_media_file_chapters(
+    p_file uuid, p_chapter text, p_start_verse text, p_end_verse text)
+RETURNS SETOF text LANGUAGE sql STABLE AS $$
+    SELECT p_chapter WHERE p_chapter IS NOT NULL
+    UNION
+    SELECT s.chapter_id
+      FROM progress_verse_structure sv
+      LEFT JOIN verses ev ON ev.id = p_end_verse
+      JOIN progress_verse_structure s
+        ON s.bible_version_id = sv.bible_version_id
+       AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
+     WHERE sv.verse_id = p_start_verse
+    UNION
+    SELECT v.chapter_id FROM media_files_verses m JOIN verses v ON v.id = m.verse_id
+     WHERE m.media_file_id = p_file AND m.deleted_at IS NULL
+$$;
+
+-- Files (one side of a statement) as parallel arrays: their versions queued
+-- with the chapters each file reaches; a version with more files in the
+-- statement than a chapter scope holds is queued whole.
+CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
+    p_versions uuid[], p_files uuid[], p_chapters text[], p_starts text[], p_ends text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    WITH files AS MATERIALIZED (
+        SELECT x.*, count(*) OVER (PARTITION BY x.v) > progress_chapter_scope_limit() AS bulk
+          FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends) AS x (v, id, chapter_id, start_id, end_id)
+         WHERE x.v IS NOT NULL),
+    scopes AS (
+        SELECT DISTINCT f.v, NULL::text AS chapter_id, true AS whole FROM files f WHERE f.bulk
+        UNION ALL
+        SELECT f.v, reached.chapter_id, false
+          FROM files f
+          LEFT JOIN LATERAL progress_media_file_chapters(f.id, f.chapter_id, f.start_id, f.end_id)
+                    AS reached (chapter_id) ON true
+         WHERE NOT f.bulk)
+    SELECT progress_enqueue_scopes('audio', array_agg(v), array_agg(chapter_id), array_agg(whole))
+      FROM scopes
+     HAVING count(*) > 0
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_media_files() RETURNS trigger
@@ -19,32 +117,42 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT n.audio_version_id FROM new_rows n
-             WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
-                                                n.publish_status::text, n.deleted_at)));
+        PERFORM progress_enqueue_media_files(
+            array_agg(n.audio_version_id), array_agg(n.id), array_agg(n.chapter_id),
+            array_agg(n.start_verse_id), array_agg(n.end_verse_id))
+           FROM new_rows n
+          WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                             n.publish_status::text, n.deleted_at)
+         HAVING count(*) > 0;
     ELSIF TG_OP = 'DELETE' THEN
+        -- The file's mappings are gone with it (ON DELETE CASCADE) before this
+        -- runs, and with them the chapters they reached: the whole version.
         PERFORM progress_enqueue_versions('audio', ARRAY(
             SELECT o.audio_version_id FROM old_rows o
              WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
                                                 o.publish_status::text, o.deleted_at)));
     ELSE
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT affected.version_id
-              FROM old_rows o
-              FULL JOIN new_rows n ON n.id = o.id
-             CROSS JOIN LATERAL (VALUES
-                   (CASE WHEN progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
-                                                           o.publish_status::text, o.deleted_at)
-                         THEN o.audio_version_id END),
-                   (CASE WHEN progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
-                                                           n.publish_status::text, n.deleted_at)
-                         THEN n.audio_version_id END)) AS affected (version_id)
-             WHERE (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
-                    o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)
-                   IS DISTINCT FROM
-                   (n.audio_version_id, n.media_type, n.is_bible_audio, n.upload_status,
-                    n.publish_status, n.chapter_id, n.start_verse_id, n.end_verse_id, n.deleted_at)));
+        -- Both sides of every changed row count, each while it is live.
+        PERFORM progress_enqueue_media_files(
+            array_agg(side.audio_version_id), array_agg(side.id), array_agg(side.chapter_id),
+            array_agg(side.start_verse_id), array_agg(side.end_verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES
+                (o.audio_version_id, o.id, o.chapter_id, o.start_verse_id, o.end_verse_id,
+                 progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                              o.publish_status::text, o.deleted_at)),
+                (n.audio_version_id, n.id, n.chapter_id, n.start_verse_id, n.end_verse_id,
+                 progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                              n.publish_status::text, n.deleted_at)))
+                AS side (audio_version_id, id, chapter_id, start_verse_id, end_verse_id, live)
+          WHERE side.live
+            AND (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
+                 o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)
+                IS DISTINCT FROM
+                (n.audio_version_id, n.media_type, n.is_bible_audio, n.upload_status,
+                 n.publish_status, n.chapter_id, n.start_verse_id, n.end_verse_id, n.deleted_at)
+         HAVING count(*) > 0;
     END IF;
     RETURN NULL;
 END
@@ -57,22 +165,27 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT f.audio_version_id FROM new_rows n JOIN progress_live_bible_audio_files f
-                ON f.id = n.media_file_id WHERE n.deleted_at IS NULL));
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(n.verse_id))
+           FROM new_rows n JOIN progress_live_bible_audio_files f ON f.id = n.media_file_id
+          WHERE n.deleted_at IS NULL
+         HAVING count(*) > 0;
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT f.audio_version_id FROM old_rows o JOIN progress_live_bible_audio_files f
-                ON f.id = o.media_file_id WHERE o.deleted_at IS NULL));
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(o.verse_id))
+           FROM old_rows o JOIN progress_live_bible_audio_files f ON f.id = o.media_file_id
+          WHERE o.deleted_at IS NULL
+         HAVING count(*) > 0;
     ELSE
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT f.audio_version_id
-              FROM old_rows o
-              FULL JOIN new_rows n ON n.id = o.id
-              JOIN progress_live_bible_audio_files f ON f.id IN (o.media_file_id, n.media_file_id)
-             WHERE (o.media_file_id, o.verse_id, o.deleted_at)
-                   IS DISTINCT FROM (n.media_file_id, n.verse_id, n.deleted_at)
-               AND (o.deleted_at IS NULL OR n.deleted_at IS NULL)));
+        PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(side.verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES (o.media_file_id, o.verse_id, o.deleted_at),
+                                     (n.media_file_id, n.verse_id, n.deleted_at))
+                AS side (media_file_id, verse_id, deleted_at)
+           JOIN progress_live_bible_audio_files f ON f.id = side.media_file_id
+          WHERE side.deleted_at IS NULL
+            AND (o.media_file_id, o.verse_id, o.deleted_at)
+                IS DISTINCT FROM (n.media_file_id, n.verse_id, n.deleted_at)
+         HAVING count(*) > 0;
     END IF;
     RETURN NULL;
 END
@@ -83,21 +196,24 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        PERFORM progress_enqueue_versions('text', ARRAY(
-            SELECT DISTINCT n.text_version_id FROM new_rows n WHERE n.deleted_at IS NULL));
+        PERFORM progress_enqueue_verses('text', array_agg(n.text_version_id), array_agg(n.verse_id))
+           FROM new_rows n WHERE n.deleted_at IS NULL
+         HAVING count(*) > 0;
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM progress_enqueue_versions('text', ARRAY(
-            SELECT DISTINCT o.text_version_id FROM old_rows o WHERE o.deleted_at IS NULL));
+        PERFORM progress_enqueue_verses('text', array_agg(o.text_version_id), array_agg(o.verse_id))
+           FROM old_rows o WHERE o.deleted_at IS NULL
+         HAVING count(*) > 0;
     ELSE
-        PERFORM progress_enqueue_versions('text', ARRAY(
-            SELECT affected.version_id
-              FROM old_rows o
-              FULL JOIN new_rows n ON n.id = o.id
-             CROSS JOIN LATERAL (VALUES
-                   (CASE WHEN o.deleted_at IS NULL THEN o.text_version_id END),
-                   (CASE WHEN n.deleted_at IS NULL THEN n.text_version_id END)) AS affected (version_id)
-             WHERE (o.text_version_id, o.verse_id, o.deleted_at)
-                   IS DISTINCT FROM (n.text_version_id, n.verse_id, n.deleted_at)));
+        PERFORM progress_enqueue_verses('text', array_agg(side.version_id), array_agg(side.verse_id))
+           FROM old_rows o
+           FULL JOIN new_rows n ON n.id = o.id
+          CROSS JOIN LATERAL (VALUES (o.text_version_id, o.verse_id, o.deleted_at),
+                                     (n.text_version_id, n.verse_id, n.deleted_at))
+                AS side (version_id, verse_id, deleted_at)
+          WHERE side.deleted_at IS NULL
+            AND (o.text_version_id, o.verse_id, o.deleted_at)
+                IS DISTINCT FROM (n.text_version_id, n.verse_id, n.deleted_at)
+         HAVING count(*) > 0;
     END IF;
     RETURN NULL;
 END
@@ -171,6 +287,28 @@ BEGIN
 END
 $$;
 
+-- The stored verse counts of bible versions (progress_bible_version_counts)
+-- moved by verses added and removed, given as the chapter of each: one
+-- relative update per bible version, which concurrent writers apply in turn.
+-- A verse whose chapter is gone in the same statement (a cascade from its
+-- chapter or book) is left to that chapter's or book's trigger, which recounts.
+CREATE OR REPLACE FUNCTION progress_count_verse_changes(p_removed text[], p_added text[])
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_bible_version_counts AS k (bible_version_id, total_verses)
+    SELECT b.bible_version_id, sum(x.delta)
+      FROM (SELECT r, -1 FROM unnest(p_removed) AS r
+            UNION ALL
+            SELECT a, 1 FROM unnest(p_added) AS a) AS x (chapter_id, delta)
+      JOIN chapters c ON c.id = x.chapter_id
+      JOIN books b ON b.id = c.book_id
+     WHERE b.bible_version_id IS NOT NULL
+     GROUP BY b.bible_version_id
+    HAVING sum(x.delta) <> 0
+     ORDER BY 1
+    ON CONFLICT (bible_version_id) DO UPDATE SET total_verses = k.total_verses + EXCLUDED.total_verses
+$$;
+
 -- Structure triggers reduce the touched rows to (bible versions, chapters);
 -- on update only rows whose relevant columns changed count, on both sides.
 CREATE OR REPLACE FUNCTION progress_capture_books() RETURNS trigger
@@ -191,6 +329,7 @@ BEGIN
          WHERE (o.id, o.bible_version_id) IS DISTINCT FROM (n.id, n.bible_version_id);
     END IF;
     IF touched_books IS NOT NULL THEN
+        PERFORM progress_recount_bible_versions(touched_bibles);
         PERFORM progress_enqueue_structure_change(
             touched_bibles, ARRAY(SELECT c.id FROM chapters c WHERE c.book_id = ANY (touched_books)));
     END IF;
@@ -216,6 +355,8 @@ BEGIN
          WHERE (o.id, o.book_id, o.total_verses) IS DISTINCT FROM (n.id, n.book_id, n.total_verses);
     END IF;
     IF touched_chapters IS NOT NULL THEN
+        PERFORM progress_recount_bible_versions(
+            ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)));
         PERFORM progress_enqueue_structure_change(
             ARRAY(SELECT b.bible_version_id FROM books b WHERE b.id = ANY (touched_books)),
             touched_chapters);
@@ -232,13 +373,20 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM new_rows;
+        PERFORM progress_count_verse_changes('{}', ARRAY(SELECT n.chapter_id FROM new_rows n));
     ELSIF TG_OP = 'DELETE' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM old_rows;
+        PERFORM progress_count_verse_changes(ARRAY(SELECT o.chapter_id FROM old_rows o), '{}');
     ELSE
         SELECT array_agg(DISTINCT t.chapter_id) INTO touched_chapters
           FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
          CROSS JOIN LATERAL (VALUES (o.chapter_id), (n.chapter_id)) AS t (chapter_id)
          WHERE (o.id, o.chapter_id, o.global_order) IS DISTINCT FROM (n.id, n.chapter_id, n.global_order);
+        PERFORM progress_count_verse_changes(
+            ARRAY(SELECT o.chapter_id FROM old_rows o LEFT JOIN new_rows n ON n.id = o.id
+                   WHERE o.chapter_id IS DISTINCT FROM n.chapter_id),
+            ARRAY(SELECT n.chapter_id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
+                   WHERE n.chapter_id IS DISTINCT FROM o.chapter_id));
     END IF;
     IF touched_chapters IS NOT NULL THEN
         PERFORM progress_enqueue_structure_change(
@@ -251,13 +399,17 @@ END
 $$;
 
 -- TRUNCATE has no transition table: every version of the kinds the table
--- feeds (TG_ARGV) is queued.
+-- feeds (TG_ARGV) is queued, and after a structure table every bible
+-- version's counts are recounted.
 CREATE OR REPLACE FUNCTION progress_capture_truncate() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     kind text;
 BEGIN
+    IF TG_TABLE_NAME IN ('books', 'chapters', 'verses') THEN
+        PERFORM progress_recount_bible_versions(NULL);
+    END IF;
     FOREACH kind IN ARRAY TG_ARGV LOOP
         PERFORM progress_enqueue_all_versions(kind);
     END LOOP;

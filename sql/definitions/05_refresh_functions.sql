@@ -61,18 +61,23 @@ BEGIN
 END
 $$;
 
--- A generated function running one difference statement, counting its rows.
-CREATE OR REPLACE FUNCTION progress_create_diff_function(p_name text, p_parameters text, p_statement text)
+-- A generated function running one difference statement, counting its rows
+-- (p_declare: its variables, computed before the statement runs).
+DROP FUNCTION IF EXISTS progress_create_diff_function(text, text, text);
+CREATE OR REPLACE FUNCTION progress_create_diff_function(
+    p_name text, p_parameters text, p_statement text, p_declare text DEFAULT '')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION %1$I(%2$s OUT inserted bigint, OUT updated bigint, OUT deleted bigint)
         SECURITY DEFINER SET search_path FROM CURRENT
         LANGUAGE plpgsql AS $body$
+        DECLARE
+            %4$s
         BEGIN
             %3$s
         END
-        $body$ $fn$, p_name, p_parameters, p_statement);
+        $body$ $fn$, p_name, p_parameters, p_statement, p_declare);
 END
 $$;
 
@@ -109,6 +114,29 @@ BEGIN
             'progress_sync_' || d.logical_view, 'p_scope uuid,',
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
+        -- The same difference for part of a scope, a chapter-scoped refresh:
+        -- the rows whose second key (a verse, chapter or book) is a member of
+        -- p_chapters, made from sources narrowed to those chapters (see
+        -- progress_definition_sql, 'chapters'). The members of each level
+        -- are computed first, so the statement is planned with them.
+        EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid, text[])', 'progress_sync_' || d.logical_view || '_within');
+        IF cardinality(keys) > 1 AND progress_chapter_members(keys[2], '{}') IS NOT NULL THEN
+            PERFORM progress_create_diff_function(
+                'progress_sync_' || d.logical_view || '_within', 'p_scope uuid, p_chapters text[],',
+                progress_diff_statement(
+                    d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
+                              progress_definition_sql(d, 'chapters'), d.scope_column, keys[2],
+                              'scope_members_' || keys[2]),
+                    format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, keys[2],
+                           'scope_members_' || keys[2]), keys, vals),
+                format('scope_chapters text[] := progress_level_chapters(%L, p_chapters);', keys[2])
+                || (SELECT string_agg(format(' %I text[] := progress_chapter_members(%L, scope_chapters);',
+                                             'scope_members_' || m, m), '')
+                      FROM (SELECT keys[2] AS m
+                            UNION
+                            SELECT u.key_columns[2] FROM progress_read_model_definitions u
+                             WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1) AS x));
+        END IF;
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
             'progress_rebuild_' || d.logical_view, '',
@@ -159,8 +187,35 @@ RETURNS uuid[] LANGUAGE sql STABLE AS $$
          WHERE e IS NOT NULL ORDER BY e)
 $$;
 
--- The version-scoped levels of one version, in order.
-CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid)
+-- The members of a set of chapters at the level a key column names (its
+-- verses, the chapters themselves, their books); NULL for any other column.
+CREATE OR REPLACE FUNCTION progress_chapter_members(p_column text, p_chapters text[])
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT CASE p_column
+           WHEN 'verse_id' THEN ARRAY(SELECT v.id FROM verses v WHERE v.chapter_id = ANY (p_chapters) ORDER BY 1)
+           WHEN 'chapter_id' THEN ARRAY(SELECT DISTINCT c FROM unnest(p_chapters) AS c ORDER BY 1)
+           WHEN 'book_id' THEN ARRAY(SELECT DISTINCT c.book_id FROM chapters c
+                                      WHERE c.id = ANY (p_chapters) AND c.book_id IS NOT NULL ORDER BY 1)
+           END
+$$;
+
+-- The chapters a level's rows for some chapters are made from: a book row
+-- counts all the chapters of its book; other levels, just those chapters.
+CREATE OR REPLACE FUNCTION progress_level_chapters(p_column text, p_chapters text[])
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT CASE p_column
+           WHEN 'book_id' THEN ARRAY(SELECT c.id FROM chapters c
+                                      WHERE c.book_id IN (SELECT s.book_id FROM chapters s WHERE s.id = ANY (p_chapters))
+                                      ORDER BY 1)
+           ELSE p_chapters END
+$$;
+
+-- The version-scoped levels of one version, in order. With p_chapters (NULL:
+-- the whole version) the levels keyed below the version (verse, chapter,
+-- book) sync only the rows of those chapters and their books; the summary,
+-- read from the chapter and book levels, is synced whole.
+DROP FUNCTION IF EXISTS progress_refresh_version_levels(text, uuid);
+CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -172,8 +227,13 @@ BEGIN
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
         c.read_model := d.stored_name;
-        EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
-           INTO c.inserted, c.updated, c.deleted USING p_version;
+        IF p_chapters IS NULL OR cardinality(d.key_columns) < 2 THEN
+            EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
+               INTO c.inserted, c.updated, c.deleted USING p_version;
+        ELSE
+            EXECUTE format('SELECT * FROM %I($1, $2)', 'progress_sync_' || d.logical_view || '_within')
+               INTO c.inserted, c.updated, c.deleted USING p_version, p_chapters;
+        END IF;
         RETURN NEXT c;
     END LOOP;
 END
@@ -224,13 +284,14 @@ BEGIN
 END
 $$;
 
--- Refreshes one version: its levels, then (unless the caller batches them)
--- the language entities it touches. Refreshes of one version take turns.
+-- Refreshes one version (or, with p_chapters, the rows those chapters reach):
+-- its levels, then (unless the caller batches them) the language entities it touches. Refreshes of one version take turns.
 -- JIT is off on this path and the other entry points: compiling the large
 -- per-version plans costs seconds where running them costs milliseconds.
 -- (With the matview strategy everything is refreshed: it has no finer grain.)
+DROP FUNCTION IF EXISTS progress_refresh_version(text, uuid, boolean);
 CREATE OR REPLACE FUNCTION progress_refresh_version(
-    p_kind text, p_version uuid, p_with_entities boolean DEFAULT true)
+    p_kind text, p_version uuid, p_with_entities boolean DEFAULT true, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
 SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
@@ -244,7 +305,7 @@ BEGIN
     END IF;
     PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
     entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
-    RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version);
+    RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version, p_chapters);
     IF p_with_entities THEN
         RETURN QUERY SELECT * FROM progress_refresh_language_entities(p_kind, entities);
     END IF;

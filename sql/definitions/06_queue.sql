@@ -2,8 +2,43 @@
 -- SPEC section 5. Claiming comes before computing: a change committed while
 -- a version is being refreshed bumps its generation, so finishing leaves it queued.
 
+-- Every claim whose lease still runs, with whether its holder is alive:
+-- false when the claim is older than the server (a restart ended every
+-- session) or the holder's session is no longer in pg_stat_activity; NULL
+-- (not known) when the holder check is off or no holder was recorded. The
+-- next claim takes over the claims whose holder is not alive; the lease only
+-- limits a holder that is alive and hung.
+--
+-- One join against pg_stat_activity for all claims. Without pg_read_all_stats
+-- (or the privileges of the session's role) backend_start reads as NULL: then
+-- the pid alone decides, so a live holder is never taken for dead; a reused
+-- pid at worst leaves the claim to its lease.
+CREATE OR REPLACE FUNCTION progress_claim_holders()
+RETURNS TABLE (id bigint, kind text, version_id uuid, claimed_by text, claimed_at timestamptz,
+               lease_until timestamptz, holder_pid int, holder_backend_start timestamptz, holder_alive boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT q.id, q.kind, q.version_id, q.claimed_by, q.claimed_at, q.lease_until,
+           q.holder_pid, q.holder_backend_start,
+           CASE WHEN q.claimed_at < pg_postmaster_start_time() THEN false
+                WHEN q.holder_pid IS NULL OR NOT setting.holder_check THEN NULL
+                ELSE a.pid IS NOT NULL END
+      FROM progress_refresh_queue q
+     CROSS JOIN (SELECT progress_setting('claim_holder_check') IS DISTINCT FROM 'off' AS holder_check) setting
+      -- One backend looked up per claim (pg_stat_activity would list them all on every claim).
+      LEFT JOIN LATERAL (
+            SELECT s.pid FROM pg_stat_get_activity(q.holder_pid) s
+             WHERE q.holder_pid IS NOT NULL AND s.pid = q.holder_pid
+               AND (s.backend_start = q.holder_backend_start
+                    OR s.backend_start IS NULL OR q.holder_backend_start IS NULL)) a ON true
+     WHERE q.lease_until >= now()
+$$;
+
 -- Claims up to p_limit ready entries (oldest first, optionally of some kinds)
--- with a lease; entries other sessions hold are skipped, never waited for.
+-- with a lease, recording this session as their holder; entries other
+-- sessions hold are skipped, never waited for. Ready: unclaimed, past its
+-- lease, or claimed by a holder that is gone (progress_claim_holders). A gone
+-- holder is matched with the claim time too, so an entry another worker took
+-- over meanwhile is seen as held again when its row is re-checked.
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
@@ -13,7 +48,9 @@ LANGUAGE sql AS $$
         SELECT q.id FROM progress_refresh_queue q
          -- A migrate holds this lock throughout: nothing is claimed meanwhile.
          WHERE pg_try_advisory_xact_lock_shared(7370214001)
-           AND (q.lease_until IS NULL OR q.lease_until < now())
+           AND (q.lease_until IS NULL OR q.lease_until < now()
+                OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
+                                             WHERE h.holder_alive IS FALSE))
            AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
            AND (q.not_before IS NULL OR q.not_before <= now())
          ORDER BY q.enqueued_at, q.id
@@ -21,7 +58,9 @@ LANGUAGE sql AS $$
            FOR UPDATE SKIP LOCKED)
     UPDATE progress_refresh_queue q
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
-           lease_until = now() + p_lease
+           claimed_chapter_ids = q.chapter_ids,
+           lease_until = now() + p_lease, holder_pid = pg_backend_pid(),
+           holder_backend_start = (SELECT s.backend_start FROM pg_stat_get_activity(pg_backend_pid()) s)
       FROM picked
      WHERE q.id = picked.id
     RETURNING q.kind, q.version_id, q.generation
@@ -37,7 +76,7 @@ BEGIN
      WHERE kind = p_kind AND version_id = p_version AND generation = p_generation;
     IF NOT FOUND THEN
         UPDATE progress_refresh_queue
-           SET claimed_by = NULL, lease_until = NULL,
+           SET claimed_by = NULL, lease_until = NULL, holder_pid = NULL, holder_backend_start = NULL,
                enqueued_at = coalesce(claimed_at, enqueued_at), claimed_at = NULL
          WHERE kind = p_kind AND version_id = p_version;
     END IF;
@@ -55,7 +94,7 @@ DECLARE
 BEGIN
     UPDATE progress_refresh_queue
        SET attempts = attempts + 1, last_error = p_error, claimed_by = NULL, lease_until = NULL,
-           claimed_at = NULL,
+           claimed_at = NULL, holder_pid = NULL, holder_backend_start = NULL,
            not_before = now() + make_interval(
                secs => progress_setting('retry_backoff_seconds')::numeric * 2 ^ attempts)
      WHERE kind = p_kind AND version_id = p_version
@@ -69,6 +108,33 @@ BEGIN
            SET attempts = dl.attempts + EXCLUDED.attempts, last_error = EXCLUDED.last_error,
                failed_at = now();
     END IF;
+END
+$$;
+
+-- Who is refreshing in this session: 'dagster:<run id>' or 'cli' when the
+-- Python drain set progress.refresh_source, 'sql' otherwise (psql, pg_cron).
+CREATE OR REPLACE FUNCTION progress_refresh_source() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('progress.refresh_source', true), ''), 'sql')
+$$;
+
+-- Records a finished refresh of a version in progress_refresh_log, in the
+-- refresh's own transaction (so it commits with it), and prunes a bounded
+-- number of rows past refresh_log_keep_days that no one else is pruning.
+-- The queue entry's enqueued_at is read before progress_finish() releases it.
+CREATE OR REPLACE FUNCTION progress_log_refresh(p_kind text, p_version uuid, p_rows_written bigint)
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, refreshed_at, source, rows_written)
+    SELECT p_kind, p_version,
+           (SELECT q.enqueued_at FROM progress_refresh_queue q WHERE q.kind = p_kind AND q.version_id = p_version),
+           clock_timestamp(), progress_refresh_source(), p_rows_written;
+    DELETE FROM progress_refresh_log
+     WHERE id IN (SELECT id FROM progress_refresh_log
+                   WHERE refreshed_at < now() - make_interval(days => progress_setting('refresh_log_keep_days')::int)
+                   ORDER BY refreshed_at LIMIT 1000
+                     FOR UPDATE SKIP LOCKED);
 END
 $$;
 
@@ -91,18 +157,24 @@ SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
+    scope text[];
 BEGIN
-    IF NOT EXISTS (SELECT FROM progress_refresh_queue q
-                    WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker) THEN
+    -- The scope recorded by the claim (NULL: the whole version). Chapters
+    -- changed since bumped the generation and stay queued for the next claim.
+    SELECT q.claimed_chapter_ids INTO scope FROM progress_refresh_queue q
+     WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
     BEGIN
-        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities) AS c);
+        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, scope) AS c);
     EXCEPTION WHEN OTHERS THEN
         PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
         RETURN;
     END;
+    PERFORM progress_log_refresh(p_kind, p_version,
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
     RETURN QUERY SELECT c.read_model, c.inserted, c.updated, c.deleted, NULL::text FROM unnest(done) AS c;
 END
 $$;
@@ -147,6 +219,7 @@ BEGIN
     END IF;
     PERFORM progress_refresh_matviews(true);
     FOR c IN SELECT * FROM jsonb_to_recordset(claims) AS j (kind text, version_id uuid, generation bigint) LOOP
+        PERFORM progress_log_refresh(c.kind, c.version_id, NULL);
         PERFORM progress_finish(c.kind, c.version_id, c.generation);
         kind := c.kind;
         version_id := c.version_id;
@@ -243,6 +316,8 @@ DECLARE
     index_ddl text[];
     ddl text;
 BEGIN
+    -- A rebuild trusts nothing stored: the bible versions' counts too.
+    PERFORM progress_recount_bible_versions(NULL);
     IF progress_storage_strategy() = 'matview' THEN
         PERFORM progress_refresh_matviews(p_concurrently);
     ELSIF p_concurrently THEN

@@ -1,7 +1,9 @@
 -- What users and the Dagster checks read about the product's health.
 
 -- Depth of the queue (optionally of one kind), how many entries are ready
--- now, and the ages of the oldest entry and of the oldest ready entry.
+-- now, and the ages of the oldest entry and of the oldest ready entry. A
+-- claim whose holder is gone counts as ready (the next claim takes it over),
+-- not as claimed.
 DROP FUNCTION IF EXISTS progress_queue_state();
 CREATE OR REPLACE FUNCTION progress_queue_state(p_kind text DEFAULT NULL)
 RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
@@ -10,20 +12,40 @@ RETURNS TABLE (depth bigint, ready bigint, claimed bigint, retrying bigint,
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
     WITH q AS (
-        SELECT enqueued_at, attempts, lease_until,
-               (lease_until IS NULL OR lease_until < now())
-                   AND (not_before IS NULL OR not_before <= now()) AS is_ready
-          FROM progress_refresh_queue
-         WHERE p_kind IS NULL OR kind = p_kind)
+        SELECT q.enqueued_at, q.attempts,
+               q.lease_until >= now() AND h.holder_alive IS NOT FALSE AS is_claimed,
+               (q.lease_until IS NULL OR q.lease_until < now() OR h.holder_alive IS FALSE)
+                   AND (q.not_before IS NULL OR q.not_before <= now()) AS is_ready
+          FROM progress_refresh_queue q
+          LEFT JOIN progress_claim_holders() h ON h.id = q.id
+         WHERE p_kind IS NULL OR q.kind = p_kind)
     SELECT count(*),
            count(*) FILTER (WHERE is_ready),
-           count(*) FILTER (WHERE lease_until >= now()),
+           count(*) FILTER (WHERE is_claimed),
            count(*) FILTER (WHERE attempts > 0),
            min(enqueued_at),
            coalesce(extract(epoch FROM now() - min(enqueued_at))::double precision, 0),
            coalesce(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE is_ready))::double precision, 0),
            (SELECT count(*) FROM progress_refresh_dead_letter WHERE p_kind IS NULL OR kind = p_kind)
       FROM q
+$$;
+
+-- Claimed entries, for `progress-refresh status`: who holds each (the
+-- worker's name and its server session), whether that session is alive
+-- (NULL: not checked, see claim_holder_check), and when another worker may
+-- take the entry over: at the next claim when the holder is gone, else when
+-- its lease ends (a live holder keeps it while it works).
+CREATE OR REPLACE FUNCTION progress_claims(p_kind text DEFAULT NULL)
+RETURNS TABLE (kind text, version_id uuid, claimed_by text, holder_pid int, holder_backend_start timestamptz,
+               claimed_at timestamptz, lease_until timestamptz, holder_alive boolean, taken_over text)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    SELECT h.kind, h.version_id, h.claimed_by, h.holder_pid, h.holder_backend_start,
+           h.claimed_at, h.lease_until, h.holder_alive,
+           CASE WHEN h.holder_alive IS FALSE THEN 'at the next claim' ELSE 'when its lease ends' END
+      FROM progress_claim_holders() h
+     WHERE p_kind IS NULL OR h.kind = p_kind
+     ORDER BY h.claimed_by, h.claimed_at, h.kind, h.version_id
 $$;
 
 -- Rows in which a read model and its logical view differ, both directions:
@@ -144,20 +166,17 @@ CREATE OR REPLACE FUNCTION progress_version_states(p_kinds text[], p_versions uu
 RETURNS TABLE (kind text, version_id uuid, name text, deleted boolean)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql STABLE AS $$
-    WITH named AS (SELECT * FROM unnest(p_kinds, p_versions) AS n (kind, version_id))
-    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
-      FROM named n LEFT JOIN audio_versions v ON v.id = n.version_id
-     WHERE n.kind = 'audio'
-       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
-                                     THEN EXISTS (SELECT FROM mv_audio_version_progress_summary s
-                                                   WHERE s.audio_version_id = n.version_id) END)
-    UNION ALL
-    SELECT n.kind, n.version_id, v.name, v.id IS NULL OR v.deleted_at IS NOT NULL
-      FROM named n LEFT JOIN text_versions v ON v.id = n.version_id
-     WHERE n.kind = 'text'
-       AND (v.id IS NOT NULL OR CASE WHEN progress_read_models_readable()
-                                     THEN EXISTS (SELECT FROM mv_text_version_progress_summary s
-                                                   WHERE s.text_version_id = n.version_id) END)
+    SELECT n.kind, n.version_id, coalesce(a.name, t.name),
+           coalesce(a.id, t.id) IS NULL OR coalesce(a.deleted_at, t.deleted_at) IS NOT NULL
+      FROM unnest(p_kinds, p_versions) AS n (kind, version_id)
+      LEFT JOIN audio_versions a ON n.kind = 'audio' AND a.id = n.version_id
+      LEFT JOIN text_versions t ON n.kind = 'text' AND t.id = n.version_id
+     WHERE coalesce(a.id, t.id) IS NOT NULL
+        OR CASE WHEN progress_read_models_readable() THEN
+               n.kind = 'audio' AND EXISTS (SELECT FROM mv_audio_version_progress_summary s
+                                             WHERE s.audio_version_id = n.version_id)
+               OR n.kind = 'text' AND EXISTS (SELECT FROM mv_text_version_progress_summary s
+                                               WHERE s.text_version_id = n.version_id) END
 $$;
 
 -- When a version was last refreshed, from the refresh log when the database
@@ -172,5 +191,136 @@ BEGIN
         EXECUTE 'SELECT max(refreshed_at) FROM progress_refresh_log' INTO logged;
     END IF;
     RETURN logged;
+END
+$$;
+
+-- Lag of finished refreshes (progress_refresh_log): from the oldest change a
+-- refresh made visible (its queue entry's first enqueue) to the refresh's
+-- commit, optionally of one kind, one source ('dagster:<run id>', 'cli',
+-- 'sql') and a recent window; with the age of the oldest entry still queued.
+-- Versions refreshed by name while not queued count as refreshes, not in the lag.
+CREATE OR REPLACE FUNCTION progress_refresh_lag(
+    p_kind text DEFAULT NULL, p_source text DEFAULT NULL, p_within interval DEFAULT NULL)
+RETURNS TABLE (refreshes bigint, lag_seconds_p50 double precision, lag_seconds_p95 double precision,
+               lag_seconds_max double precision, last_refreshed_at timestamptz,
+               oldest_queued_age_seconds double precision)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT count(*),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY l.lag),
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY l.lag),
+           max(l.lag),
+           max(l.refreshed_at),
+           (SELECT s.oldest_age_seconds FROM progress_queue_state(p_kind) s)
+      FROM (SELECT extract(epoch FROM r.refreshed_at - r.first_enqueued_at)::double precision AS lag, r.refreshed_at
+              FROM progress_refresh_log r
+             WHERE (p_kind IS NULL OR r.kind = p_kind)
+               AND (p_source IS NULL OR r.source = p_source)
+               AND (p_within IS NULL OR r.refreshed_at >= now() - p_within)) l;
+END
+$$;
+
+-- Readers of the refresh log take what committed below a horizon: the xmin of
+-- the current snapshot. Every transaction below it has ended and no new one
+-- can start below it, so reading (previous horizon, this horizon] in turn
+-- sees every row exactly once, whatever order transactions commit in.
+CREATE OR REPLACE FUNCTION progress_refresh_log_horizon() RETURNS xid8
+LANGUAGE sql STABLE AS $$
+    SELECT pg_snapshot_xmin(pg_current_snapshot())
+$$;
+
+-- Refreshes logged by transactions in [p_from, p_to), per kind and source:
+-- the versions, rows written, when, and the lag of what they made visible.
+CREATE OR REPLACE FUNCTION progress_refreshes_between(p_from xid8, p_to xid8)
+RETURNS TABLE (kind text, source text, version_ids uuid[], refreshes bigint, rows_written bigint,
+               first_refreshed_at timestamptz, last_refreshed_at timestamptz,
+               lag_seconds_p50 double precision, lag_seconds_p95 double precision,
+               lag_seconds_max double precision)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT r.kind, r.source, array_agg(DISTINCT r.version_id), count(*), sum(r.rows_written)::bigint,
+           min(r.refreshed_at), max(r.refreshed_at),
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.refreshed_at - r.first_enqueued_at)),
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM r.refreshed_at - r.first_enqueued_at)),
+           max(extract(epoch FROM r.refreshed_at - r.first_enqueued_at))::double precision
+      FROM progress_refresh_log r
+     WHERE r.xact_id >= p_from AND r.xact_id < p_to
+     GROUP BY r.kind, r.source
+     ORDER BY r.kind, min(r.refreshed_at);
+END
+$$;
+
+-- Names, languages and current progress of some versions, for metadata a
+-- person reads (names, not bare ids); versions without a summary row (deleted,
+-- never refreshed, or read models not yet populated) have NULL fractions.
+CREATE OR REPLACE FUNCTION progress_version_summaries(p_kind text, p_versions uuid[])
+RETURNS TABLE (version_id uuid, name text, language text, verse_fraction numeric,
+               chapter_fraction numeric, book_fraction numeric)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    readable boolean := progress_read_models_readable();
+BEGIN
+    PERFORM progress_check_kind(p_kind);
+    RETURN QUERY EXECUTE format(
+        'SELECT ids.id, v.name, l.name, %s
+           FROM unnest($1) WITH ORDINALITY AS ids (id, n)
+           LEFT JOIN %I v ON v.id = ids.id
+           LEFT JOIN language_entities l ON l.id = v.language_entity_id
+           %s
+          ORDER BY ids.n',
+        CASE WHEN readable THEN 's.verse_fraction, s.chapter_fraction, s.book_fraction'
+             ELSE 'NULL::numeric, NULL::numeric, NULL::numeric' END,
+        p_kind || '_versions',
+        CASE WHEN readable THEN format('LEFT JOIN %I s ON s.%I = ids.id',
+                                       'mv_' || p_kind || '_version_progress_summary', p_kind || '_version_id')
+             ELSE '' END)
+    USING p_versions;
+END
+$$;
+
+-- The ready entries of a kind a drain would claim first (claim order).
+CREATE OR REPLACE FUNCTION progress_next_queued_versions(p_kind text, p_limit int) RETURNS uuid[]
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(q.version_id ORDER BY q.enqueued_at, q.id), '{}')
+      FROM (SELECT * FROM progress_refresh_queue q
+             WHERE q.kind = p_kind
+               AND (q.lease_until IS NULL OR q.lease_until < now())
+               AND (q.not_before IS NULL OR q.not_before <= now())
+             ORDER BY q.enqueued_at, q.id
+             LIMIT p_limit) q
+$$;
+
+-- Size and write activity of some tables (the base tables apps write): rows
+-- (exact under 100,000, the planner's estimate above: counting a large table
+-- on every change would cost more than it tells) and rows inserted, updated
+-- and deleted since the statistics were reset, which moves when apps write.
+CREATE OR REPLACE FUNCTION progress_table_activity(p_tables text[])
+RETURNS TABLE (table_name text, row_count bigint, estimated boolean, rows_changed bigint)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t text;
+    estimate real;
+BEGIN
+    FOREACH t IN ARRAY p_tables LOOP
+        table_name := t;
+        SELECT c.reltuples, coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0)
+          INTO estimate, rows_changed
+          FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+         WHERE c.oid = t::regclass;
+        estimated := estimate >= 100000;
+        IF estimated THEN
+            row_count := estimate::bigint;
+        ELSE
+            EXECUTE format('SELECT count(*) FROM %I', t) INTO row_count;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;

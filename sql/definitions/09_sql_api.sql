@@ -19,13 +19,17 @@ RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRE
 LANGUAGE plpgsql AS $$
 DECLARE
     queued_generation bigint;
+    done progress_refresh_count[];
 BEGIN
     PERFORM progress_check_version(kind, version_id);
     -- The entry is locked before anything else, as in progress_refresh_claimed.
     SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
      WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
        FOR UPDATE;
-    RETURN QUERY SELECT * FROM progress_refresh_version(kind, version_id);
+    done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
+    PERFORM progress_log_refresh(kind, version_id,
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
+    RETURN QUERY SELECT * FROM unnest(done);
     IF queued_generation IS NOT NULL THEN
         PERFORM progress_finish(kind, version_id, queued_generation);
     END IF;

@@ -62,6 +62,23 @@ ALTER TABLE progress_refresh_queue
     ALTER COLUMN enqueued_at SET DEFAULT now(),
     ALTER COLUMN enqueued_at SET NOT NULL;
 
+-- Every queue write is an upsert on (kind, version_id): a queue kept without
+-- that constraint gets it, its duplicates merged into the oldest entry.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_index i
+         WHERE i.indrelid = 'progress_refresh_queue'::regclass AND i.indisunique AND i.indpred IS NULL
+           AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                 WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = '{kind,version_id}'
+           AND i.indnkeyatts = 2) THEN
+        DELETE FROM progress_refresh_queue q USING progress_refresh_queue older
+         WHERE older.kind = q.kind AND older.version_id = q.version_id AND older.id < q.id;
+        ALTER TABLE progress_refresh_queue ADD UNIQUE (kind, version_id);
+    END IF;
+END
+$$;
+
 CREATE INDEX IF NOT EXISTS progress_refresh_queue_enqueued_idx
     ON progress_refresh_queue (enqueued_at, id);
 

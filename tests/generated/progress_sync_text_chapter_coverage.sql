@@ -4,6 +4,8 @@ CREATE OR REPLACE FUNCTION public.progress_sync_text_chapter_coverage(p_scope uu
  SECURITY DEFINER
  SET search_path TO 'public', 'pg_temp'
 AS $function$
+        DECLARE
+            
         BEGIN
             
         WITH desired AS MATERIALIZED (SELECT * FROM progress_rows_text_chapter_coverage(p_scope)),
