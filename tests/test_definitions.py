@@ -15,7 +15,6 @@ from orchestration.assets import BASE_TABLES, REFRESH_POOL
 from orchestration.automation import CONCURRENCY_TAG, SENSOR_INTERVAL_ENV
 from orchestration.definitions import defs
 from orchestration.read_models import READ_MODELS
-from orchestration.settings import PROJECT_ROOT
 
 READ_MODEL_NAMES = {model.name for model in READ_MODELS}
 
@@ -86,8 +85,10 @@ def test_read_models_are_one_subsettable_step_in_the_refresh_pool(graph):
     assert step.node_def.pool == REFRESH_POOL
 
 
-def test_jobs_carry_the_tag_the_instance_limits_to_one_run():
-    instance = yaml.safe_load((PROJECT_ROOT / "dagster.yaml.template").read_text())
+def test_jobs_carry_the_tag_the_instance_limits(tmp_path):
+    from orchestration.dagster_dev import render_instance_config
+
+    instance = yaml.safe_load(render_instance_config(tmp_path).read_text())
     limits = {limit["key"]: limit["limit"] for limit in instance["concurrency"]["runs"]["tag_concurrency_limits"]}
     for name in ("refresh_queued_versions", "full_backfill"):
         job = defs.resolve_job_def(name)
