@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 # The targets; none of them is loosened here.
-REFRESH_SPEEDUP_AT_M = 100.0
+# One changed chapter at M against the matview drain (the chapter-scoped refresh aims at the physical floor).
+REFRESH_SPEEDUP_AT_M = 10_000.0
 FLAT_COST_L_OVER_S = 1.5
 NOTHING_CHANGED_MAX_WAL = 1024
 CAPTURE_BULK_MAX = 1.2
@@ -36,7 +37,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for metric_id in REFRESH_ONE:
         m = _metric(results, "M", metric_id)
         label = metric_id.removeprefix("refresh_1_").replace("_", " ")
-        text = f"1 changed version ({label}) at M: at least {REFRESH_SPEEDUP_AT_M:.0f}x faster than CONCURRENTLY"
+        text = f"1 changed version ({label}) at M: at least {REFRESH_SPEEDUP_AT_M:,.0f}x faster than CONCURRENTLY"
         if m is None:
             targets.append(_target(f"speedup_M_{metric_id}", text, "M", "not measured", None))
             continue
