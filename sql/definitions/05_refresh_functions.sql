@@ -114,6 +114,12 @@ BEGIN
             'progress_sync_' || d.logical_view, 'p_scope uuid,',
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
+        -- One row per scope (summary, best version): refreshed on every
+        -- change, so planned once per session rather than on each of the first calls.
+        IF cardinality(keys) = 1 THEN
+            EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan',
+                           'progress_sync_' || d.logical_view);
+        END IF;
         -- The same difference for part of a scope, a chapter-scoped refresh:
         -- the rows whose second key (a verse, chapter or book) is a member of
         -- p_chapters, made from sources narrowed to those chapters (see
@@ -136,6 +142,10 @@ BEGIN
                             UNION
                             SELECT u.key_columns[2] FROM progress_read_model_definitions u
                              WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1) AS x));
+            -- Planned once per session: a custom plan for each of the first
+            -- calls would cost more than running the statement.
+            EXECUTE format('ALTER FUNCTION %I(uuid, text[]) SET plan_cache_mode = force_generic_plan',
+                           'progress_sync_' || d.logical_view || '_within');
         END IF;
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
