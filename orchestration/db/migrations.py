@@ -482,7 +482,7 @@ def _swap_in(
                 conn.execute("SELECT progress_apply_grants()")
             swap_seconds = time.perf_counter() - started
             with conn.transaction():
-                conn.execute("SELECT progress_drop_previous(%s)", [shadows])
+                conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
             return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
         except psycopg.errors.LockNotAvailable:
             if attempt == SWAP_ATTEMPTS:
@@ -499,7 +499,7 @@ def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return  # the connection is gone or broken: a later migrate cleans up
     with conn.transaction():
-        conn.execute("SELECT progress_drop_shadows(%s)", [shadows])
+        conn.execute("SELECT progress_drop_copies(%s, false)", [shadows])
         if restore_triggers:
             conn.execute("SELECT progress_remove_capture()")
             for ddl in restore_triggers:

@@ -128,27 +128,15 @@ $$;
 CREATE OR REPLACE FUNCTION progress_previous_name(p_stored_name text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$ SELECT left(p_stored_name, 51) || '__previous' $$;
 
--- Drops what a swap replaced (after its transaction: readers read the new ones).
-CREATE OR REPLACE FUNCTION progress_drop_previous(p_names text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    d progress_read_model_definitions%ROWTYPE;
-    statement text;
-BEGIN
-    FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
-              ORDER BY install_order DESC LOOP
-        statement := progress_drop_relation_sql(progress_previous_name(d.stored_name));
-        IF statement IS NOT NULL THEN
-            EXECUTE statement || ' CASCADE';
-        END IF;
-    END LOOP;
-END
-$$;
-
 -- Shadows are built beside the read models they replace while readers keep
 -- reading those, then swapped in by progress_swap_in_shadows() in one short
 -- transaction: a take-over of the previous design, or a changed definition.
-CREATE OR REPLACE FUNCTION progress_drop_shadows(p_names text[]) RETURNS void
+-- The copies of the named read models, dropped upstreams last: their shadows
+-- (p_previous false), or what a swap replaced (after its transaction, when
+-- readers read the new ones).
+DROP FUNCTION IF EXISTS progress_drop_shadows(text[]);
+DROP FUNCTION IF EXISTS progress_drop_previous(text[]);
+CREATE OR REPLACE FUNCTION progress_drop_copies(p_names text[], p_previous boolean) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
@@ -156,9 +144,10 @@ DECLARE
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order DESC LOOP
-        statement := progress_drop_relation_sql(progress_shadow_name(d.stored_name));
+        statement := progress_drop_relation_sql(CASE WHEN p_previous THEN progress_previous_name(d.stored_name)
+                                                     ELSE progress_shadow_name(d.stored_name) END);
         IF statement IS NOT NULL THEN
-            EXECUTE statement;
+            EXECUTE statement || ' CASCADE';
         END IF;
     END LOOP;
 END
@@ -171,8 +160,8 @@ LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
 BEGIN
-    PERFORM progress_drop_shadows(p_names);
-    PERFORM progress_drop_previous(p_names);
+    PERFORM progress_drop_copies(p_names, false);
+    PERFORM progress_drop_copies(p_names, true);
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order LOOP
         PERFORM progress_create_stored(d, p_strategy, progress_shadow_name(d.stored_name), true, p_names);
@@ -212,7 +201,7 @@ BEGIN
          WHERE c.oid = to_regclass(quote_ident(d.stored_name))
          GROUP BY c.relkind;
         -- Renamed, not dropped: dropping a large relation holds its lock while
-        -- the files go at commit. progress_drop_previous() drops it afterwards.
+        -- the files go at commit. progress_drop_copies() drops it afterwards.
         PERFORM progress_rename_relation(d.stored_name, progress_previous_name(d.stored_name));
     END LOOP;
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
