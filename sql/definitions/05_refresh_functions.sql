@@ -81,6 +81,96 @@ BEGIN
 END
 $$;
 
+-- A stored read model's columns other than its key, in table order.
+CREATE OR REPLACE FUNCTION progress_value_columns(d progress_read_model_definitions) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(a.attname::text ORDER BY a.attnum), '{}')
+      FROM pg_attribute a
+     WHERE a.attrelid = d.stored_name::regclass AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attname::text <> ALL (d.key_columns)
+$$;
+
+-- Generates progress_refresh_chapters_<kind>(p_scope, p_chapters): the
+-- chapter-scoped refresh of one version, its levels in order. A level keyed
+-- below the version (verse, chapter, book) applies the difference for the
+-- rows whose second key is a member of the chapters (a book level: of their
+-- books), made from sources narrowed to them (progress_definition_sql,
+-- 'chapters'); a level keyed by the version alone (the summary) is synced
+-- whole, from the levels below. Every statement is written into one function
+-- and the members of the chapters are computed once: its plans are made once
+-- per session (generic), where per-level calls and dynamic SQL would plan and
+-- compute again on every change.
+CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    d progress_read_model_definitions%ROWTYPE;
+    chapter_set text;
+    member_key text;
+    computed text[] := '{}';
+    declared text := '';
+    body text := '';
+BEGIN
+    FOR d IN SELECT * FROM progress_read_model_definitions
+              WHERE kind = p_kind AND scope_column <> 'language_entity_id'
+              ORDER BY install_order LOOP
+        IF cardinality(d.key_columns) > 1 AND progress_chapter_members(d.key_columns[2], '{}') IS NOT NULL THEN
+            -- A row of a book counts every chapter of its book.
+            chapter_set := CASE WHEN d.key_columns[2] = 'book_id' THEN 'book_chapters' ELSE 'changed_chapters' END;
+            IF chapter_set <> ALL (computed || '{changed_chapters}'::text[]) THEN
+                body := body || format(E'\n    %1$I := progress_level_chapters(%2$L, changed_chapters);',
+                                       chapter_set, d.key_columns[2]);
+                computed := computed || chapter_set;
+            END IF;
+            body := body || format(E'\n    scope_chapters := %I;', chapter_set);
+            FOR member_key IN SELECT d.key_columns[2]
+                              UNION
+                              SELECT u.key_columns[2] FROM progress_read_model_definitions u
+                               WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1 LOOP
+                IF chapter_set || '_' || member_key <> ALL (computed) THEN
+                    declared := declared || format(E'\n    %I text[];', chapter_set || '_' || member_key);
+                    body := body || format(E'\n    %1$I := progress_chapter_members(%2$L, %3$I);',
+                                           chapter_set || '_' || member_key, member_key, chapter_set);
+                    computed := computed || (chapter_set || '_' || member_key);
+                END IF;
+                IF 'scope_members_' || member_key <> ALL (computed) THEN
+                    declared := declared || format(E'\n    %I text[];', 'scope_members_' || member_key);
+                    computed := computed || ('scope_members_' || member_key);
+                END IF;
+                body := body || format(E'\n    %I := %I;', 'scope_members_' || member_key,
+                                       chapter_set || '_' || member_key);
+            END LOOP;
+            body := body || progress_diff_statement(
+                d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
+                          progress_definition_sql(d, 'chapters'), d.scope_column, d.key_columns[2],
+                          'scope_members_' || d.key_columns[2]),
+                format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, d.key_columns[2],
+                       'scope_members_' || d.key_columns[2]),
+                d.key_columns, progress_value_columns(d));
+        ELSE
+            body := body || format(E'\n    SELECT * INTO inserted, updated, deleted FROM %I(p_scope);',
+                                   'progress_sync_' || d.logical_view);
+        END IF;
+        body := body || format(E'\n    RETURN NEXT ROW(%L, inserted, updated, deleted)::progress_refresh_count;',
+                               d.stored_name);
+    END LOOP;
+    EXECUTE format($fn$
+        CREATE OR REPLACE FUNCTION %1$I(p_scope uuid, p_chapters text[])
+        RETURNS SETOF progress_refresh_count
+        SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
+        LANGUAGE plpgsql AS $body$
+        DECLARE
+            inserted bigint;
+            updated bigint;
+            deleted bigint;
+            changed_chapters text[] := progress_chapter_members('chapter_id', p_chapters);
+            book_chapters text[];
+            scope_chapters text[];%2$s
+        BEGIN%3$s
+        END
+        $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, body);
+END
+$$;
+
 -- Generates, per read model, progress_rows_<view>(scope) (its definition read
 -- from the stored level below, one scope: the stored read model's row type is
 -- the return type, so a definition drifting from its storage fails at migrate
@@ -91,9 +181,9 @@ CREATE OR REPLACE FUNCTION progress_install_refresh_functions(p_except text[] DE
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
-    cols text[];
     keys text[];
     vals text[];
+    model_kind text;
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name <> ALL (p_except)
               ORDER BY install_order LOOP
@@ -103,11 +193,8 @@ BEGIN
             format('SELECT * FROM (%s) r WHERE r.%I = p_scope',
                    d.body, d.scope_column));
 
-        SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO cols
-          FROM pg_attribute a
-         WHERE a.attrelid = d.stored_name::regclass AND a.attnum > 0 AND NOT a.attisdropped;
         keys := d.key_columns;
-        vals := ARRAY(SELECT c FROM unnest(cols) AS c WHERE c <> ALL (keys));
+        vals := progress_value_columns(d);
 
         -- Rows are written only where they differ: an unchanged scope writes nothing.
         PERFORM progress_create_diff_function(
@@ -120,37 +207,17 @@ BEGIN
             EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan',
                            'progress_sync_' || d.logical_view);
         END IF;
-        -- The same difference for part of a scope, a chapter-scoped refresh:
-        -- the rows whose second key (a verse, chapter or book) is a member of
-        -- p_chapters, made from sources narrowed to those chapters (see
-        -- progress_definition_sql, 'chapters'). The members of each level
-        -- are computed first, so the statement is planned with them.
+        -- (Chapter-scoped refreshes of these rows: progress_install_chapter_refresh.)
         EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid, text[])', 'progress_sync_' || d.logical_view || '_within');
-        IF cardinality(keys) > 1 AND progress_chapter_members(keys[2], '{}') IS NOT NULL THEN
-            PERFORM progress_create_diff_function(
-                'progress_sync_' || d.logical_view || '_within', 'p_scope uuid, p_chapters text[],',
-                progress_diff_statement(
-                    d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
-                              progress_definition_sql(d, 'chapters'), d.scope_column, keys[2],
-                              'scope_members_' || keys[2]),
-                    format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, keys[2],
-                           'scope_members_' || keys[2]), keys, vals),
-                format('scope_chapters text[] := progress_level_chapters(%L, p_chapters);', keys[2])
-                || (SELECT string_agg(format(' %I text[] := progress_chapter_members(%L, scope_chapters);',
-                                             'scope_members_' || m, m), '')
-                      FROM (SELECT keys[2] AS m
-                            UNION
-                            SELECT u.key_columns[2] FROM progress_read_model_definitions u
-                             WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1) AS x));
-            -- Planned once per session: a custom plan for each of the first
-            -- calls would cost more than running the statement.
-            EXECUTE format('ALTER FUNCTION %I(uuid, text[]) SET plan_cache_mode = force_generic_plan',
-                           'progress_sync_' || d.logical_view || '_within');
-        END IF;
         -- The same difference over every scope at once: the concurrent rebuild.
         PERFORM progress_create_diff_function(
             'progress_rebuild_' || d.logical_view, '',
             progress_diff_statement(d, d.body, 'true', keys, vals));
+    END LOOP;
+    FOR model_kind IN SELECT DISTINCT r.kind FROM progress_read_model_definitions r ORDER BY 1 LOOP
+        CONTINUE WHEN EXISTS (SELECT FROM progress_read_model_definitions r
+                               WHERE r.kind = model_kind AND r.stored_name = ANY (p_except));
+        PERFORM progress_install_chapter_refresh(model_kind);
     END LOOP;
 END
 $$;
@@ -180,50 +247,69 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $
 -- Language entities whose best version a refresh of these versions can move:
 -- where each version lives now, and where it is currently the best.
 CREATE OR REPLACE FUNCTION progress_affected_language_entities(p_kind text, p_versions uuid[])
-RETURNS uuid[] LANGUAGE sql STABLE AS $$
-    SELECT ARRAY(
-        SELECT e FROM (
-            SELECT language_entity_id FROM audio_versions
-             WHERE p_kind = 'audio' AND id = ANY (p_versions) AND deleted_at IS NULL
-            UNION
-            SELECT language_entity_id FROM language_entity_best_audio_version
-             WHERE p_kind = 'audio' AND audio_version_id = ANY (p_versions)
-            UNION
-            SELECT language_entity_id FROM text_versions
-             WHERE p_kind = 'text' AND id = ANY (p_versions) AND deleted_at IS NULL
-            UNION
-            SELECT language_entity_id FROM language_entity_best_text_version
-             WHERE p_kind = 'text' AND text_version_id = ANY (p_versions)) AS x (e)
-         WHERE e IS NOT NULL ORDER BY e)
+RETURNS uuid[] LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    IF p_kind = 'audio' THEN
+        RETURN ARRAY(SELECT e FROM (SELECT language_entity_id FROM audio_versions
+                                     WHERE id = ANY (p_versions) AND deleted_at IS NULL
+                                    UNION
+                                    SELECT language_entity_id FROM language_entity_best_audio_version
+                                     WHERE audio_version_id = ANY (p_versions)) AS x (e)
+                      WHERE e IS NOT NULL ORDER BY e);
+    END IF;
+    RETURN ARRAY(SELECT e FROM (SELECT language_entity_id FROM text_versions
+                                 WHERE id = ANY (p_versions) AND deleted_at IS NULL
+                                UNION
+                                SELECT language_entity_id FROM language_entity_best_text_version
+                                 WHERE text_version_id = ANY (p_versions)) AS x (e)
+                  WHERE e IS NOT NULL ORDER BY e);
+END
 $$;
 
 -- The members of a set of chapters at the level a key column names (its
 -- verses, the chapters themselves, their books); NULL for any other column.
+-- In no particular order (they are matched with = ANY). Each chapter is
+-- looked up on its own (OFFSET 0 keeps them lookups), so the plan, made once
+-- per session (plpgsql), never scans verses or chapters.
 CREATE OR REPLACE FUNCTION progress_chapter_members(p_column text, p_chapters text[])
-RETURNS text[] LANGUAGE sql STABLE AS $$
-    SELECT CASE p_column
-           WHEN 'verse_id' THEN ARRAY(SELECT v.id FROM verses v WHERE v.chapter_id = ANY (p_chapters) ORDER BY 1)
-           WHEN 'chapter_id' THEN ARRAY(SELECT DISTINCT c FROM unnest(p_chapters) AS c ORDER BY 1)
-           WHEN 'book_id' THEN ARRAY(SELECT DISTINCT c.book_id FROM chapters c
-                                      WHERE c.id = ANY (p_chapters) AND c.book_id IS NOT NULL ORDER BY 1)
-           END
+RETURNS text[] LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    IF p_column = 'verse_id' THEN
+        RETURN ARRAY(SELECT v.id FROM (SELECT DISTINCT c FROM unnest(p_chapters) AS c) AS s (id)
+                      CROSS JOIN LATERAL (SELECT v.id FROM verses v WHERE v.chapter_id = s.id OFFSET 0) AS v);
+    ELSIF p_column = 'chapter_id' THEN
+        RETURN ARRAY(SELECT DISTINCT c FROM unnest(p_chapters) AS c WHERE c IS NOT NULL);
+    ELSIF p_column = 'book_id' THEN
+        RETURN ARRAY(SELECT DISTINCT c.book_id
+                       FROM unnest(p_chapters) AS s (id)
+                      CROSS JOIN LATERAL (SELECT c.book_id FROM chapters c WHERE c.id = s.id OFFSET 0) AS c
+                      WHERE c.book_id IS NOT NULL);
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 -- The chapters a level's rows for some chapters are made from: a book row
 -- counts all the chapters of its book; other levels, just those chapters.
 CREATE OR REPLACE FUNCTION progress_level_chapters(p_column text, p_chapters text[])
-RETURNS text[] LANGUAGE sql STABLE AS $$
-    SELECT CASE p_column
-           WHEN 'book_id' THEN ARRAY(SELECT c.id FROM chapters c
-                                      WHERE c.book_id IN (SELECT s.book_id FROM chapters s WHERE s.id = ANY (p_chapters))
-                                      ORDER BY 1)
-           ELSE p_chapters END
+RETURNS text[] LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    IF p_column = 'book_id' THEN
+        RETURN ARRAY(SELECT c.id FROM unnest(progress_chapter_members('book_id', p_chapters)) AS b (id)
+                      CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.id OFFSET 0) AS c);
+    END IF;
+    RETURN p_chapters;
+END
 $$;
 
 -- The version-scoped levels of one version, in order. With p_chapters (NULL:
 -- the whole version) the levels keyed below the version (verse, chapter,
--- book) sync only the rows of those chapters and their books; the summary,
--- read from the chapter and book levels, is synced whole.
+-- book) sync only the rows of those chapters and their books
+-- (progress_refresh_chapters_<kind>); the summary, read from the chapter and
+-- book levels, is synced whole.
 DROP FUNCTION IF EXISTS progress_refresh_version_levels(text, uuid);
 CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
@@ -233,17 +319,19 @@ DECLARE
     d progress_read_model_definitions%ROWTYPE;
     c progress_refresh_count;
 BEGIN
+    IF p_chapters IS NOT NULL AND p_kind = 'audio' THEN
+        RETURN QUERY SELECT * FROM progress_refresh_chapters_audio(p_version, p_chapters);
+        RETURN;
+    ELSIF p_chapters IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM progress_refresh_chapters_text(p_version, p_chapters);
+        RETURN;
+    END IF;
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
         c.read_model := d.stored_name;
-        IF p_chapters IS NULL OR cardinality(d.key_columns) < 2 THEN
-            EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
-               INTO c.inserted, c.updated, c.deleted USING p_version;
-        ELSE
-            EXECUTE format('SELECT * FROM %I($1, $2)', 'progress_sync_' || d.logical_view || '_within')
-               INTO c.inserted, c.updated, c.deleted USING p_version, p_chapters;
-        END IF;
+        EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
+           INTO c.inserted, c.updated, c.deleted USING p_version;
         RETURN NEXT c;
     END LOOP;
 END
@@ -314,7 +402,10 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
-    entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
+    IF p_with_entities THEN
+        -- Read before the refresh: where the version is the best now.
+        entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);
+    END IF;
     RETURN QUERY SELECT * FROM progress_refresh_version_levels(p_kind, p_version, p_chapters);
     IF p_with_entities THEN
         RETURN QUERY SELECT * FROM progress_refresh_language_entities(p_kind, entities);

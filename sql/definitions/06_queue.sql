@@ -39,11 +39,15 @@ $$;
 -- lease, or claimed by a holder that is gone (progress_claim_holders). A gone
 -- holder is matched with the claim time too, so an entry another worker took
 -- over meanwhile is seen as held again when its row is re-checked.
+-- (plpgsql: planned once per session, not on every claim.)
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
 SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH picked AS (
         SELECT q.id FROM progress_refresh_queue q
          -- A migrate holds this lock throughout: nothing is claimed meanwhile.
@@ -63,7 +67,8 @@ LANGUAGE sql AS $$
            holder_backend_start = (SELECT s.backend_start FROM pg_stat_get_activity(pg_backend_pid()) s)
       FROM picked
      WHERE q.id = picked.id
-    RETURNING q.kind, q.version_id, q.generation
+    RETURNING q.kind, q.version_id, q.generation;
+END
 $$;
 
 -- Done: the entry leaves the queue unless a change arrived since the claim;
@@ -138,6 +143,21 @@ BEGIN
 END
 $$;
 
+-- A refresh's transaction commits without waiting for its WAL to reach disk
+-- when the refresh is all it does (it wrote nothing before): a crash can then
+-- lose the refresh, but only together with the settling of its queue entry,
+-- which stays queued and is refreshed again. Read models are derived data;
+-- the changes themselves were committed by their writers. A transaction that
+-- wrote before the refresh keeps the durability its writer chose.
+CREATE OR REPLACE FUNCTION progress_commit_refresh_lazily() RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NULL THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+END
+$$;
+
 -- Refreshes a claimed version. A failure rolls back this version only and is
 -- recorded; the caller goes on with the rest. A claim no longer held by
 -- p_worker (its lease expired and another worker took it) is left alone: no
@@ -159,6 +179,7 @@ DECLARE
     done progress_refresh_count[];
     scope text[];
 BEGIN
+    PERFORM progress_commit_refresh_lazily();
     -- The scope recorded by the claim (NULL: the whole version). Chapters
     -- changed since bumped the generation and stay queued for the next claim.
     SELECT q.claimed_chapter_ids INTO scope FROM progress_refresh_queue q

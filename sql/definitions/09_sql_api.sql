@@ -22,6 +22,7 @@ DECLARE
     done progress_refresh_count[];
 BEGIN
     PERFORM progress_check_version(kind, version_id);
+    PERFORM progress_commit_refresh_lazily();
     -- The entry is locked before anything else, as in progress_refresh_claimed.
     SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
      WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
@@ -50,6 +51,7 @@ DECLARE
     text_entities uuid[] := '{}';
     worker text := 'sql:' || pg_backend_pid();
 BEGIN
+    PERFORM progress_commit_refresh_lazily();
     IF progress_storage_strategy() = 'matview' THEN
         -- Everything is refreshed at once, so every ready entry is claimed first.
         RETURN QUERY SELECT * FROM progress_drain_matviews();
@@ -76,8 +78,12 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
-    PERFORM progress_refresh_language_entities('audio', audio_entities);
-    PERFORM progress_refresh_language_entities('text', text_entities);
+    IF cardinality(audio_entities) > 0 THEN
+        PERFORM progress_refresh_language_entities('audio', audio_entities);
+    END IF;
+    IF cardinality(text_entities) > 0 THEN
+        PERFORM progress_refresh_language_entities('text', text_entities);
+    END IF;
 END
 $$;
 
