@@ -3,16 +3,22 @@
 -- statement can alter (SPEC section 4). One queue upsert per statement, never
 -- one per row; updates that change nothing relevant queue nothing.
 
+-- The enqueue functions are plpgsql: a writer's statement pays for running
+-- one queue upsert, not for planning it again (a SQL function is planned on
+-- every call).
+
 -- Queues whole versions; a version already queued gets its generation bumped
 -- so a refresh that claimed the older generation leaves it queued, and its
 -- chapter scope widened to the whole version.
 CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO progress_refresh_queue AS q (kind, version_id)
     SELECT DISTINCT p_kind, v FROM unnest(p_versions) AS v WHERE v IS NOT NULL ORDER BY 2
     ON CONFLICT (kind, version_id) DO UPDATE
-       SET generation = q.generation + 1, changed_at = now(), chapter_ids = NULL
+       SET generation = q.generation + 1, changed_at = now(), chapter_ids = NULL;
+END
 $$;
 
 -- Past this many chapters a version is refreshed whole: as cheap, and the
@@ -20,72 +26,78 @@ $$;
 CREATE OR REPLACE FUNCTION progress_chapter_scope_limit() RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT 200 $$;
 
+-- A version's chapter scope as queued: NULL (the whole version) when a
+-- chapter is unknown or there are more than the limit.
+CREATE OR REPLACE FUNCTION progress_chapter_scope(p_chapters text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_chapters IS NULL OR array_position(p_chapters, NULL) IS NOT NULL
+                  OR cardinality(p_chapters) > progress_chapter_scope_limit() THEN NULL
+                ELSE p_chapters END
+$$;
+
 -- Two chapter scopes merged: NULL (the whole version) absorbs everything.
 CREATE OR REPLACE FUNCTION progress_merge_chapter_scopes(p_left text[], p_right text[])
-RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN p_left IS NULL OR p_right IS NULL THEN NULL
-                WHEN p_right <@ p_left THEN p_left
-                ELSE (SELECT CASE WHEN count(*) > progress_chapter_scope_limit() THEN NULL
-                                  ELSE array_agg(c ORDER BY c) END
-                        FROM (SELECT unnest(p_left) UNION SELECT unnest(p_right)) AS u (c)) END
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_left IS NULL OR p_right IS NULL THEN
+        RETURN NULL;
+    ELSIF p_right <@ p_left THEN
+        RETURN p_left;
+    END IF;
+    RETURN progress_chapter_scope(ARRAY(SELECT unnest(p_left) UNION SELECT unnest(p_right) ORDER BY 1));
+END
 $$;
 
--- Queues versions with the chapters a change touched, as parallel arrays: a
--- version is queued whole where p_whole is true (or its chapters pass the
--- limit); a NULL chapter queues the version with no chapter of its own (its
--- summary and best-version rows only).
-CREATE OR REPLACE FUNCTION progress_enqueue_scopes(
-    p_kind text, p_versions uuid[], p_chapters text[], p_whole boolean[] DEFAULT NULL)
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
-    INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
-    SELECT p_kind, x.v,
-           CASE WHEN bool_or(x.w) OR count(DISTINCT x.c) > progress_chapter_scope_limit() THEN NULL
-                ELSE coalesce(array_agg(DISTINCT x.c ORDER BY x.c) FILTER (WHERE x.c IS NOT NULL), '{}') END
-      FROM unnest(p_versions, p_chapters, coalesce(p_whole, '{}')) AS x (v, c, w)
-     WHERE x.v IS NOT NULL
-     GROUP BY x.v ORDER BY x.v
-    ON CONFLICT (kind, version_id) DO UPDATE
-       SET generation = q.generation + 1, changed_at = now(),
-           chapter_ids = progress_merge_chapter_scopes(q.chapter_ids, EXCLUDED.chapter_ids)
-$$;
+DROP FUNCTION IF EXISTS progress_enqueue_scopes(text, uuid[], text[], boolean[]);
 
 -- Queues versions with the chapters of the verses a change touched (parallel
--- arrays). A statement writing more rows of one version than a chapter scope
--- could hold (a bulk load) queues that version whole, with no lookups.
+-- arrays), one upsert for the statement. A statement writing more rows of one
+-- version than a chapter scope could hold (a bulk load) queues that version
+-- whole, with no lookups; otherwise each verse's chapter is looked up by key.
 CREATE OR REPLACE FUNCTION progress_enqueue_verses(p_kind text, p_versions uuid[], p_verses text[])
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
-    WITH pairs AS MATERIALIZED (
-        SELECT x.v, x.verse_id, count(*) OVER (PARTITION BY x.v) > 10 * progress_chapter_scope_limit() AS bulk
-          FROM unnest(p_versions, p_verses) AS x (v, verse_id) WHERE x.v IS NOT NULL),
-    scopes AS (
-        SELECT DISTINCT p.v, NULL::text AS chapter_id, true AS whole FROM pairs p WHERE p.bulk
-        UNION ALL
-        SELECT p.v, (SELECT ve.chapter_id FROM verses ve WHERE ve.id = p.verse_id), false
-          FROM pairs p WHERE NOT p.bulk)
-    SELECT progress_enqueue_scopes(p_kind, array_agg(v), array_agg(chapter_id), array_agg(whole))
-      FROM scopes
-     HAVING count(*) > 0
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
+    SELECT p_kind, g.v,
+           CASE WHEN g.n > 10 * progress_chapter_scope_limit() THEN NULL
+                ELSE progress_chapter_scope(ARRAY(
+                         SELECT DISTINCT ve.chapter_id
+                           FROM unnest(g.verses) AS t (id)
+                           LEFT JOIN LATERAL (SELECT ve.chapter_id FROM verses ve WHERE ve.id = t.id OFFSET 0)
+                                AS ve ON true)) END
+      FROM (SELECT x.v, count(*) AS n, array_agg(x.verse_id) AS verses
+              FROM unnest(p_versions, p_verses) AS x (v, verse_id)
+             WHERE x.v IS NOT NULL
+             GROUP BY x.v) AS g
+     ORDER BY g.v
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now(),
+           chapter_ids = progress_merge_chapter_scopes(q.chapter_ids, EXCLUDED.chapter_ids);
+END
 $$;
 
 -- The chapters a media file's coverage reaches: its chapter, the chapters of
 -- its verse range, the chapters of its mapped verses.
+DROP FUNCTION IF EXISTS progress_media_file_chapters(uuid, text, text, text);
 CREATE OR REPLACE FUNCTION progress_media_file_chapters(
     p_file uuid, p_chapter text, p_start_verse text, p_end_verse text)
-RETURNS SETOF text LANGUAGE sql STABLE AS $$
-    SELECT p_chapter WHERE p_chapter IS NOT NULL
-    UNION
-    SELECT s.chapter_id
-      FROM progress_verse_structure sv
-      LEFT JOIN verses ev ON ev.id = p_end_verse
-      JOIN progress_verse_structure s
-        ON s.bible_version_id = sv.bible_version_id
-       AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
-     WHERE sv.verse_id = p_start_verse
-    UNION
-    SELECT v.chapter_id FROM media_files_verses m JOIN verses v ON v.id = m.verse_id
-     WHERE m.media_file_id = p_file AND m.deleted_at IS NULL
+RETURNS text[] LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT p_chapter WHERE p_chapter IS NOT NULL
+        UNION
+        SELECT s.chapter_id
+          FROM progress_verse_structure sv
+          LEFT JOIN verses ev ON ev.id = p_end_verse
+          JOIN progress_verse_structure s
+            ON s.bible_version_id = sv.bible_version_id
+           AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
+         WHERE sv.verse_id = p_start_verse
+        UNION
+        SELECT v.chapter_id FROM media_files_verses m JOIN verses v ON v.id = m.verse_id
+         WHERE m.media_file_id = p_file AND m.deleted_at IS NULL);
+END
 $$;
 
 -- Files (one side of a statement) as parallel arrays: their versions queued
@@ -94,22 +106,26 @@ $$;
 CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
     p_versions uuid[], p_files uuid[], p_chapters text[], p_starts text[], p_ends text[])
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
-    WITH files AS MATERIALIZED (
-        SELECT x.*, count(*) OVER (PARTITION BY x.v) > progress_chapter_scope_limit() AS bulk
-          FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends) AS x (v, id, chapter_id, start_id, end_id)
-         WHERE x.v IS NOT NULL),
-    scopes AS (
-        SELECT DISTINCT f.v, NULL::text AS chapter_id, true AS whole FROM files f WHERE f.bulk
-        UNION ALL
-        SELECT f.v, reached.chapter_id, false
-          FROM files f
-          LEFT JOIN LATERAL progress_media_file_chapters(f.id, f.chapter_id, f.start_id, f.end_id)
-                    AS reached (chapter_id) ON true
-         WHERE NOT f.bulk)
-    SELECT progress_enqueue_scopes('audio', array_agg(v), array_agg(chapter_id), array_agg(whole))
-      FROM scopes
-     HAVING count(*) > 0
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
+    SELECT 'audio', g.v,
+           CASE WHEN g.n > progress_chapter_scope_limit() THEN NULL
+                ELSE progress_chapter_scope(ARRAY(
+                         SELECT DISTINCT c
+                           FROM unnest(g.files, g.chapters, g.starts, g.ends) AS f (id, chapter_id, start_id, end_id)
+                          CROSS JOIN LATERAL unnest(progress_media_file_chapters(f.id, f.chapter_id, f.start_id, f.end_id))
+                                AS c)) END
+      FROM (SELECT x.v, count(*) AS n, array_agg(x.id) AS files, array_agg(x.chapter_id) AS chapters,
+                   array_agg(x.start_id) AS starts, array_agg(x.end_id) AS ends
+              FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends) AS x (v, id, chapter_id, start_id, end_id)
+             WHERE x.v IS NOT NULL
+             GROUP BY x.v) AS g
+     ORDER BY g.v
+    ON CONFLICT (kind, version_id) DO UPDATE
+       SET generation = q.generation + 1, changed_at = now(),
+           chapter_ids = progress_merge_chapter_scopes(q.chapter_ids, EXCLUDED.chapter_ids);
+END
 $$;
 
 CREATE OR REPLACE FUNCTION progress_capture_media_files() RETURNS trigger
