@@ -329,3 +329,28 @@ def test_enqueue_queues_and_bumps_generation(db, w):
     db.execute("SELECT enqueue_progress_refresh('audio', %s)", [w.a1])
     rows = db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue ORDER BY kind").fetchall()
     assert rows == [("audio", w.a1, 2), ("text", w.t1, 1)]
+
+
+def test_mapped_coverage_reaches_a_version_that_never_had_mappings(db):
+    """A chapter-scoped refresh reads mappings only in versions listed as having
+    them: a version's first mapped file, and a mapped file moved to a version
+    that had none, still show in its read models after a drain."""
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2]})
+    chapter_only = b.audio_version(db, "A", b.language(db, "one"))
+    other = b.audio_version(db, "A", b.language(db, "two"))
+    b.media_file(db, chapter_only, chapter=A.chapters[("GEN", 1)])
+    b.media_file(db, other, chapter=A.chapters[("EXO", 1)])
+    b.drain(db)
+    assert b.verse_ids(db, "audio", chapter_only) == {A.verses[("GEN", 1, v)] for v in (1, 2, 3)}
+
+    mapped = b.media_file(db, chapter_only, verses=[A.verses[("GEN", 2, 1)], A.verses[("EXO", 1, 2)]])
+    assert b.chapter_scopes(db)[("audio", chapter_only)] == sorted([A.chapters[("GEN", 2)], A.chapters[("EXO", 1)]])
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verses[("GEN", 2, 1)] in b.verse_ids(db, "audio", chapter_only)
+
+    db.execute("UPDATE media_files SET audio_version_id = %s WHERE id = %s", [other, mapped])
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verses[("GEN", 2, 1)] in b.verse_ids(db, "audio", other)
+    assert A.verses[("GEN", 2, 1)] not in b.verse_ids(db, "audio", chapter_only)

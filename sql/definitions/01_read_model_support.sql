@@ -115,7 +115,7 @@ SELECT v.id AS verse_id, v.chapter_id, b.bible_version_id, v.global_order
 
 -- The live files of one audio version whose coverage can reach the given
 -- chapters: a file of one of them, a file mapped to one of their verses
--- (found verse first), a verse range overlapping their verses in global
+-- (found verse first, in versions that have mappings at all), a verse range overlapping their verses in global
 -- order. A superset of what reaches them (a range may pass over them, or lie
 -- in another bible version at the same global order), never less.
 -- Not inlined (plpgsql) and declared few rows: the definition reading it is
@@ -129,6 +129,8 @@ SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     first_verse bigint;
     last_verse bigint;
+    -- Only a version listed there can have mapped files (see 008_mapped_audio_versions).
+    mapped boolean := EXISTS (SELECT FROM progress_mapped_audio_versions m WHERE m.audio_version_id = p_version);
 BEGIN
     SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
       FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
@@ -142,7 +144,7 @@ BEGIN
             SELECT mfv.media_file_id FROM unnest(p_chapters) AS ch (id)
               JOIN verses v ON v.chapter_id = ch.id
               JOIN media_files_verses mfv ON mfv.verse_id = v.id
-             WHERE mfv.deleted_at IS NULL
+             WHERE mapped AND mfv.deleted_at IS NULL
             UNION
             -- Each of the version's ranges looked up on its own (OFFSET 0): a
             -- range's bounds are two verse lookups, never a scan of verses.

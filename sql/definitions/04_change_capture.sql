@@ -148,6 +148,10 @@ BEGIN
              WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
                                                 o.publish_status::text, o.deleted_at)));
     ELSE
+        -- A file moved to another version takes its mappings along.
+        PERFORM progress_note_mapped_files(ARRAY(
+            SELECT n.id FROM old_rows o JOIN new_rows n ON n.id = o.id
+             WHERE n.audio_version_id IS DISTINCT FROM o.audio_version_id));
         -- Both sides of every changed row count, each while it is live.
         PERFORM progress_enqueue_media_files(
             array_agg(side.audio_version_id), array_agg(side.id), array_agg(side.chapter_id),
@@ -174,12 +178,31 @@ BEGIN
 END
 $$;
 
+-- Lists the audio versions of files that now have verse mappings
+-- (progress_mapped_audio_versions), whether or not the files are live.
+CREATE OR REPLACE FUNCTION progress_note_mapped_files(p_files uuid[]) RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO progress_mapped_audio_versions (audio_version_id)
+    SELECT DISTINCT mf.audio_version_id
+      FROM media_files mf
+     WHERE mf.id = ANY (p_files) AND mf.audio_version_id IS NOT NULL
+       AND NOT EXISTS (SELECT FROM progress_mapped_audio_versions p WHERE p.audio_version_id = mf.audio_version_id)
+     ORDER BY 1
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
 -- A mapping matters while its file is live bible audio (the file's own
 -- trigger covers the file changing state).
 CREATE OR REPLACE FUNCTION progress_capture_media_files_verses() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP <> 'DELETE' THEN
+        PERFORM progress_note_mapped_files(ARRAY(SELECT DISTINCT n.media_file_id FROM new_rows n));
+    END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(n.verse_id))
            FROM new_rows n JOIN progress_live_bible_audio_files f ON f.id = n.media_file_id
@@ -483,5 +506,14 @@ SELECT progress_install_capture('audio_versions', 'progress_capture_versions', q
 SELECT progress_install_capture('text_versions', 'progress_capture_versions', quote_literal('text'),
                                 quote_literal('text'));
 SELECT progress_install_capture('books', 'progress_capture_books');
+
+-- After the triggers above: mappings committed before their lock are read
+-- here, later ones are noted by the triggers.
+INSERT INTO progress_mapped_audio_versions (audio_version_id)
+SELECT DISTINCT mf.audio_version_id
+  FROM media_files mf
+ WHERE mf.audio_version_id IS NOT NULL
+   AND EXISTS (SELECT FROM media_files_verses m WHERE m.media_file_id = mf.id)
+ON CONFLICT DO NOTHING;
 SELECT progress_install_capture('chapters', 'progress_capture_chapters');
 SELECT progress_install_capture('verses', 'progress_capture_verses');
