@@ -12,6 +12,14 @@ stored read models above it) under a short header:
     -- lookup: audio_version_id            (optional: an extra index)
     -- upstreams: mv_audio_verse_coverage  (read models it depends on, or -)
     -- base tables: chapters, verses
+    -- additive counts: counts             (optional, see below)
+
+A read model keyed by the version alone (a summary) may name a leading CTE
+of its SQL, `WITH counts AS (...) SELECT ... FROM counts`, whose columns are
+stored columns that are each a sum or count over rows of the levels above
+(or do not read them). A chapter-scoped refresh then moves those counts by
+what the changed chapters' and books' rows added and removed, and makes the
+row from them, instead of adding up every chapter of the version again.
 
 Everything else is made from these files: the registry `migrate` writes to
 the database (storage, logical views, refresh functions), the Dagster assets
@@ -36,6 +44,7 @@ READ_MODELS_FOLDER = "read_models"
 BASE_TABLES = tuple(REQUIRED_COLUMNS)
 _HEADER_LINE = re.compile(r"^--\s*([a-z ]+):\s*(.*?)\s*$")
 _REQUIRED = ("kind", "level", "logical view", "key", "upstreams", "base tables")
+_OPTIONAL = ("lookup", "additive counts")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,10 @@ class ReadModel:
     lookup_columns: tuple[str, ...]
     base_tables: tuple[str, ...]
     body: str
+    # The additive counts (see above): the CTE's query, and the definition
+    # with `<counts>` in its place.
+    counts_sql: str | None = None
+    rows_sql: str | None = None
 
     @property
     def sync_function(self) -> str:
@@ -80,7 +93,7 @@ def parse_read_model(path: Path) -> ReadModel:
         if not line.startswith("--"):
             break
         match = _HEADER_LINE.match(line)
-        if match and match.group(1) in (*_REQUIRED, "lookup"):
+        if match and match.group(1) in (*_REQUIRED, *_OPTIONAL):
             header[match.group(1)] = match.group(2)
         elif not header and line.strip("- "):
             description.append(line.lstrip("- ").strip())
@@ -97,6 +110,11 @@ def parse_read_model(path: Path) -> ReadModel:
     unknown = [t for t in _names(header["base tables"]) if t not in BASE_TABLES]
     if unknown:
         raise ProgressError(f"{where}: unknown base tables {', '.join(unknown)}")
+    counts_sql, rows_sql = None, None
+    if "additive counts" in header:
+        name = header["additive counts"]
+        counts_sql, rest = _split_leading_cte(body, name, where)
+        rows_sql = f"WITH {name} AS (<counts>) {rest}"
     return ReadModel(
         name=path.stem,
         kind=header["kind"],
@@ -108,7 +126,30 @@ def parse_read_model(path: Path) -> ReadModel:
         lookup_columns=_names(header.get("lookup", "")),
         base_tables=_names(header["base tables"]),
         body=body,
+        counts_sql=counts_sql,
+        rows_sql=rows_sql,
     )
+
+
+def _split_leading_cte(body: str, name: str, where: str) -> tuple[str, str]:
+    """`WITH name AS (query) rest` as (query, rest): parentheses matched outside
+    string literals, quoted identifiers and comments."""
+    opening = re.match(rf"\s*WITH\s+{re.escape(name)}\s+AS\s*\(", body, re.IGNORECASE)
+    if opening is None:
+        raise ProgressError(f"{where}: its SQL must begin with WITH {name} AS (...), the additive counts it names")
+    depth, i = 1, opening.end()
+    while i < len(body) and depth:
+        if body.startswith("--", i):
+            i = body.find("\n", i) % (len(body) + 1)
+        elif body[i] in "'\"":
+            i = body.find(body[i], i + 1) % (len(body) + 1)
+        else:
+            depth += {"(": 1, ")": -1}.get(body[i], 0)
+        i += 1
+    rest = body[i:].strip()
+    if depth or not rest:
+        raise ProgressError(f"{where}: WITH {name} AS (...) is not closed, or nothing reads it")
+    return body[opening.end() : i - 1].strip(), rest
 
 
 def _in_dependency_order(models: list[ReadModel]) -> tuple[ReadModel, ...]:

@@ -189,3 +189,28 @@ def test_refresh_steps_retry_with_exponential_backoff_and_jitter():
         assert policy is not None and policy.max_retries >= 2
         assert policy.backoff == dg.Backoff.EXPONENTIAL
         assert policy.jitter == dg.Jitter.PLUS_MINUS
+
+
+def test_additive_counts_are_split_from_the_definition_or_refused(tmp_path):
+    from orchestration.errors import ProgressError
+    from orchestration.read_models import parse_read_model
+
+    header = (
+        "-- Counts.\n--\n-- kind: text\n-- level: summary\n-- logical view: v\n-- key: text_version_id\n"
+        "-- upstreams: -\n-- base tables: text_versions\n-- additive counts: counts\n"
+    )
+    good = tmp_path / "mv_v.sql"
+    good.write_text(
+        header + "WITH counts AS (SELECT id AS text_version_id, count(*) AS n FROM text_versions"
+        " WHERE name <> ')' GROUP BY id)\nSELECT text_version_id, n, n / 2 AS half FROM counts\n"
+    )
+    model = parse_read_model(good)
+    assert model.counts_sql == (
+        "SELECT id AS text_version_id, count(*) AS n FROM text_versions WHERE name <> ')' GROUP BY id"
+    )
+    assert model.rows_sql == "WITH counts AS (<counts>) SELECT text_version_id, n, n / 2 AS half FROM counts"
+
+    bad = tmp_path / "mv_bad.sql"
+    bad.write_text(header + "SELECT id AS text_version_id FROM text_versions\n")
+    with pytest.raises(ProgressError, match=r"mv_bad.sql: its SQL must begin with WITH counts AS"):
+        parse_read_model(bad)

@@ -1,7 +1,7 @@
 """Upgrades between our own releases: a database migrated by release 0.1.0
-(built from this repository's history), with data and queued changes,
-upgrades with today's migrate and drains to read models equal to the logical
-views; a new read model is one new file; a changed definition is rebuilt
+or by the release before this one (both built from this repository's
+history), with data and queued changes, upgrades with today's migrate and
+drains to read models equal to the logical views; a new read model is one new file; a changed definition is rebuilt
 beside the old one and swapped in, and nothing else is touched."""
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from orchestration.read_models import READ_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_0_1_0 = "39e72c6"
+# The release before this one: chapter-scoped queue entries, migrations 003-007.
+PREVIOUS_RELEASE = "d1d9cc4"
 LOCK_KEY = 7_370_214_001
 
 
@@ -108,6 +110,46 @@ def test_a_release_0_1_0_database_upgrades_and_drains_to_equal_views(empty_dsn: 
         assert relfilenodes(conn) == before
         assert set(conn.execute("SELECT kind, version_id FROM progress_refresh_queue").fetchall()) == queued
         assert conn.execute("SELECT to_regclass('progress_read_models')").fetchone() == (None,)
+        drain(conn)
+        assert_read_models_match(conn)
+        assert migrate(conn) == []
+
+
+def test_the_previous_release_upgrades_with_chapter_scoped_changes_queued(empty_dsn: str, tmp_path: Path) -> None:
+    """Release d1d9cc4 migrates and populates, then changes queue chapter scopes;
+    today's migrate keeps every queued entry and its scope, and a drain ends
+    with read models equal to their views."""
+    release = tmp_path / "release"
+    release.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", PREVIOUS_RELEASE, "orchestration", "sql"], cwd=ROOT, capture_output=True
+    )
+    if archive.returncode != 0:
+        pytest.fail(f"the upgrade test needs this repository's history (commit {PREVIOUS_RELEASE})")
+    subprocess.run(["tar", "-x", "-C", str(release)], input=archive.stdout, check=True)
+    assert migrate_with(release, empty_dsn).returncode == 0
+    with connect(empty_dsn) as conn:
+        seed_demo(conn, audio_versions=3, text_versions=3)
+        conn.execute("SELECT refresh_progress_materialized_views_full()")
+        conn.execute("DELETE FROM verse_texts WHERE id IN (SELECT id FROM verse_texts ORDER BY id LIMIT 3)")
+        conn.execute(
+            "UPDATE media_files SET publish_status = 'pending'"
+            " WHERE id = (SELECT id FROM media_files WHERE chapter_id IS NOT NULL ORDER BY id LIMIT 1)"
+        )
+        queued = conn.execute(
+            "SELECT kind, version_id, generation, chapter_ids FROM progress_refresh_queue ORDER BY 1, 2"
+        ).fetchall()
+        assert any(scope for *_, scope in queued), "the release queued chapter scopes"
+
+        changes = migrate(conn)
+
+        assert "009_additive_counts" in changes
+        assert (
+            conn.execute(
+                "SELECT kind, version_id, generation, chapter_ids FROM progress_refresh_queue ORDER BY 1, 2"
+            ).fetchall()
+            == queued
+        )
         drain(conn)
         assert_read_models_match(conn)
         assert migrate(conn) == []

@@ -429,13 +429,14 @@ def _write_registry(conn: psycopg.Connection, removed: list[str]) -> None:
             """
             INSERT INTO progress_read_model_definitions
                    (logical_view, stored_name, kind, install_order, scope_column, key_columns, lookup_columns,
-                    upstreams, body)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    upstreams, body, counts_sql, rows_sql)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (logical_view) DO UPDATE
                SET stored_name = EXCLUDED.stored_name, kind = EXCLUDED.kind,
                    install_order = EXCLUDED.install_order, scope_column = EXCLUDED.scope_column,
                    key_columns = EXCLUDED.key_columns, lookup_columns = EXCLUDED.lookup_columns,
-                   upstreams = EXCLUDED.upstreams, body = EXCLUDED.body
+                   upstreams = EXCLUDED.upstreams, body = EXCLUDED.body,
+                   counts_sql = EXCLUDED.counts_sql, rows_sql = EXCLUDED.rows_sql
             """,
             [_registry_row(order, model) for order, model in enumerate(READ_MODELS, start=1)],
         )
@@ -452,6 +453,8 @@ def _registry_row(order: int, model: ReadModel) -> tuple:
         list(model.lookup_columns),
         list(model.upstreams),
         model.body.strip(),
+        model.counts_sql,
+        model.rows_sql,
     )
 
 

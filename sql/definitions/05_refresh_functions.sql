@@ -90,12 +90,70 @@ LANGUAGE sql STABLE AS $$
        AND a.attname::text <> ALL (d.key_columns)
 $$;
 
+-- Code setting the scope variables a narrowed definition reads (see
+-- progress_definition_sql, 'chapters') for a level made from a set of
+-- chapters (changed_chapters, or book_chapters: every chapter of their
+-- books): scope_chapters and scope_members_<key> for the level's own second
+-- key and its upstreams'. Each set's members are computed once in the
+-- generated function: p_computed lists the variables already assigned.
+CREATE OR REPLACE FUNCTION progress_scope_code(
+    d progress_read_model_definitions, p_chapter_set text, p_computed text[],
+    OUT code text, OUT computed text[], OUT declared text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    member_key text;
+BEGIN
+    code := '';
+    declared := '';
+    computed := p_computed;
+    IF p_chapter_set <> ALL (computed || '{changed_chapters}'::text[]) THEN
+        code := code || format(E'\n    %I := progress_level_chapters(%L, changed_chapters);', p_chapter_set, 'book_id');
+        computed := computed || p_chapter_set;
+    END IF;
+    code := code || format(E'\n    scope_chapters := %I;', p_chapter_set);
+    FOR member_key IN SELECT d.key_columns[2] WHERE cardinality(d.key_columns) > 1
+                      UNION
+                      SELECT u.key_columns[2] FROM progress_read_model_definitions u
+                       WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1 LOOP
+        IF p_chapter_set || '_' || member_key <> ALL (computed) THEN
+            declared := declared || format(E'\n    %I text[];', p_chapter_set || '_' || member_key);
+            code := code || format(E'\n    %1$I := progress_chapter_members(%2$L, %3$I);',
+                                   p_chapter_set || '_' || member_key, member_key, p_chapter_set);
+            computed := computed || (p_chapter_set || '_' || member_key);
+        END IF;
+        IF 'scope_members_' || member_key <> ALL (computed) THEN
+            declared := declared || format(E'\n    %I text[];', 'scope_members_' || member_key);
+            computed := computed || ('scope_members_' || member_key);
+        END IF;
+        code := code || format(E'\n    %I := %I;', 'scope_members_' || member_key, p_chapter_set || '_' || member_key);
+    END LOOP;
+END
+$$;
+
+-- The columns of a query's rows, in order.
+CREATE OR REPLACE FUNCTION progress_query_columns(p_query text) RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    columns text[];
+BEGIN
+    EXECUTE 'CREATE TEMP VIEW progress_query_columns_probe AS ' || p_query;
+    columns := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                      WHERE a.attrelid = 'progress_query_columns_probe'::regclass AND a.attnum > 0
+                      ORDER BY a.attnum);
+    DROP VIEW progress_query_columns_probe;
+    RETURN columns;
+END
+$$;
+
 -- Generates progress_refresh_chapters_<kind>(p_scope, p_chapters): the
 -- chapter-scoped refresh of one version, its levels in order. A level keyed
 -- below the version (verse, chapter, book) applies the difference for the
 -- rows whose second key is a member of the chapters (a book level: of their
 -- books), made from sources narrowed to them (progress_definition_sql,
--- 'chapters'); a level keyed by the version alone (the summary) is synced
+-- 'chapters'). A level keyed by the version alone (the summary) with
+-- additive counts (see orchestration/read_models.py) moves its stored counts
+-- by what the changed chapters' and books' rows held before and after, and
+-- makes its row from them; without, or with no row stored yet, it is synced
 -- whole, from the levels below. Every statement is written into one function
 -- and the members of the chapters are computed once: its plans are made once
 -- per session (generic), where per-level calls and dynamic SQL would plan and
@@ -104,48 +162,73 @@ CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
-    chapter_set text;
-    member_key text;
+    narrowed progress_read_model_definitions%ROWTYPE;
+    scope record;
     computed text[] := '{}';
     declared text := '';
+    before_levels text := '';
     body text := '';
+    counts_columns text[];
+    counted text;
 BEGIN
+    -- Additive counts as the changed chapters' and books' rows hold them
+    -- before the levels below are synced.
+    FOR d IN SELECT * FROM progress_read_model_definitions
+              WHERE kind = p_kind AND cardinality(key_columns) = 1 AND counts_sql IS NOT NULL
+                AND scope_column <> 'language_entity_id'
+              ORDER BY install_order LOOP
+        SELECT * INTO scope FROM progress_scope_code(d, 'changed_chapters', computed);
+        computed := scope.computed;
+        narrowed := d;
+        narrowed.body := d.counts_sql;
+        declared := declared || scope.declared
+                    || format(E'\n    %I record;\n    %I record;\n    %I boolean;',
+                              d.logical_view || '_before', d.logical_view || '_after', d.logical_view || '_known');
+        before_levels := before_levels || scope.code
+                         || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := FOUND;',
+                                   d.logical_view || '_before', progress_definition_sql(narrowed, 'chapters'),
+                                   d.scope_column, d.logical_view || '_known');
+    END LOOP;
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
         IF cardinality(d.key_columns) > 1 AND progress_chapter_members(d.key_columns[2], '{}') IS NOT NULL THEN
             -- A row of a book counts every chapter of its book.
-            chapter_set := CASE WHEN d.key_columns[2] = 'book_id' THEN 'book_chapters' ELSE 'changed_chapters' END;
-            IF chapter_set <> ALL (computed || '{changed_chapters}'::text[]) THEN
-                body := body || format(E'\n    %1$I := progress_level_chapters(%2$L, changed_chapters);',
-                                       chapter_set, d.key_columns[2]);
-                computed := computed || chapter_set;
-            END IF;
-            body := body || format(E'\n    scope_chapters := %I;', chapter_set);
-            FOR member_key IN SELECT d.key_columns[2]
-                              UNION
-                              SELECT u.key_columns[2] FROM progress_read_model_definitions u
-                               WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1 LOOP
-                IF chapter_set || '_' || member_key <> ALL (computed) THEN
-                    declared := declared || format(E'\n    %I text[];', chapter_set || '_' || member_key);
-                    body := body || format(E'\n    %1$I := progress_chapter_members(%2$L, %3$I);',
-                                           chapter_set || '_' || member_key, member_key, chapter_set);
-                    computed := computed || (chapter_set || '_' || member_key);
-                END IF;
-                IF 'scope_members_' || member_key <> ALL (computed) THEN
-                    declared := declared || format(E'\n    %I text[];', 'scope_members_' || member_key);
-                    computed := computed || ('scope_members_' || member_key);
-                END IF;
-                body := body || format(E'\n    %I := %I;', 'scope_members_' || member_key,
-                                       chapter_set || '_' || member_key);
-            END LOOP;
-            body := body || progress_diff_statement(
+            SELECT * INTO scope FROM progress_scope_code(
+                d, CASE WHEN d.key_columns[2] = 'book_id' THEN 'book_chapters' ELSE 'changed_chapters' END, computed);
+            computed := scope.computed;
+            declared := declared || scope.declared;
+            body := body || scope.code || progress_diff_statement(
                 d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
                           progress_definition_sql(d, 'chapters'), d.scope_column, d.key_columns[2],
                           'scope_members_' || d.key_columns[2]),
                 format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, d.key_columns[2],
                        'scope_members_' || d.key_columns[2]),
                 d.key_columns, progress_value_columns(d));
+        ELSIF cardinality(d.key_columns) = 1 AND d.counts_sql IS NOT NULL THEN
+            SELECT * INTO scope FROM progress_scope_code(d, 'changed_chapters', computed);
+            narrowed := d;
+            narrowed.body := d.counts_sql;
+            counts_columns := progress_query_columns(d.counts_sql);
+            -- The stored counts, moved by the difference (a column that does
+            -- not read the levels above differs by nothing).
+            counted := replace(d.rows_sql, '<counts>', format(
+                'SELECT %s FROM %I o WHERE o.%I = p_scope',
+                (SELECT string_agg(CASE WHEN c = d.scope_column THEN format('o.%I', c)
+                                        ELSE format('o.%1$I - %2$I.%1$I + %3$I.%1$I AS %1$I', c,
+                                                    d.logical_view || '_before', d.logical_view || '_after') END,
+                                   ', ' ORDER BY n)
+                   FROM unnest(counts_columns) WITH ORDINALITY AS x (c, n)),
+                d.stored_name, d.scope_column));
+            body := body || scope.code
+                    || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;',
+                              d.logical_view || '_after', progress_definition_sql(narrowed, 'chapters'), d.scope_column)
+                    || format(E'\n    IF %I AND FOUND AND EXISTS (SELECT FROM %I t WHERE t.%I = p_scope) THEN',
+                              d.logical_view || '_known', d.stored_name, d.scope_column)
+                    || progress_diff_statement(d, counted, format('t.%I = p_scope', d.scope_column),
+                                               d.key_columns, progress_value_columns(d))
+                    || format(E'\n    ELSE\n    SELECT * INTO inserted, updated, deleted FROM %I(p_scope);\n    END IF;',
+                              'progress_sync_' || d.logical_view);
         ELSE
             body := body || format(E'\n    SELECT * INTO inserted, updated, deleted FROM %I(p_scope);',
                                    'progress_sync_' || d.logical_view);
@@ -165,9 +248,9 @@ BEGIN
             changed_chapters text[] := progress_chapter_members('chapter_id', p_chapters);
             book_chapters text[];
             scope_chapters text[];%2$s
-        BEGIN%3$s
+        BEGIN%3$s%4$s
         END
-        $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, body);
+        $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, before_levels, body);
 END
 $$;
 
@@ -218,6 +301,7 @@ BEGIN
         CONTINUE WHEN EXISTS (SELECT FROM progress_read_model_definitions r
                                WHERE r.kind = model_kind AND r.stored_name = ANY (p_except));
         PERFORM progress_install_chapter_refresh(model_kind);
+        PERFORM progress_install_entity_refresh(model_kind);
     END LOOP;
 END
 $$;
@@ -337,31 +421,56 @@ BEGIN
 END
 $$;
 
--- Best versions of language entities. Entities are locked in sorted order
--- (advisory lock class 3 audio, 4 text), so concurrent refreshes of versions
--- sharing an entity take turns, and the later one sees the earlier's summary.
-CREATE OR REPLACE FUNCTION progress_refresh_language_entities(p_kind text, p_entities uuid[])
-RETURNS SETOF progress_refresh_count
-SECURITY DEFINER SET search_path FROM CURRENT
+-- Generates progress_refresh_entities_<kind>(p_entities): the rows keyed by
+-- language entity (best versions) of those entities. Entities are locked in
+-- sorted order (advisory lock class 3 audio, 4 text), so concurrent
+-- refreshes of versions sharing an entity take turns, and the later one sees
+-- the earlier's summary. Static calls: planned once per session.
+CREATE OR REPLACE FUNCTION progress_install_entity_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
-    c progress_refresh_count;
-    entity uuid;
-    i bigint; u bigint; r bigint;
+    body text := '';
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column = 'language_entity_id'
               ORDER BY install_order LOOP
-        c := ROW(d.stored_name, 0, 0, 0);
-        FOR entity IN SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e LOOP
-            PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind) + 2, hashtext(entity::text));
-            EXECUTE format('SELECT * FROM %I($1)', 'progress_sync_' || d.logical_view)
-               INTO i, u, r USING entity;
-            c.inserted := c.inserted + i; c.updated := c.updated + u; c.deleted := c.deleted + r;
-        END LOOP;
-        RETURN NEXT c;
+        body := body || format($step$
+            c := ROW(%1$L, 0, 0, 0);
+            FOREACH entity IN ARRAY entities LOOP
+                PERFORM pg_advisory_xact_lock(%3$s, hashtext(entity::text));
+                SELECT * INTO i, u, r FROM %2$I(entity);
+                c.inserted := c.inserted + i; c.updated := c.updated + u; c.deleted := c.deleted + r;
+            END LOOP;
+            RETURN NEXT c;$step$,
+            d.stored_name, 'progress_sync_' || d.logical_view, progress_version_lock_key(p_kind) + 2);
     END LOOP;
+    EXECUTE format($fn$
+        CREATE OR REPLACE FUNCTION %1$I(p_entities uuid[])
+        RETURNS SETOF progress_refresh_count
+        SECURITY DEFINER SET search_path FROM CURRENT
+        LANGUAGE plpgsql AS $body$
+        DECLARE
+            entities uuid[] := ARRAY(SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e);
+            entity uuid;
+            c progress_refresh_count;
+            i bigint; u bigint; r bigint;
+        BEGIN%2$s
+        END
+        $body$ $fn$, 'progress_refresh_entities_' || p_kind, body);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION progress_refresh_language_entities(p_kind text, p_entities uuid[])
+RETURNS SETOF progress_refresh_count
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_kind = 'audio' THEN
+        RETURN QUERY SELECT * FROM progress_refresh_entities_audio(p_entities);
+    ELSE
+        RETURN QUERY SELECT * FROM progress_refresh_entities_text(p_entities);
+    END IF;
 END
 $$;
 
