@@ -106,8 +106,18 @@ def test_a_release_0_1_0_database_upgrades_and_drains_to_equal_views(empty_dsn: 
         changes = migrate(conn)
 
         assert "003_product_tables" in changes
-        # Same definitions: no read model is rebuilt, and the queued changes wait for a drain.
-        assert relfilenodes(conn) == before
+        # Verse, chapter and book definitions are unchanged: those stay as they are. The
+        # summaries now declare additive counts (a changed definition), so they and
+        # the best versions read from them are rebuilt beside and swapped in.
+        # The queued changes wait for a drain either way.
+        after = relfilenodes(conn)
+        rebuilt = {name for name in before if after[name] != before[name]}
+        assert rebuilt == {
+            "mv_audio_version_progress_summary",
+            "mv_text_version_progress_summary",
+            "language_entity_best_audio_version",
+            "language_entity_best_text_version",
+        }
         assert set(conn.execute("SELECT kind, version_id FROM progress_refresh_queue").fetchall()) == queued
         assert conn.execute("SELECT to_regclass('progress_read_models')").fetchone() == (None,)
         drain(conn)
