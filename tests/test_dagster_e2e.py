@@ -98,23 +98,22 @@ def summary(conn: psycopg.Connection, version: uuid.UUID) -> tuple | None:
 
 
 def stop_schedules(env: dict[str, str]) -> None:
-    """Stops the schedules in the instance's storage before Dagster starts."""
+    """Stops the schedules in the instance's storage before Dagster starts. One after
+    the other: the first call creates Dagster's tables in the fresh storage, and two
+    processes creating them at once collide."""
     command = dagster_command("127.0.0.1", 0)
     dagster = command[: command.index("dev")]
-    workers = [
-        subprocess.Popen(
+    for name in SCHEDULES:
+        worker = subprocess.run(
             [*dagster, "schedule", "stop", name, "-w", str(PROJECT_ROOT / "workspace.yaml")],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            timeout=STARTUP_TIMEOUT_SECONDS,
         )
-        for name in SCHEDULES
-    ]
-    for name, worker in zip(SCHEDULES, workers, strict=True):
-        output, _ = worker.communicate(timeout=STARTUP_TIMEOUT_SECONDS)
-        assert worker.returncode == 0, f"could not stop {name}:\n{output[-2000:]}"
+        assert worker.returncode == 0, f"could not stop {name}:\n{worker.stdout[-2000:]}"
 
 
 def stop_everything(process: subprocess.Popen) -> None:
