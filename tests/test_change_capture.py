@@ -185,6 +185,29 @@ def test_verse_text_writes_queue_their_text_versions(db, w):
     assert queue_after(db, "DELETE FROM verse_texts WHERE id = %s", [vt]) == text(w.t1)
 
 
+def test_single_row_writes_to_a_queued_version_bump_it_and_widen_its_scope_only_when_needed(db, w):
+    def entry() -> tuple[int, list[str] | None]:
+        return db.execute(
+            "SELECT generation, chapter_ids FROM progress_refresh_queue WHERE kind = 'text' AND version_id = %s",
+            [w.t2],
+        ).fetchone()
+
+    b.clear_queue(db)
+    b.verse_texts(db, w.t2, [w.A.verse("GEN", 1, 1)])
+    generation, scope = entry()
+    assert scope == [w.A.chapter("GEN", 1)]
+    b.verse_texts(db, w.t2, [w.A.verse("GEN", 1, 2)])  # same chapter: bumped, scope as it was
+    assert entry() == (generation + 1, [w.A.chapter("GEN", 1)])
+    b.verse_texts(db, w.t2, [w.A.verse("EXO", 1, 1)])  # another chapter: the scope widens
+    assert entry() == (generation + 2, sorted([w.A.chapter("GEN", 1), w.A.chapter("EXO", 1)]))
+    db.execute(
+        "UPDATE text_versions SET created_at = created_at + interval '1 second' WHERE id = %s", [w.t2]
+    )  # a version-level change
+    assert entry() == (generation + 3, None)
+    b.verse_texts(db, w.t2, [w.A.verse("EXO", 1, 2)])  # the whole version holds every chapter
+    assert entry() == (generation + 4, None)
+
+
 def test_verse_text_change_of_the_text_only_queues_nothing(db, w):
     assert queue_after(db, "UPDATE verse_texts SET verse_text = 'revised'") == set()
 

@@ -50,6 +50,22 @@ $$;
 
 DROP FUNCTION IF EXISTS progress_enqueue_scopes(text, uuid[], text[], boolean[]);
 
+-- The common write, one row of a version already queued with that row's
+-- chapters in its scope, does what the upsert would (the generation bumped,
+-- the scope unchanged) as a plain update: no insert attempted, no scopes
+-- merged. False when there is no such entry; the caller then upserts.
+CREATE OR REPLACE FUNCTION progress_bump_queued_scope(p_kind text, p_version uuid, p_chapters text[])
+RETURNS boolean SET plan_cache_mode = force_generic_plan
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE progress_refresh_queue q
+       SET generation = q.generation + 1, changed_at = now()
+     WHERE q.kind = p_kind AND q.version_id = p_version
+       AND (q.chapter_ids IS NULL OR q.chapter_ids @> p_chapters);
+    RETURN FOUND;
+END
+$$;
+
 -- Queues versions with the chapters of the verses a change touched (parallel
 -- arrays), one upsert for the statement. A statement writing more rows of one
 -- version than a chapter scope could hold (a bulk load) queues that version
@@ -58,6 +74,12 @@ CREATE OR REPLACE FUNCTION progress_enqueue_verses(p_kind text, p_versions uuid[
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- An unknown verse has no chapter: ARRAY[NULL] is in no scope.
+    IF cardinality(p_verses) = 1
+       AND progress_bump_queued_scope(p_kind, p_versions[1],
+                                      ARRAY[(SELECT ve.chapter_id FROM verses ve WHERE ve.id = p_verses[1])]) THEN
+        RETURN;
+    END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
     SELECT p_kind, g.v,
            CASE WHEN g.n > 10 * progress_chapter_scope_limit() THEN NULL
@@ -108,6 +130,11 @@ CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF cardinality(p_files) = 1
+       AND progress_bump_queued_scope('audio', p_versions[1],
+                                      progress_media_file_chapters(p_files[1], p_chapters[1], p_starts[1], p_ends[1])) THEN
+        RETURN;
+    END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
     SELECT 'audio', g.v,
            CASE WHEN g.n > progress_chapter_scope_limit() THEN NULL
