@@ -185,7 +185,10 @@ $$;
 --             scope (p_scope) whose second key is a member of the chapters
 --             (scope_members_<key>, see progress_chapter_members), and each base
 --             source of progress_chapter_scoped_sources() replaced by its
---             scoped function. Cost follows the chapters, not the version.
+--             scoped function. Cost follows the chapters, not the version;
+--   'old', 'new' each read model above it replaced by its rows that a
+--             chapter-scoped refresh changed, as they were and as they are
+--             now (<stored name>_old and _new, see progress_diff_statement).
 CREATE OR REPLACE FUNCTION progress_definition_sql(
     d progress_read_model_definitions, p_source text, p_shadowed text[] DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql STABLE AS $$
@@ -212,6 +215,9 @@ BEGIN
                                   format('(SELECT * FROM %I WHERE %I = p_scope AND %I = ANY (%I))',
                                          up.stored_name, up.scope_column, up.key_columns[2],
                                          'scope_members_' || up.key_columns[2]), 'g');
+        ELSIF p_source IN ('old', 'new') THEN
+            sql := regexp_replace(sql, '\m' || up.stored_name || '\M',
+                                  format('(SELECT * FROM unnest(%I))', up.stored_name || '_' || p_source), 'g');
         ELSIF p_source = 'view' THEN
             sql := regexp_replace(sql, '\m' || up.stored_name || '\M', up.logical_view, 'g');
         ELSIF up.stored_name = ANY (p_shadowed) THEN

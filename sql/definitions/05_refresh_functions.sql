@@ -11,16 +11,37 @@
 -- Desired and current rows meet in a FULL JOIN, which PostgreSQL can only run
 -- as a hash or merge join: cost stays linear in the scope's rows whatever the
 -- row estimates say.
+--
+-- With p_capture, the rows it changed are also kept, as they were and as they
+-- are now, in the variables <p_capture>_old and <p_capture>_new (arrays of the
+-- stored row type): what a summary's additive counts move by.
+DROP FUNCTION IF EXISTS progress_diff_statement(progress_read_model_definitions, text, text, text[], text[]);
 CREATE OR REPLACE FUNCTION progress_diff_statement(
     d progress_read_model_definitions, p_desired text, p_scope_filter text,
-    p_keys text[], p_values text[])
-RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+    p_keys text[], p_values text[], p_capture text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     key_match text;
     old_key_match text;
     differs text := 'false';
     on_conflict text := 'NOTHING';
+    stored_columns text[];
+    captured_rows text := '';
+    captured_into text := '';
 BEGIN
+    IF p_capture IS NOT NULL THEN
+        stored_columns := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                                 WHERE a.attrelid = d.stored_name::regclass AND a.attnum > 0 AND NOT a.attisdropped
+                                 ORDER BY a.attnum);
+        SELECT format(', ROW(%s)::%I AS old_row, ROW(%s)::%I AS new_row',
+                      string_agg(format('o.%I', c), ', '), d.stored_name,
+                      string_agg(format('n.%I', c), ', '), d.stored_name)
+          INTO captured_rows FROM unnest(stored_columns) AS c;
+        captured_into := format(E',\n               (SELECT array_agg(j.old_row) FROM joined j WHERE j.stored),'
+                                || E'\n               (SELECT array_agg(j.new_row) FROM joined j WHERE j.wanted)'
+                                || E'\n          INTO inserted, updated, deleted, %I, %I',
+                                p_capture || '_old', p_capture || '_new');
+    END IF;
     SELECT string_agg(format('n.%1$I = o.%1$I', k), ' AND '),
            string_agg(format('t.%1$I = j.%2$I', k, 'old_' || k), ' AND ')
       INTO key_match, old_key_match
@@ -36,7 +57,7 @@ BEGIN
         WITH desired AS MATERIALIZED (%1$s),
         current AS MATERIALIZED (SELECT * FROM %2$I t WHERE %3$s),
         joined AS MATERIALIZED (
-            SELECT n.*, %4$s, n.%5$I IS NOT NULL AS wanted, o.%5$I IS NOT NULL AS stored
+            SELECT n.*, %4$s, n.%5$I IS NOT NULL AS wanted, o.%5$I IS NOT NULL AS stored%13$s
               FROM desired n FULL JOIN current o ON %6$s
              WHERE n.%5$I IS NULL OR o.%5$I IS NULL OR %7$s),
         removed AS (
@@ -48,8 +69,7 @@ BEGIN
             ON CONFLICT (%11$s) DO %12$s
             RETURNING xmax = 0 AS fresh)
         SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh),
-               (SELECT count(*) FROM removed)
-          INTO inserted, updated, deleted
+               (SELECT count(*) FROM removed)%14$s
           FROM written;$sql$,
         p_desired, d.stored_name, p_scope_filter,
         array_to_string(ARRAY(SELECT format('o.%I AS %I', k, 'old_' || k) FROM unnest(p_keys) AS k), ', '),
@@ -57,7 +77,8 @@ BEGIN
         array_to_string(ARRAY(SELECT format('j.%I', c) FROM unnest(p_keys || p_values) AS c), ', '),
         progress_column_list(p_keys || p_values),
         progress_column_list(p_keys),
-        on_conflict);
+        on_conflict, captured_rows,
+        CASE WHEN p_capture IS NULL THEN E'\n          INTO inserted, updated, deleted' ELSE captured_into END);
 END
 $$;
 
@@ -107,7 +128,13 @@ BEGIN
     declared := '';
     computed := p_computed;
     IF p_chapter_set <> ALL (computed || '{changed_chapters}'::text[]) THEN
-        code := code || format(E'\n    %I := progress_level_chapters(%L, changed_chapters);', p_chapter_set, 'book_id');
+        -- Every chapter of the changed chapters' books (their books: the same).
+        IF 'changed_chapters_book_id' <> ALL (computed) THEN
+            declared := declared || E'\n    changed_chapters_book_id text[];';
+            code := code || E'\n    changed_chapters_book_id := progress_chapter_members(''book_id'', changed_chapters);';
+            computed := computed || 'changed_chapters_book_id'::text;
+        END IF;
+        code := code || format(E'\n    %I := progress_book_chapters(changed_chapters_book_id);', p_chapter_set);
         computed := computed || p_chapter_set;
     END IF;
     code := code || format(E'\n    scope_chapters := %I;', p_chapter_set);
@@ -117,8 +144,13 @@ BEGIN
                        WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1 LOOP
         IF p_chapter_set || '_' || member_key <> ALL (computed) THEN
             declared := declared || format(E'\n    %I text[];', p_chapter_set || '_' || member_key);
-            code := code || format(E'\n    %1$I := progress_chapter_members(%2$L, %3$I);',
-                                   p_chapter_set || '_' || member_key, member_key, p_chapter_set);
+            -- A set's chapters are distinct already, and the books of whole
+            -- books are the changed chapters' books: nothing to look up.
+            code := code || format(E'\n    %1$I := %2$s;', p_chapter_set || '_' || member_key,
+                                   CASE WHEN member_key = 'chapter_id' THEN quote_ident(p_chapter_set)
+                                        WHEN member_key = 'book_id' AND p_chapter_set = 'book_chapters'
+                                            THEN 'changed_chapters_book_id'
+                                        ELSE format('progress_chapter_members(%L, %I)', member_key, p_chapter_set) END);
             computed := computed || (p_chapter_set || '_' || member_key);
         END IF;
         IF 'scope_members_' || member_key <> ALL (computed) THEN
@@ -152,7 +184,8 @@ $$;
 -- books), made from sources narrowed to them (progress_definition_sql,
 -- 'chapters'). A level keyed by the version alone (the summary) with
 -- additive counts (see orchestration/read_models.py) moves its stored counts
--- by what the changed chapters' and books' rows held before and after, and
+-- by what the rows the levels below changed held before and after (their
+-- difference statements keep them: progress_diff_statement, p_capture), and
 -- makes its row from them; without, or with no row stored yet, it is synced
 -- whole, from the levels below. Every statement is written into one function
 -- and the members of the chapters are computed once: its plans are made once
@@ -166,29 +199,17 @@ DECLARE
     scope record;
     computed text[] := '{}';
     declared text := '';
-    before_levels text := '';
     body text := '';
     counts_columns text[];
     counted text;
+    -- The levels whose changed rows a summary's additive counts read.
+    captured text[] := ARRAY(
+        SELECT DISTINCT u.stored_name
+          FROM progress_read_model_definitions s
+          JOIN progress_read_model_definitions u ON u.stored_name = ANY (s.upstreams)
+         WHERE s.kind = p_kind AND s.counts_sql IS NOT NULL AND cardinality(s.key_columns) = 1
+           AND s.counts_sql ~ ('\m' || u.stored_name || '\M'));
 BEGIN
-    -- Additive counts as the changed chapters' and books' rows hold them
-    -- before the levels below are synced.
-    FOR d IN SELECT * FROM progress_read_model_definitions
-              WHERE kind = p_kind AND cardinality(key_columns) = 1 AND counts_sql IS NOT NULL
-                AND scope_column <> 'language_entity_id'
-              ORDER BY install_order LOOP
-        SELECT * INTO scope FROM progress_scope_code(d, 'changed_chapters', computed);
-        computed := scope.computed;
-        narrowed := d;
-        narrowed.body := d.counts_sql;
-        declared := declared || scope.declared
-                    || format(E'\n    %I record;\n    %I record;\n    %I boolean;',
-                              d.logical_view || '_before', d.logical_view || '_after', d.logical_view || '_known');
-        before_levels := before_levels || scope.code
-                         || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := FOUND;',
-                                   d.logical_view || '_before', progress_definition_sql(narrowed, 'chapters'),
-                                   d.scope_column, d.logical_view || '_known');
-    END LOOP;
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
@@ -198,15 +219,22 @@ BEGIN
                 d, CASE WHEN d.key_columns[2] = 'book_id' THEN 'book_chapters' ELSE 'changed_chapters' END, computed);
             computed := scope.computed;
             declared := declared || scope.declared;
+            IF d.stored_name = ANY (captured) THEN
+                declared := declared || format(E'\n    %1$I %2$I[];\n    %3$I %2$I[];',
+                                               d.stored_name || '_old', d.stored_name, d.stored_name || '_new');
+            END IF;
             body := body || scope.code || progress_diff_statement(
                 d, format('SELECT * FROM (%s) r WHERE r.%I = p_scope AND r.%I = ANY (%I)',
                           progress_definition_sql(d, 'chapters'), d.scope_column, d.key_columns[2],
                           'scope_members_' || d.key_columns[2]),
                 format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, d.key_columns[2],
                        'scope_members_' || d.key_columns[2]),
-                d.key_columns, progress_value_columns(d));
+                d.key_columns, progress_value_columns(d),
+                CASE WHEN d.stored_name = ANY (captured) THEN d.stored_name END);
         ELSIF cardinality(d.key_columns) = 1 AND d.counts_sql IS NOT NULL THEN
-            SELECT * INTO scope FROM progress_scope_code(d, 'changed_chapters', computed);
+            declared := declared || format(E'\n    %I record;\n    %I record;\n    %I boolean;',
+                                           d.logical_view || '_before', d.logical_view || '_after',
+                                           d.logical_view || '_known');
             narrowed := d;
             narrowed.body := d.counts_sql;
             counts_columns := progress_query_columns(d.counts_sql);
@@ -220,9 +248,12 @@ BEGIN
                                    ', ' ORDER BY n)
                    FROM unnest(counts_columns) WITH ORDINALITY AS x (c, n)),
                 d.stored_name, d.scope_column));
-            body := body || scope.code
+            body := body
+                    || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := FOUND;',
+                              d.logical_view || '_before', progress_definition_sql(narrowed, 'old'),
+                              d.scope_column, d.logical_view || '_known')
                     || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;',
-                              d.logical_view || '_after', progress_definition_sql(narrowed, 'chapters'), d.scope_column)
+                              d.logical_view || '_after', progress_definition_sql(narrowed, 'new'), d.scope_column)
                     || format(E'\n    IF %I AND FOUND AND EXISTS (SELECT FROM %I t WHERE t.%I = p_scope) THEN',
                               d.logical_view || '_known', d.stored_name, d.scope_column)
                     || progress_diff_statement(d, counted, format('t.%I = p_scope', d.scope_column),
@@ -248,9 +279,9 @@ BEGIN
             changed_chapters text[] := progress_chapter_members('chapter_id', p_chapters);
             book_chapters text[];
             scope_chapters text[];%2$s
-        BEGIN%3$s%4$s
+        BEGIN%3$s
         END
-        $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, before_levels, body);
+        $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, body);
 END
 $$;
 
@@ -375,17 +406,14 @@ BEGIN
 END
 $$;
 
--- The chapters a level's rows for some chapters are made from: a book row
--- counts all the chapters of its book; other levels, just those chapters.
-CREATE OR REPLACE FUNCTION progress_level_chapters(p_column text, p_chapters text[])
+-- Every chapter of some books: what a book row counts.
+DROP FUNCTION IF EXISTS progress_level_chapters(text, text[]);
+CREATE OR REPLACE FUNCTION progress_book_chapters(p_books text[])
 RETURNS text[] LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
-    IF p_column = 'book_id' THEN
-        RETURN ARRAY(SELECT c.id FROM unnest(progress_chapter_members('book_id', p_chapters)) AS b (id)
-                      CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.id OFFSET 0) AS c);
-    END IF;
-    RETURN p_chapters;
+    RETURN ARRAY(SELECT c.id FROM unnest(p_books) AS b (id)
+                  CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.id OFFSET 0) AS c);
 END
 $$;
 

@@ -33,13 +33,36 @@ LANGUAGE sql STABLE AS $$
      WHERE q.lease_until >= now()
 $$;
 
--- Claims up to p_limit ready entries (oldest first, optionally of some kinds)
--- with a lease, recording this session as their holder; entries other
--- sessions hold are skipped, never waited for. Ready: unclaimed, past its
--- lease, or claimed by a holder that is gone (progress_claim_holders). A gone
--- holder is matched with the claim time too, so an entry another worker took
--- over meanwhile is seen as held again when its row is re-checked.
--- (plpgsql: planned once per session, not on every claim.)
+-- Up to p_limit ready entries (oldest first, optionally of some kinds),
+-- locked for this transaction; entries other sessions hold are skipped, never
+-- waited for. Ready: unclaimed, past its lease, or claimed by a holder that
+-- is gone (progress_claim_holders). A gone holder is matched with the claim
+-- time too, so an entry another worker took over meanwhile is seen as held
+-- again when its row is re-checked. (plpgsql: planned once per session.)
+CREATE OR REPLACE FUNCTION progress_lock_ready(p_limit int, p_kinds text[] DEFAULT NULL)
+RETURNS SETOF progress_refresh_queue
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    SELECT q.* FROM progress_refresh_queue q
+     -- A migrate holds this lock throughout: nothing is claimed meanwhile.
+     WHERE pg_try_advisory_xact_lock_shared(7370214001)
+       AND (q.lease_until IS NULL OR q.lease_until < now()
+            OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
+                                         WHERE h.holder_alive IS FALSE))
+       AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
+       AND (q.not_before IS NULL OR q.not_before <= now())
+     ORDER BY q.enqueued_at, q.id
+     LIMIT p_limit
+       FOR UPDATE SKIP LOCKED;
+END
+$$;
+
+-- Claims up to p_limit ready entries (progress_lock_ready) with a lease,
+-- recording this session as their holder: for a worker that refreshes them
+-- in transactions of their own. (The SQL drains claim, refresh and settle in
+-- one transaction: they only lock, since a mark would be seen by no one
+-- before the commit that removes the entry.)
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
@@ -48,26 +71,24 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH picked AS (
-        SELECT q.id FROM progress_refresh_queue q
-         -- A migrate holds this lock throughout: nothing is claimed meanwhile.
-         WHERE pg_try_advisory_xact_lock_shared(7370214001)
-           AND (q.lease_until IS NULL OR q.lease_until < now()
-                OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
-                                             WHERE h.holder_alive IS FALSE))
-           AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
-           AND (q.not_before IS NULL OR q.not_before <= now())
-         ORDER BY q.enqueued_at, q.id
-         LIMIT p_limit
-           FOR UPDATE SKIP LOCKED)
     UPDATE progress_refresh_queue q
        SET claimed_by = p_worker, claimed_at = now(), claimed_generation = q.generation,
            claimed_chapter_ids = q.chapter_ids,
            lease_until = now() + p_lease, holder_pid = pg_backend_pid(),
            holder_backend_start = (SELECT s.backend_start FROM pg_stat_get_activity(pg_backend_pid()) s)
-      FROM picked
+      FROM progress_lock_ready(p_limit, p_kinds) AS picked
      WHERE q.id = picked.id
     RETURNING q.kind, q.version_id, q.generation;
+END
+$$;
+
+-- A locked entry refreshed in the transaction that locked it
+-- (progress_lock_ready) leaves the queue, and its version the dead letters.
+CREATE OR REPLACE FUNCTION progress_settle_locked(p_entry progress_refresh_queue)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM progress_refresh_queue WHERE id = p_entry.id;
+    DELETE FROM progress_refresh_dead_letter WHERE kind = p_entry.kind AND version_id = p_entry.version_id;
 END
 $$;
 
@@ -124,17 +145,26 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Records a finished refresh of a version in progress_refresh_log, in the
--- refresh's own transaction (so it commits with it), and prunes a bounded
--- number of rows past refresh_log_keep_days that no one else is pruning.
--- The queue entry's enqueued_at is read before progress_finish() releases it.
-CREATE OR REPLACE FUNCTION progress_log_refresh(p_kind text, p_version uuid, p_rows_written bigint)
+-- refresh's own transaction (so it commits with it). p_first_enqueued_at is
+-- the queue entry's enqueued_at, read in that transaction before the entry
+-- is settled (NULL: the version was not queued).
+DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, bigint);
+CREATE OR REPLACE FUNCTION progress_log_refresh(
+    p_kind text, p_version uuid, p_rows_written bigint, p_first_enqueued_at timestamptz)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, refreshed_at, source, rows_written)
-    SELECT p_kind, p_version,
-           (SELECT q.enqueued_at FROM progress_refresh_queue q WHERE q.kind = p_kind AND q.version_id = p_version),
-           clock_timestamp(), progress_refresh_source(), p_rows_written;
+    VALUES (p_kind, p_version, p_first_enqueued_at, clock_timestamp(), progress_refresh_source(), p_rows_written);
+END
+$$;
+
+-- Prunes a bounded number of log rows past refresh_log_keep_days that no one
+-- else is pruning: once per refreshing call, as new rows arrive.
+CREATE OR REPLACE FUNCTION progress_prune_refresh_log() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
     DELETE FROM progress_refresh_log
      WHERE id IN (SELECT id FROM progress_refresh_log
                    WHERE refreshed_at < now() - make_interval(days => progress_setting('refresh_log_keep_days')::int)
@@ -178,11 +208,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
     scope text[];
+    first_enqueued_at timestamptz;
 BEGIN
     PERFORM progress_commit_refresh_lazily();
     -- The scope recorded by the claim (NULL: the whole version). Chapters
     -- changed since bumped the generation and stay queued for the next claim.
-    SELECT q.claimed_chapter_ids INTO scope FROM progress_refresh_queue q
+    SELECT q.claimed_chapter_ids, q.enqueued_at INTO scope, first_enqueued_at FROM progress_refresh_queue q
      WHERE q.kind = p_kind AND q.version_id = p_version AND q.claimed_by = p_worker;
     IF NOT FOUND THEN
         RETURN;
@@ -195,7 +226,9 @@ BEGIN
         RETURN;
     END;
     PERFORM progress_log_refresh(p_kind, p_version,
-                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c),
+                                 first_enqueued_at);
+    PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT c.read_model, c.inserted, c.updated, c.deleted, NULL::text FROM unnest(done) AS c;
 END
 $$;
@@ -229,23 +262,22 @@ RETURNS TABLE (kind text, version_id uuid)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
-    claims jsonb;
-    c record;
+    entries progress_refresh_queue[];
+    entry progress_refresh_queue;
 BEGIN
-    SELECT jsonb_agg(to_jsonb(x)) INTO claims
-      FROM progress_claim_batch('sql:' || pg_backend_pid(), 2147483647,
-                                make_interval(secs => progress_setting('lease_seconds')::int)) AS x;
-    IF claims IS NULL THEN
+    entries := ARRAY(SELECT q FROM progress_lock_ready(2147483647) AS q);
+    IF cardinality(entries) = 0 THEN
         RETURN;
     END IF;
     PERFORM progress_refresh_matviews(true);
-    FOR c IN SELECT * FROM jsonb_to_recordset(claims) AS j (kind text, version_id uuid, generation bigint) LOOP
-        PERFORM progress_log_refresh(c.kind, c.version_id, NULL);
-        PERFORM progress_finish(c.kind, c.version_id, c.generation);
-        kind := c.kind;
-        version_id := c.version_id;
+    FOREACH entry IN ARRAY entries LOOP
+        PERFORM progress_log_refresh(entry.kind, entry.version_id, NULL, entry.enqueued_at);
+        PERFORM progress_settle_locked(entry);
+        kind := entry.kind;
+        version_id := entry.version_id;
         RETURN NEXT;
     END LOOP;
+    PERFORM progress_prune_refresh_log();
 END
 $$;
 

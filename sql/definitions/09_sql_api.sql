@@ -19,17 +19,20 @@ RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRE
 LANGUAGE plpgsql AS $$
 DECLARE
     queued_generation bigint;
+    first_enqueued_at timestamptz;
     done progress_refresh_count[];
 BEGIN
     PERFORM progress_check_version(kind, version_id);
     PERFORM progress_commit_refresh_lazily();
     -- The entry is locked before anything else, as in progress_refresh_claimed.
-    SELECT q.generation INTO queued_generation FROM progress_refresh_queue q
+    SELECT q.generation, q.enqueued_at INTO queued_generation, first_enqueued_at FROM progress_refresh_queue q
      WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
        FOR UPDATE;
     done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
     PERFORM progress_log_refresh(kind, version_id,
-                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c));
+                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c),
+                                 first_enqueued_at);
+    PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT * FROM unnest(done);
     IF queued_generation IS NOT NULL THEN
         PERFORM progress_finish(kind, version_id, queued_generation);
@@ -40,16 +43,18 @@ $$;
 -- Refreshes one batch of queued versions in this transaction and returns
 -- those refreshed; call until it returns no rows. Failed versions are retried
 -- later with backoff; language entities are refreshed once, at the end of the
--- batch, in sorted order, so concurrent drains never deadlock.
+-- batch, in sorted order, so concurrent drains never deadlock. The batch is
+-- locked, refreshed and settled in this one transaction (see
+-- progress_lock_ready): other drains and workers skip it meanwhile.
 CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
 RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
-    claimed record;
-    failures int;
+    entry progress_refresh_queue;
+    done progress_refresh_count[];
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
-    worker text := 'sql:' || pg_backend_pid();
+    refreshed boolean := false;
 BEGIN
     PERFORM progress_commit_refresh_lazily();
     IF progress_storage_strategy() = 'matview' THEN
@@ -57,32 +62,40 @@ BEGIN
         RETURN QUERY SELECT * FROM progress_drain_matviews();
         RETURN;
     END IF;
-    FOR claimed IN
-        SELECT * FROM progress_claim_batch(worker,
-                                           progress_setting('drain_batch_size')::int,
-                                           make_interval(secs => progress_setting('lease_seconds')::int))
-    LOOP
-        IF claimed.kind = 'audio' THEN
+    FOR entry IN SELECT * FROM progress_lock_ready(progress_setting('drain_batch_size')::int) LOOP
+        IF entry.kind = 'audio' THEN
             audio_entities := audio_entities
-                || progress_affected_language_entities('audio', ARRAY[claimed.version_id]);
+                || progress_affected_language_entities('audio', ARRAY[entry.version_id]);
         ELSE
             text_entities := text_entities
-                || progress_affected_language_entities('text', ARRAY[claimed.version_id]);
+                || progress_affected_language_entities('text', ARRAY[entry.version_id]);
         END IF;
-        SELECT count(*) FILTER (WHERE r.error IS NOT NULL) INTO failures
-          FROM progress_refresh_claimed(claimed.kind, claimed.version_id, worker, false) AS r;
-        IF failures = 0 THEN
-            PERFORM progress_finish(claimed.kind, claimed.version_id, claimed.generation);
-            kind := claimed.kind;
-            version_id := claimed.version_id;
-            RETURN NEXT;
-        END IF;
+        -- A failure rolls back this version only and is recorded; the rest go on.
+        BEGIN
+            done := ARRAY(SELECT c FROM progress_refresh_version(entry.kind, entry.version_id, false,
+                                                                 entry.chapter_ids) AS c);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM progress_record_failure(entry.kind, entry.version_id, SQLERRM);
+            CONTINUE;
+        END;
+        PERFORM progress_log_refresh(entry.kind, entry.version_id,
+                                     (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint
+                                        FROM unnest(done) AS c),
+                                     entry.enqueued_at);
+        PERFORM progress_settle_locked(entry);
+        refreshed := true;
+        kind := entry.kind;
+        version_id := entry.version_id;
+        RETURN NEXT;
     END LOOP;
     IF cardinality(audio_entities) > 0 THEN
         PERFORM progress_refresh_language_entities('audio', audio_entities);
     END IF;
     IF cardinality(text_entities) > 0 THEN
         PERFORM progress_refresh_language_entities('text', text_entities);
+    END IF;
+    IF refreshed THEN
+        PERFORM progress_prune_refresh_log();
     END IF;
 END
 $$;
