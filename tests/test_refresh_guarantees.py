@@ -206,6 +206,43 @@ def test_change_committed_mid_refresh_sql_drain(db, dsn):
     assert b.summary(db, "audio", other)["covered_verses"] == 3
 
 
+def test_a_worker_skips_what_a_running_sql_drain_holds_and_finds_nothing_left_behind(db, dsn):
+    """The SQL drain locks its batch for its one transaction instead of leasing
+    it: a worker claiming meanwhile skips the version (never waits, never
+    refreshes it twice), and once the drain commits the version is gone from
+    the queue, with no claim left behind."""
+    A, _, v = small_world(db)
+    other = b.audio_version(db, "A")
+    b.media_file(db, other, chapter=A.chapter("GEN", 1))
+    b.drain(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    gate = Gate(db)
+    with connect(dsn) as refresher, connect(dsn) as worker:
+        gate.arm(refresher)
+        gate.close()
+        thread, result = run_in_thread(
+            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
+        )
+        gate.wait_until_held(refresher)
+        b.media_file(worker, other, chapter=A.chapter("GEN", 2))
+        # the worker gets the other version only, at once, and refreshes it
+        [claim] = gateway.claim_batch(worker, "test-worker", 10, 300)
+        assert (claim.kind, claim.version_id) == ("audio", other)
+        assert gateway.refresh_claimed(worker, claim, "test-worker").error is None
+        assert thread.is_alive()
+        gate.open()
+        assert finish(thread, result) == [("audio", v)]
+    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 0
+    assert [r[0] for r in db.execute("SELECT version_id FROM progress_refresh_log ORDER BY id DESC LIMIT 2")] == [
+        v,
+        other,
+    ]
+    b.drain(db)
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+    assert b.summary(db, "audio", v)["covered_verses"] == 5
+
+
 def test_chapter_change_landing_mid_refresh_of_another_chapter(strategy_dsn):
     """A change to one chapter commits while a drain refreshes another chapter of
     the same version (held at the book level by a lock the test holds): the
