@@ -165,6 +165,15 @@ def test_change_committed_mid_refresh_python_path(db, dsn):
     assert b.verse_ids(db, "audio", v) >= {"A-EXO-1-1", "A-EXO-1-2"}
 
 
+def start_held_sql_drain(gate: Gate, refresher: psycopg.Connection) -> tuple[threading.Thread, dict]:
+    """One call of the SQL drain in a thread, held by the gate inside its refresh."""
+    gate.arm(refresher)
+    gate.close()
+    thread, result = run_in_thread(lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall())
+    gate.wait_until_held(refresher)
+    return thread, result
+
+
 def test_change_committed_mid_refresh_sql_drain(db, dsn):
     A, _, v = small_world(db)
     other = b.audio_version(db, "A")
@@ -173,13 +182,8 @@ def test_change_committed_mid_refresh_sql_drain(db, dsn):
     b.media_file(db, v, chapter=A.chapter("GEN", 2))
 
     with connect(dsn) as refresher, connect(dsn) as writer, connect(dsn) as writer2:
-        gate.arm(refresher)
-        gate.close()
         # one call of the SQL drain: one batch, one transaction
-        thread, result = run_in_thread(
-            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
-        )
-        gate.wait_until_held(refresher)
+        thread, result = start_held_sql_drain(gate, refresher)
         # a change to a version that is not being refreshed commits during the drain
         b.media_file(writer2, other, chapter=A.chapter("GEN", 1))
         assert thread.is_alive()
@@ -218,12 +222,7 @@ def test_a_worker_skips_what_a_running_sql_drain_holds_and_finds_nothing_left_be
     b.media_file(db, v, chapter=A.chapter("GEN", 2))
     gate = Gate(db)
     with connect(dsn) as refresher, connect(dsn) as worker:
-        gate.arm(refresher)
-        gate.close()
-        thread, result = run_in_thread(
-            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
-        )
-        gate.wait_until_held(refresher)
+        thread, result = start_held_sql_drain(gate, refresher)
         b.media_file(worker, other, chapter=A.chapter("GEN", 2))
         # the worker gets the other version only, at once, and refreshes it
         [claim] = gateway.claim_batch(worker, "test-worker", 10, 300)
