@@ -145,17 +145,21 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Records a finished refresh of a version in progress_refresh_log, in the
--- refresh's own transaction (so it commits with it). p_first_enqueued_at is
--- the queue entry's enqueued_at, read in that transaction before the entry
--- is settled (NULL: the version was not queued).
+-- refresh's own transaction (so it commits with it), with the rows it wrote
+-- (p_done; NULL for a whole-view refresh). p_first_enqueued_at is the queue
+-- entry's enqueued_at, read in that transaction before the entry is settled
+-- (NULL: the version was not queued).
 DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, bigint);
+DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, bigint, timestamptz);
 CREATE OR REPLACE FUNCTION progress_log_refresh(
-    p_kind text, p_version uuid, p_rows_written bigint, p_first_enqueued_at timestamptz)
+    p_kind text, p_version uuid, p_done progress_refresh_count[], p_first_enqueued_at timestamptz)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, refreshed_at, source, rows_written)
-    VALUES (p_kind, p_version, p_first_enqueued_at, clock_timestamp(), progress_refresh_source(), p_rows_written);
+    VALUES (p_kind, p_version, p_first_enqueued_at, clock_timestamp(), progress_refresh_source(),
+            CASE WHEN p_done IS NOT NULL
+                 THEN (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(p_done) AS c) END);
 END
 $$;
 
@@ -188,16 +192,35 @@ BEGIN
 END
 $$;
 
--- Refreshes a claimed version. A failure rolls back this version only and is
--- recorded; the caller goes on with the rest. A claim no longer held by
+-- Refreshes a version the caller holds (claimed, or locked by the SQL drain)
+-- and logs it. A failure rolls back this version only and is recorded
+-- (error); the caller goes on with the rest.
+CREATE OR REPLACE FUNCTION progress_refresh_held(
+    p_kind text, p_version uuid, p_chapters text[], p_first_enqueued_at timestamptz, p_with_entities boolean,
+    OUT done progress_refresh_count[], OUT error text)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, p_chapters) AS c);
+    EXCEPTION WHEN OTHERS THEN
+        error := SQLERRM;
+        PERFORM progress_record_failure(p_kind, p_version, error);
+        RETURN;
+    END;
+    PERFORM progress_log_refresh(p_kind, p_version, done, p_first_enqueued_at);
+END
+$$;
+
+-- Refreshes a claimed version (progress_refresh_held): a failure comes back
+-- as one row with its error. A claim no longer held by
 -- p_worker (its lease expired and another worker took it) is left alone: no
 -- rows are returned. With p_with_entities false the caller refreshes the
 -- language entities itself (once per batch, see drain_progress_refresh_queue).
 --
 -- The caller settles the entry afterwards with progress_finish(), in its own
--- transaction or (the SQL drain, which holds its claimed rows) the same one:
--- a refresh holding language-entity locks must never wait for a queue row,
--- which a drain may hold while it waits for those locks.
+-- transaction: a refresh holding language-entity locks must never wait for a
+-- queue row, which a drain may hold while it waits for those locks.
 DROP FUNCTION IF EXISTS progress_refresh_claimed(text, uuid, bigint, boolean);
 DROP FUNCTION IF EXISTS progress_refresh_claimed(text, uuid, bigint, text, boolean);
 CREATE OR REPLACE FUNCTION progress_refresh_claimed(
@@ -207,6 +230,7 @@ SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];
+    failure text;
     scope text[];
     first_enqueued_at timestamptz;
 BEGIN
@@ -218,16 +242,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    BEGIN
-        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, scope) AS c);
-    EXCEPTION WHEN OTHERS THEN
-        PERFORM progress_record_failure(p_kind, p_version, SQLERRM);
-        RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, SQLERRM;
+    SELECT r.done, r.error INTO done, failure
+      FROM progress_refresh_held(p_kind, p_version, scope, first_enqueued_at, p_with_entities) AS r;
+    IF failure IS NOT NULL THEN
+        RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, failure;
         RETURN;
-    END;
-    PERFORM progress_log_refresh(p_kind, p_version,
-                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c),
-                                 first_enqueued_at);
+    END IF;
     PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT c.read_model, c.inserted, c.updated, c.deleted, NULL::text FROM unnest(done) AS c;
 END

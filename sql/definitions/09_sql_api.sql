@@ -29,9 +29,7 @@ BEGIN
      WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
        FOR UPDATE;
     done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
-    PERFORM progress_log_refresh(kind, version_id,
-                                 (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(done) AS c),
-                                 first_enqueued_at);
+    PERFORM progress_log_refresh(kind, version_id, done, first_enqueued_at);
     PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT * FROM unnest(done);
     IF queued_generation IS NOT NULL THEN
@@ -51,7 +49,7 @@ RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM
 LANGUAGE plpgsql AS $$
 DECLARE
     entry progress_refresh_queue;
-    done progress_refresh_count[];
+    failure text;
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
     refreshed boolean := false;
@@ -70,18 +68,9 @@ BEGIN
             text_entities := text_entities
                 || progress_affected_language_entities('text', ARRAY[entry.version_id]);
         END IF;
-        -- A failure rolls back this version only and is recorded; the rest go on.
-        BEGIN
-            done := ARRAY(SELECT c FROM progress_refresh_version(entry.kind, entry.version_id, false,
-                                                                 entry.chapter_ids) AS c);
-        EXCEPTION WHEN OTHERS THEN
-            PERFORM progress_record_failure(entry.kind, entry.version_id, SQLERRM);
-            CONTINUE;
-        END;
-        PERFORM progress_log_refresh(entry.kind, entry.version_id,
-                                     (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint
-                                        FROM unnest(done) AS c),
-                                     entry.enqueued_at);
+        SELECT r.error INTO failure
+          FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, false) AS r;
+        CONTINUE WHEN failure IS NOT NULL;  -- recorded; the rest go on
         PERFORM progress_settle_locked(entry);
         refreshed := true;
         kind := entry.kind;
