@@ -131,10 +131,15 @@ DECLARE
     last_verse bigint;
     -- Only a version listed there can have mapped files (see 008_mapped_audio_versions).
     mapped boolean := EXISTS (SELECT FROM progress_mapped_audio_versions m WHERE m.audio_version_id = p_version);
+    -- A version recorded as chapter files has no ranges to compare with.
+    ranged boolean := EXISTS (SELECT FROM media_files r
+                               WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL);
 BEGIN
-    SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
-      FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
-            OFFSET 0) AS o;
+    IF ranged THEN
+        SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
+          FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
+                OFFSET 0) AS o;
+    END IF;
     RETURN QUERY
     SELECT f.*
       FROM (SELECT mf.id FROM unnest(p_chapters) AS ch (id)
@@ -154,7 +159,7 @@ BEGIN
                      FROM verses sv LEFT JOIN verses ev ON ev.id = r.end_verse_id
                     WHERE sv.id = r.start_verse_id
                    OFFSET 0) AS bounds
-             WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
+             WHERE ranged AND r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
                AND bounds.first <= last_verse AND bounds.last >= first_verse) AS reach (id)
      -- Each candidate looked up by its key, never a hash of the version's files.
      CROSS JOIN LATERAL (

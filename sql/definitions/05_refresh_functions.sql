@@ -190,7 +190,10 @@ $$;
 -- whole, from the levels below. Every statement is written into one function
 -- and the members of the chapters are computed once: its plans are made once
 -- per session (generic), where per-level calls and dynamic SQL would plan and
--- compute again on every change.
+-- compute again on every change. Its plans never scan a table (sequential
+-- scans off): a generic plan knows neither the version nor the chapters, and
+-- would scan the versions, books and chapters tables wherever they are small,
+-- making a change's cost grow with the database.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -271,6 +274,7 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$I(p_scope uuid, p_chapters text[])
         RETURNS SETOF progress_refresh_count
         SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
+        SET enable_seqscan = off
         LANGUAGE plpgsql AS $body$
         DECLARE
             inserted bigint;
@@ -316,9 +320,15 @@ BEGIN
             progress_diff_statement(d, format('SELECT * FROM %I(p_scope)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = p_scope', d.scope_column), keys, vals));
         -- One row per scope (summary, best version): refreshed on every
-        -- change, so planned once per session rather than on each of the first calls.
+        -- change, so planned once per session rather than on each of the
+        -- first calls; and its plan looks the scope up by index, never scans
+        -- a table that grows with the database (a generic plan knows no
+        -- parameter, and a few hundred versions fit on pages a scan reads
+        -- faster than one index lookup: the cost would grow with every version).
         IF cardinality(keys) = 1 THEN
             EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan',
+                           'progress_sync_' || d.logical_view);
+            EXECUTE format('ALTER FUNCTION %I(uuid) SET enable_seqscan = off',
                            'progress_sync_' || d.logical_view);
         END IF;
         -- (Chapter-scoped refreshes of these rows: progress_install_chapter_refresh.)
@@ -360,10 +370,11 @@ CREATE OR REPLACE FUNCTION progress_version_lock_key(p_kind text) RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $$;
 
 -- Language entities whose best version a refresh of these versions can move:
--- where each version lives now, and where it is currently the best.
+-- where each version lives now, and where it is currently the best. Looked
+-- up by index, never scanned (see progress_install_chapter_refresh).
 CREATE OR REPLACE FUNCTION progress_affected_language_entities(p_kind text, p_versions uuid[])
 RETURNS uuid[] LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan AS $$
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 BEGIN
     IF p_kind = 'audio' THEN
         RETURN ARRAY(SELECT e FROM (SELECT language_entity_id FROM audio_versions
