@@ -54,6 +54,10 @@ DECLARE
     text_entities uuid[] := '{}';
     refreshed boolean := false;
 BEGIN
+    -- The last call of a drain finds nothing: it says so at once.
+    IF NOT EXISTS (SELECT FROM progress_refresh_queue) THEN
+        RETURN;
+    END IF;
     PERFORM progress_commit_refresh_lazily();
     IF progress_storage_strategy() = 'matview' THEN
         -- Everything is refreshed at once, so every ready entry is claimed first.
