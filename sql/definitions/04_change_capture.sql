@@ -3,15 +3,17 @@
 -- statement can alter (SPEC section 4). One queue upsert per statement, never
 -- one per row; updates that change nothing relevant queue nothing.
 
--- The enqueue functions are plpgsql: a writer's statement pays for running
--- one queue upsert, not for planning it again (a SQL function is planned on
+-- The enqueue functions are plpgsql with generic plans: a writer's statement
+-- pays for running one queue upsert, not for planning it again (a SQL
+-- function is planned on every call, and a plpgsql statement given an array
+-- would keep choosing a plan made for that array's length: planned anew on
 -- every call).
 
 -- Queues whole versions; a version already queued gets its generation bumped
 -- so a refresh that claimed the older generation leaves it queued, and its
 -- chapter scope widened to the whole version.
 CREATE OR REPLACE FUNCTION progress_enqueue_versions(p_kind text, p_versions uuid[])
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO progress_refresh_queue AS q (kind, version_id)
@@ -37,7 +39,7 @@ $$;
 
 -- Two chapter scopes merged: NULL (the whole version) absorbs everything.
 CREATE OR REPLACE FUNCTION progress_merge_chapter_scopes(p_left text[], p_right text[])
-RETURNS text[] LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     IF p_left IS NULL OR p_right IS NULL THEN
         RETURN NULL;
@@ -127,7 +129,7 @@ $$;
 -- statement than a chapter scope holds is queued whole.
 CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
     p_versions uuid[], p_files uuid[], p_chapters text[], p_starts text[], p_ends text[])
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
     IF cardinality(p_files) = 1
@@ -208,7 +210,7 @@ $$;
 -- Lists the audio versions of files that now have verse mappings
 -- (progress_mapped_audio_versions), whether or not the files are live.
 CREATE OR REPLACE FUNCTION progress_note_mapped_files(p_files uuid[]) RETURNS void
-SECURITY DEFINER SET search_path FROM CURRENT
+SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO progress_mapped_audio_versions (audio_version_id)
