@@ -1,4 +1,5 @@
-"""`python -m bench [--sizes S,M …]`, `python -m bench workers …`, `python -m bench soak …`: see bench/README.md."""
+"""`python -m bench [--sizes S,M …]`, `python -m bench workers …`, `python -m bench soak …`,
+`python -m bench compare --against <commit>`: see bench/README.md."""
 
 import sys
 
@@ -7,6 +8,10 @@ def _main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "workers":
         from bench.workers import main
+
+        return main(sys.argv[2:])
+    if command == "compare":
+        from bench.compare import main
 
         return main(sys.argv[2:])
     if command == "soak":
