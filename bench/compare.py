@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import data, measure
 from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
-from bench.server import Databases, database_dsn, database_name, open_db
+from bench.server import database_dsn, database_name, open_db, server_databases
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
 
@@ -132,11 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     log = Log()
-    if args.dsn is None:
-        from orchestration.db.embedded import start_embedded
-
-        args.dsn = start_embedded()
-    dbs = Databases(args.dsn, log)
+    dbs = server_databases(args.dsn, log)
+    args.dsn = dbs.server_dsn
     size = data.SIZES[args.size]
     names = {side: database_name(size.name, side) for side in ("template", "against", "ours", "baseline")}
     samples: dict[str, dict[str, list[float]]] = {s: {"against": [], "ours": []} for s in args.scenarios}

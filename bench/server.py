@@ -85,3 +85,12 @@ class Databases:
             info = {s: str(admin.execute(f"SHOW {s}").fetchone()[0]) for s in settings}  # type: ignore[index]
         info["cpu_count"] = str(os.cpu_count())
         return info
+
+
+def server_databases(dsn: str | None, log: Callable[[str], None]) -> Databases:
+    """The benchmark's databases on the given server, or on the embedded one (started or joined)."""
+    if dsn is None:
+        from orchestration.db.embedded import start_embedded
+
+        dsn = start_embedded()
+    return Databases(dsn, log)

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import data
 from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
-from bench.server import Databases, database_dsn, database_name, open_db
+from bench.server import database_dsn, database_name, open_db, server_databases
 from orchestration.db.connection import connect
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
@@ -88,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(args: argparse.Namespace) -> int:
     log = Log()
-    if args.dsn is None:
-        from orchestration.db.embedded import start_embedded
-
-        args.dsn = start_embedded()
-    dbs = Databases(args.dsn, log)
+    dbs = server_databases(args.dsn, log)
+    args.dsn = dbs.server_dsn
     size = data.SIZES[args.size]
     name = database_name(size.name, "workers")
     try:
