@@ -323,8 +323,8 @@ BEGIN
         -- change, so planned once per session rather than on each of the
         -- first calls; and its plan looks the scope up by index, never scans
         -- a table that grows with the database (a generic plan knows no
-        -- parameter, and a few hundred versions fit on pages a scan reads
-        -- faster than one index lookup: the cost would grow with every version).
+        -- parameter, and prices a scan of a few hundred versions below an
+        -- index lookup: the cost would grow with every version).
         IF cardinality(keys) = 1 THEN
             EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan',
                            'progress_sync_' || d.logical_view);
