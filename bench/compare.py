@@ -165,8 +165,8 @@ def compare(args: argparse.Namespace) -> int:
             log("populated; measuring")
             for scenario in args.scenarios:
                 label, make = SCENARIOS[scenario]
-                for rep in range(args.repeat):
-                    for side in ("against", "ours") if rep % 2 == 0 else ("ours", "against"):
+                for _, order in measure.interleaved(args.repeat, ["against", "ours"]):
+                    for side in order:
                         _, file_id = baseline_targets.take("audio_chapter")
                         baseline.execute(measure.TOGGLE_FILE, [file_id])
                         baseline.drain()
@@ -179,13 +179,14 @@ def compare(args: argparse.Namespace) -> int:
                 session.conn.close()
         finally:
             dbs.drop_all()
+    ours = source_version()
     result = {
         "size": size.name,
         "baseline_size": args.baseline_size,
         "repeat": args.repeat,
         "against": against,
-        "ours": source_version()["commit"],
-        "ours_modified": source_version()["sql_modified"],
+        "ours": ours["commit"],
+        "ours_modified": ours["sql_modified"],
         "scenarios": [
             {
                 "scenario": s,

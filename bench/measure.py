@@ -16,15 +16,16 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 
 BASELINE = "matview"
 OURS = "table"
+T = TypeVar("T")
 
 
 @dataclass
@@ -172,11 +173,10 @@ class Session:
         return float(plan[0]["Execution Time"])
 
 
-def interleaved(reps: int, sessions: dict[str, Session]) -> Iterator[tuple[int, list[Session]]]:
-    """Each rep runs both strategies, the first one alternating."""
-    pair = [sessions[OURS], sessions[BASELINE]]
+def interleaved(reps: int, pair: Sequence[T]) -> Iterator[tuple[int, list[T]]]:
+    """Each rep runs both sides of the pair, the first one alternating."""
     for rep in range(reps):
-        yield rep, pair if rep % 2 == 0 else pair[::-1]
+        yield rep, list(pair) if rep % 2 == 0 else list(pair)[::-1]
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +372,7 @@ class Runner:
                 )
             )
             self._settle()
-            for rep, order in interleaved(self.reps, self.sessions):
+            for rep, order in interleaved(self.reps, [self.sessions[OURS], self.sessions[BASELINE]]):
                 changes = make()
                 expected = len({version for version, _ in changes})
                 for s in order:
@@ -517,7 +517,7 @@ class Runner:
                 m_wal.extra["first_call_not_counted"] = {
                     k: {"wal_bytes": v.wal_bytes, "wal_fpi": v.wal_fpi, "rows": v.rows_written} for k, v in cold.items()
                 }
-            for rep, order in interleaved(reps, self.sessions):
+            for rep, order in interleaved(reps, [self.sessions[OURS], self.sessions[BASELINE]]):
                 apply = None
                 if case == "unchanged":
                     kind = "audio" if rep % 2 == 0 else "text"

@@ -159,7 +159,7 @@ BEGIN
                      FROM verses sv LEFT JOIN verses ev ON ev.id = r.end_verse_id
                     WHERE sv.id = r.start_verse_id
                    OFFSET 0) AS bounds
-             WHERE ranged AND r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
+             WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
                AND bounds.first <= last_verse AND bounds.last >= first_verse) AS reach (id)
      -- Each candidate looked up by its key, never a hash of the version's files.
      CROSS JOIN LATERAL (

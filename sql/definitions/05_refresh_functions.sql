@@ -326,9 +326,7 @@ BEGIN
         -- parameter, and prices a scan of a few hundred versions below an
         -- index lookup: the cost would grow with every version).
         IF cardinality(keys) = 1 THEN
-            EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan',
-                           'progress_sync_' || d.logical_view);
-            EXECUTE format('ALTER FUNCTION %I(uuid) SET enable_seqscan = off',
+            EXECUTE format('ALTER FUNCTION %I(uuid) SET plan_cache_mode = force_generic_plan SET enable_seqscan = off',
                            'progress_sync_' || d.logical_view);
         END IF;
         -- (Chapter-scoped refreshes of these rows: progress_install_chapter_refresh.)
