@@ -20,6 +20,8 @@ $$;
 -- The best-version rule as one sort key (sorted descending, then by id):
 -- higher fractions first with NULL last at each step, then the newest
 -- created_at with NULL last. Fractions lie in [0, 1], so -1 sorts NULL last.
+-- The epoch is read in UTC: the same number, from immutable functions only,
+-- so the planner inlines this rather than calling it row by row.
 CREATE OR REPLACE FUNCTION progress_version_rank(
     p_verse_fraction numeric, p_chapter_fraction numeric, p_book_fraction numeric,
     p_created_at timestamptz)
@@ -27,7 +29,7 @@ RETURNS numeric[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT ARRAY[coalesce(p_verse_fraction, -1),
                  coalesce(p_chapter_fraction, -1),
                  coalesce(p_book_fraction, -1),
-                 coalesce(extract(epoch FROM p_created_at), '-Infinity'::numeric)]
+                 coalesce(extract(epoch FROM p_created_at AT TIME ZONE 'UTC'), '-Infinity'::numeric)]
 $$;
 
 -- Totals of a bible version: counted rows, not the sum of chapters.total_verses.
@@ -188,7 +190,7 @@ $$;
 --   'chapters' a chapter-scoped refresh (the generated *_within functions):
 --             each stored read model above it narrowed to its rows of the
 --             scope (p_scope) whose second key is a member of the chapters
---             (scope_members_<key>, see progress_chapter_members), and each base
+--             (scope_members_<key>, see progress_chapter_sets), and each base
 --             source of progress_chapter_scoped_sources() replaced by its
 --             scoped function. Cost follows the chapters, not the version;
 --   'old', 'new' each read model above it replaced by its rows that a

@@ -15,14 +15,20 @@
 -- With p_capture, the rows it changed are also kept, as they were and as they
 -- are now, in the variables <p_capture>_old and <p_capture>_new (arrays of the
 -- stored row type): what a summary's additive counts move by.
+--
+-- With p_scope_value (an expression every row of the scope has as its first
+-- key), the rows to remove are found by one index scan over their second
+-- keys rather than one lookup each: a chapter's verses leave together.
 DROP FUNCTION IF EXISTS progress_diff_statement(progress_read_model_definitions, text, text, text[], text[]);
+DROP FUNCTION IF EXISTS progress_diff_statement(progress_read_model_definitions, text, text, text[], text[], text);
 CREATE OR REPLACE FUNCTION progress_diff_statement(
     d progress_read_model_definitions, p_desired text, p_scope_filter text,
-    p_keys text[], p_values text[], p_capture text DEFAULT NULL)
+    p_keys text[], p_values text[], p_capture text DEFAULT NULL, p_scope_value text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     key_match text;
     old_key_match text;
+    removal text;
     differs text := 'false';
     on_conflict text := 'NOTHING';
     stored_columns text[];
@@ -46,6 +52,10 @@ BEGIN
            string_agg(format('t.%1$I = j.%2$I', k, 'old_' || k), ' AND ')
       INTO key_match, old_key_match
       FROM unnest(p_keys) AS k;
+    removal := CASE WHEN p_scope_value IS NOT NULL AND cardinality(p_keys) = 2
+                    THEN format('%1$I t WHERE t.%2$I = %3$s AND t.%4$I = ANY (ARRAY(SELECT j.%5$I FROM joined j WHERE NOT j.wanted))',
+                                d.stored_name, p_keys[1], p_scope_value, p_keys[2], 'old_' || p_keys[2])
+                    ELSE format('%I t USING joined j WHERE NOT j.wanted AND %s', d.stored_name, old_key_match) END;
     IF cardinality(p_values) > 0 THEN
         SELECT format('(%s) IS DISTINCT FROM (%s)',
                       string_agg(format('n.%I', v), ', '), string_agg(format('o.%I', v), ', ')),
@@ -61,8 +71,7 @@ BEGIN
               FROM desired n FULL JOIN current o ON %6$s
              WHERE n.%5$I IS NULL OR o.%5$I IS NULL OR %7$s),
         removed AS (
-            DELETE FROM %2$I t USING joined j
-             WHERE NOT j.wanted AND %8$s
+            DELETE FROM %8$s
             RETURNING 1),
         written AS (
             INSERT INTO %2$I (%10$s) SELECT %9$s FROM joined j WHERE j.wanted
@@ -73,7 +82,7 @@ BEGIN
           FROM written;$sql$,
         p_desired, d.stored_name, p_scope_filter,
         array_to_string(ARRAY(SELECT format('o.%I AS %I', k, 'old_' || k) FROM unnest(p_keys) AS k), ', '),
-        p_keys[1], key_match, differs, old_key_match,
+        p_keys[1], key_match, differs, removal,
         array_to_string(ARRAY(SELECT format('j.%I', c) FROM unnest(p_keys || p_values) AS c), ', '),
         progress_column_list(p_keys || p_values),
         progress_column_list(p_keys),
@@ -115,8 +124,9 @@ $$;
 -- progress_definition_sql, 'chapters') for a level made from a set of
 -- chapters (changed_chapters, or book_chapters: every chapter of their
 -- books): scope_chapters and scope_members_<key> for the level's own second
--- key and its upstreams'. Each set's members are computed once in the
--- generated function: p_computed lists the variables already assigned.
+-- key and its upstreams'. The sets are computed once, at the start of the
+-- generated function (progress_chapter_sets): here they are only assigned.
+-- p_computed lists the scope variables declared already.
 CREATE OR REPLACE FUNCTION progress_scope_code(
     d progress_read_model_definitions, p_chapter_set text, p_computed text[],
     OUT code text, OUT computed text[], OUT declared text)
@@ -124,40 +134,30 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     member_key text;
 BEGIN
-    code := '';
+    code := format(E'\n    scope_chapters := %I;', p_chapter_set);
     declared := '';
     computed := p_computed;
-    IF p_chapter_set <> ALL (computed || '{changed_chapters}'::text[]) THEN
-        -- Every chapter of the changed chapters' books (their books: the same).
-        IF 'changed_chapters_book_id' <> ALL (computed) THEN
-            declared := declared || E'\n    changed_chapters_book_id text[];';
-            code := code || E'\n    changed_chapters_book_id := progress_chapter_members(''book_id'', changed_chapters);';
-            computed := computed || 'changed_chapters_book_id'::text;
-        END IF;
-        code := code || format(E'\n    %I := progress_book_chapters(changed_chapters_book_id);', p_chapter_set);
-        computed := computed || p_chapter_set;
-    END IF;
-    code := code || format(E'\n    scope_chapters := %I;', p_chapter_set);
     FOR member_key IN SELECT d.key_columns[2] WHERE cardinality(d.key_columns) > 1
                       UNION
                       SELECT u.key_columns[2] FROM progress_read_model_definitions u
                        WHERE u.stored_name = ANY (d.upstreams) AND cardinality(u.key_columns) > 1 LOOP
-        IF p_chapter_set || '_' || member_key <> ALL (computed) THEN
-            declared := declared || format(E'\n    %I text[];', p_chapter_set || '_' || member_key);
-            -- A set's chapters are distinct already, and the books of whole
-            -- books are the changed chapters' books: nothing to look up.
-            code := code || format(E'\n    %1$I := %2$s;', p_chapter_set || '_' || member_key,
-                                   CASE WHEN member_key = 'chapter_id' THEN quote_ident(p_chapter_set)
-                                        WHEN member_key = 'book_id' AND p_chapter_set = 'book_chapters'
-                                            THEN 'changed_chapters_book_id'
-                                        ELSE format('progress_chapter_members(%L, %I)', member_key, p_chapter_set) END);
-            computed := computed || (p_chapter_set || '_' || member_key);
+        IF NOT progress_chapter_member_key(member_key) THEN
+            RAISE EXCEPTION 'read model %: % cannot be narrowed to chapters', d.stored_name, member_key;
         END IF;
         IF 'scope_members_' || member_key <> ALL (computed) THEN
             declared := declared || format(E'\n    %I text[];', 'scope_members_' || member_key);
             computed := computed || ('scope_members_' || member_key);
         END IF;
-        code := code || format(E'\n    %I := %I;', 'scope_members_' || member_key, p_chapter_set || '_' || member_key);
+        -- The books of whole books are the changed chapters' books.
+        code := code || format(E'\n    %I := %s;', 'scope_members_' || member_key,
+                               CASE WHEN member_key = 'chapter_id' THEN quote_ident(p_chapter_set)
+                                    WHEN member_key = 'book_id' THEN 'changed_books'
+                                    WHEN member_key = 'verse_id' AND p_chapter_set = 'changed_chapters'
+                                        THEN 'changed_verses'
+                                    WHEN member_key = 'verse_id'
+                                        THEN format('ARRAY(SELECT v.id FROM verses v WHERE v.chapter_id = ANY (%I))',
+                                                    p_chapter_set)
+                               END);
     END LOOP;
 END
 $$;
@@ -216,7 +216,7 @@ BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'
               ORDER BY install_order LOOP
-        IF cardinality(d.key_columns) > 1 AND progress_chapter_members(d.key_columns[2], '{}') IS NOT NULL THEN
+        IF cardinality(d.key_columns) > 1 AND progress_chapter_member_key(d.key_columns[2]) THEN
             -- A row of a book counts every chapter of its book.
             SELECT * INTO scope FROM progress_scope_code(
                 d, CASE WHEN d.key_columns[2] = 'book_id' THEN 'book_chapters' ELSE 'changed_chapters' END, computed);
@@ -233,7 +233,7 @@ BEGIN
                 format('t.%I = p_scope AND t.%I = ANY (%I)', d.scope_column, d.key_columns[2],
                        'scope_members_' || d.key_columns[2]),
                 d.key_columns, progress_value_columns(d),
-                CASE WHEN d.stored_name = ANY (captured) THEN d.stored_name END);
+                CASE WHEN d.stored_name = ANY (captured) THEN d.stored_name END, 'p_scope');
         ELSIF cardinality(d.key_columns) = 1 AND d.counts_sql IS NOT NULL THEN
             declared := declared || format(E'\n    %I record;\n    %I record;\n    %I boolean;',
                                            d.logical_view || '_before', d.logical_view || '_after',
@@ -280,10 +280,15 @@ BEGIN
             inserted bigint;
             updated bigint;
             deleted bigint;
-            changed_chapters text[] := progress_chapter_members('chapter_id', p_chapters);
+            changed_chapters text[];
+            changed_verses text[];
+            changed_books text[];
             book_chapters text[];
             scope_chapters text[];%2$s
-        BEGIN%3$s
+        BEGIN
+            SELECT s.chapters, s.verses, s.books, s.book_chapters
+              INTO changed_chapters, changed_verses, changed_books, book_chapters
+              FROM progress_chapter_sets(p_chapters) AS s;%3$s
         END
         $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, body);
 END
@@ -391,38 +396,39 @@ BEGIN
 END
 $$;
 
--- The members of a set of chapters at the level a key column names (its
--- verses, the chapters themselves, their books); NULL for any other column.
--- In no particular order (they are matched with = ANY). Each chapter is
--- looked up on its own (OFFSET 0 keeps them lookups), so the plan, made once
--- per session (plpgsql), never scans verses or chapters.
-CREATE OR REPLACE FUNCTION progress_chapter_members(p_column text, p_chapters text[])
-RETURNS text[] LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-    IF p_column = 'verse_id' THEN
-        RETURN ARRAY(SELECT v.id FROM (SELECT DISTINCT c FROM unnest(p_chapters) AS c) AS s (id)
-                      CROSS JOIN LATERAL (SELECT v.id FROM verses v WHERE v.chapter_id = s.id OFFSET 0) AS v);
-    ELSIF p_column = 'chapter_id' THEN
-        RETURN ARRAY(SELECT DISTINCT c FROM unnest(p_chapters) AS c WHERE c IS NOT NULL);
-    ELSIF p_column = 'book_id' THEN
-        RETURN ARRAY(SELECT DISTINCT c.book_id
-                       FROM unnest(p_chapters) AS s (id)
-                      CROSS JOIN LATERAL (SELECT c.book_id FROM chapters c WHERE c.id = s.id OFFSET 0) AS c
-                      WHERE c.book_id IS NOT NULL);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
--- Every chapter of some books: what a book row counts.
+-- The key columns a chapter-scoped refresh narrows a level by: a row keyed
+-- by one of these belongs to some chapters (see progress_chapter_sets).
+DROP FUNCTION IF EXISTS progress_chapter_members(text, text[]);
+DROP FUNCTION IF EXISTS progress_book_chapters(text[]);
 DROP FUNCTION IF EXISTS progress_level_chapters(text, text[]);
-CREATE OR REPLACE FUNCTION progress_book_chapters(p_books text[])
-RETURNS text[] LANGUAGE plpgsql STABLE
+CREATE OR REPLACE FUNCTION progress_chapter_member_key(p_column text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$ SELECT p_column IN ('verse_id', 'chapter_id', 'book_id') $$;
+
+-- The sets a chapter-scoped refresh narrows its levels to: the changed
+-- chapters (distinct), their verses, their books, and every chapter of those
+-- books (what a book row counts). In no particular order (they are matched
+-- with = ANY). One statement, planned once per session; each chapter and
+-- book is looked up on its own (OFFSET 0), so verses and chapters are never
+-- scanned.
+CREATE OR REPLACE FUNCTION progress_chapter_sets(
+    p_chapters text[], OUT chapters text[], OUT verses text[], OUT books text[], OUT book_chapters text[])
+LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
-    RETURN ARRAY(SELECT c.id FROM unnest(p_books) AS b (id)
-                  CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.id OFFSET 0) AS c);
+    WITH changed AS MATERIALIZED (
+             SELECT DISTINCT c AS id FROM unnest(p_chapters) AS c WHERE c IS NOT NULL),
+         changed_books AS MATERIALIZED (
+             SELECT DISTINCT b.book_id
+               FROM changed ch
+              CROSS JOIN LATERAL (SELECT c.book_id FROM chapters c WHERE c.id = ch.id OFFSET 0) AS b
+              WHERE b.book_id IS NOT NULL)
+    SELECT ARRAY(SELECT ch.id FROM changed ch),
+           ARRAY(SELECT v.id FROM changed ch
+                  CROSS JOIN LATERAL (SELECT v.id FROM verses v WHERE v.chapter_id = ch.id OFFSET 0) AS v),
+           ARRAY(SELECT b.book_id FROM changed_books b),
+           ARRAY(SELECT c.id FROM changed_books b
+                  CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.book_id OFFSET 0) AS c)
+      INTO chapters, verses, books, book_chapters;
 END
 $$;
 
