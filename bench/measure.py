@@ -175,8 +175,9 @@ class Session:
 
 def interleaved(reps: int, pair: Sequence[T]) -> Iterator[tuple[int, list[T]]]:
     """Each rep runs both sides of the pair, the first one alternating."""
+    order = list(pair)
     for rep in range(reps):
-        yield rep, list(pair) if rep % 2 == 0 else list(pair)[::-1]
+        yield rep, order if rep % 2 == 0 else order[::-1]
 
 
 # ---------------------------------------------------------------------------
@@ -309,6 +310,8 @@ class Change:
 class Runner:
     def __init__(self, sessions: dict[str, Session], reps: int, lookups: int, log: Callable[[str], None]) -> None:
         self.sessions = sessions
+        # Both strategies, in the order interleaved() starts with.
+        self.pair = [sessions[OURS], sessions[BASELINE]]
         self.reps = reps
         self.lookups = lookups
         self.log = log
@@ -372,7 +375,7 @@ class Runner:
                 )
             )
             self._settle()
-            for rep, order in interleaved(self.reps, [self.sessions[OURS], self.sessions[BASELINE]]):
+            for rep, order in interleaved(self.reps, self.pair):
                 changes = make()
                 expected = len({version for version, _ in changes})
                 for s in order:
@@ -517,7 +520,7 @@ class Runner:
                 m_wal.extra["first_call_not_counted"] = {
                     k: {"wal_bytes": v.wal_bytes, "wal_fpi": v.wal_fpi, "rows": v.rows_written} for k, v in cold.items()
                 }
-            for rep, order in interleaved(reps, [self.sessions[OURS], self.sessions[BASELINE]]):
+            for rep, order in interleaved(reps, self.pair):
                 apply = None
                 if case == "unchanged":
                     kind = "audio" if rep % 2 == 0 else "text"
@@ -599,12 +602,12 @@ class Runner:
                 )
             )
             pool = ids[kind]
-            for i in range(self.lookups):
+            for i, order in interleaved(self.lookups, self.pair):
                 version = pool[i % len(pool)]
                 query = sql.SQL("SELECT * FROM {} WHERE {} = {}").format(
                     sql.Identifier(table), sql.Identifier(f"{kind}_version_id"), sql.Literal(str(version))
                 )
-                for s in (self.sessions[OURS], self.sessions[BASELINE])[:: 1 if i % 2 == 0 else -1]:
+                for s in order:
                     (metric.ours if s.strategy == OURS else metric.baseline).append(s.explain_ms(query))
             self.log(
                 f"  {metric_id}: table {metric.ours_median:.3f} ms, matview {metric.baseline_median:.3f} ms "

@@ -53,9 +53,9 @@ BEGIN
       INTO key_match, old_key_match
       FROM unnest(p_keys) AS k;
     removal := CASE WHEN p_scope_value IS NOT NULL AND cardinality(p_keys) = 2
-                    THEN format('%1$I t WHERE t.%2$I = %3$s AND t.%4$I = ANY (ARRAY(SELECT j.%5$I FROM joined j WHERE NOT j.wanted))',
+                    THEN format(E'%1$I t\n             WHERE t.%2$I = %3$s AND t.%4$I = ANY (ARRAY(SELECT j.%5$I FROM joined j WHERE NOT j.wanted))',
                                 d.stored_name, p_keys[1], p_scope_value, p_keys[2], 'old_' || p_keys[2])
-                    ELSE format('%I t USING joined j WHERE NOT j.wanted AND %s', d.stored_name, old_key_match) END;
+                    ELSE format(E'%I t USING joined j\n             WHERE NOT j.wanted AND %s', d.stored_name, old_key_match) END;
     IF cardinality(p_values) > 0 THEN
         SELECT format('(%s) IS DISTINCT FROM (%s)',
                       string_agg(format('n.%I', v), ', '), string_agg(format('o.%I', v), ', ')),

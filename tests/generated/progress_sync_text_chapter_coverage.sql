@@ -15,7 +15,8 @@ AS $function$
               FROM desired n FULL JOIN current o ON n.text_version_id = o.text_version_id AND n.chapter_id = o.chapter_id
              WHERE n.text_version_id IS NULL OR o.text_version_id IS NULL OR (n.verses_with_text, n.total_verses, n.is_complete) IS DISTINCT FROM (o.verses_with_text, o.total_verses, o.is_complete)),
         removed AS (
-            DELETE FROM mv_text_chapter_coverage t USING joined j WHERE NOT j.wanted AND t.text_version_id = j.old_text_version_id AND t.chapter_id = j.old_chapter_id
+            DELETE FROM mv_text_chapter_coverage t USING joined j
+             WHERE NOT j.wanted AND t.text_version_id = j.old_text_version_id AND t.chapter_id = j.old_chapter_id
             RETURNING 1),
         written AS (
             INSERT INTO mv_text_chapter_coverage (text_version_id, chapter_id, verses_with_text, total_verses, is_complete) SELECT j.text_version_id, j.chapter_id, j.verses_with_text, j.total_verses, j.is_complete FROM joined j WHERE j.wanted
