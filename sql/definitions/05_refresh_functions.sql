@@ -124,8 +124,9 @@ $$;
 -- progress_definition_sql, 'chapters') for a level made from a set of
 -- chapters (changed_chapters, or book_chapters: every chapter of their
 -- books): scope_chapters and scope_members_<key> for the level's own second
--- key and its upstreams'. The sets are computed once, at the start of the
--- generated function (progress_chapter_sets): here they are only assigned.
+-- key and its upstreams'. The sets are computed once, by the first statement
+-- of the generated function (progress_install_chapter_refresh): here they are
+-- only assigned.
 -- p_computed lists the scope variables declared already.
 CREATE OR REPLACE FUNCTION progress_scope_code(
     d progress_read_model_definitions, p_chapter_set text, p_computed text[],
@@ -188,9 +189,10 @@ $$;
 -- difference statements keep them: progress_diff_statement, p_capture), and
 -- makes its row from them; without, or with no row stored yet, it is synced
 -- whole, from the levels below. Every statement is written into one function
--- and the members of the chapters are computed once: its plans are made once
--- per session (generic), where per-level calls and dynamic SQL would plan and
--- compute again on every change. Its plans never scan a table (sequential
+-- and the members of the chapters are computed once, by its first statement:
+-- its plans are made once per session (generic), where per-level calls and
+-- dynamic SQL would plan and compute again on every change, and each call of
+-- a function on this path costs more than its work. Its plans never scan a table (sequential
 -- scans off): a generic plan knows neither the version nor the chapters, and
 -- would scan the versions, books and chapters tables wherever they are small,
 -- making a change's cost grow with the database.
@@ -286,9 +288,25 @@ BEGIN
             book_chapters text[];
             scope_chapters text[];%2$s
         BEGIN
-            SELECT s.chapters, s.verses, s.books, s.book_chapters
-              INTO changed_chapters, changed_verses, changed_books, book_chapters
-              FROM progress_chapter_sets(p_chapters) AS s;%3$s
+            -- The sets the levels narrow to: the changed chapters (distinct),
+            -- their verses, their books, and every chapter of those books (what
+            -- a book row counts), in no particular order (matched with = ANY).
+            -- Each chapter and book is looked up on its own (OFFSET 0): verses
+            -- and chapters are never scanned.
+            WITH changed AS MATERIALIZED (
+                     SELECT DISTINCT c AS id FROM unnest(p_chapters) AS c WHERE c IS NOT NULL),
+                 changed_book_ids AS MATERIALIZED (
+                     SELECT DISTINCT b.book_id
+                       FROM changed ch
+                      CROSS JOIN LATERAL (SELECT c.book_id FROM chapters c WHERE c.id = ch.id OFFSET 0) AS b
+                      WHERE b.book_id IS NOT NULL)
+            SELECT ARRAY(SELECT ch.id FROM changed ch),
+                   ARRAY(SELECT v.id FROM changed ch
+                          CROSS JOIN LATERAL (SELECT v.id FROM verses v WHERE v.chapter_id = ch.id OFFSET 0) AS v),
+                   ARRAY(SELECT b.book_id FROM changed_book_ids b),
+                   ARRAY(SELECT c.id FROM changed_book_ids b
+                          CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.book_id OFFSET 0) AS c)
+              INTO changed_chapters, changed_verses, changed_books, book_chapters;%3$s
         END
         $body$ $fn$, 'progress_refresh_chapters_' || p_kind, declared, body);
 END
@@ -372,6 +390,11 @@ $$;
 CREATE OR REPLACE FUNCTION progress_version_lock_key(p_kind text) RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $$;
 
+-- Waits for the version's turn (until the transaction ends). Plain SQL, so a
+-- caller's statement inlines it.
+CREATE OR REPLACE FUNCTION progress_lock_version(p_kind text, p_version uuid) RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text)) $$;
+
 -- Language entities whose best version a refresh of these versions can move:
 -- where each version lives now, and where it is currently the best. Looked
 -- up by index, never scanned (see progress_install_chapter_refresh).
@@ -397,40 +420,14 @@ END
 $$;
 
 -- The key columns a chapter-scoped refresh narrows a level by: a row keyed
--- by one of these belongs to some chapters (see progress_chapter_sets).
+-- by one of these belongs to some chapters (see progress_install_chapter_refresh).
 DROP FUNCTION IF EXISTS progress_chapter_members(text, text[]);
 DROP FUNCTION IF EXISTS progress_book_chapters(text[]);
 DROP FUNCTION IF EXISTS progress_level_chapters(text, text[]);
 CREATE OR REPLACE FUNCTION progress_chapter_member_key(p_column text) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$ SELECT p_column IN ('verse_id', 'chapter_id', 'book_id') $$;
 
--- The sets a chapter-scoped refresh narrows its levels to: the changed
--- chapters (distinct), their verses, their books, and every chapter of those
--- books (what a book row counts). In no particular order (they are matched
--- with = ANY). One statement, planned once per session; each chapter and
--- book is looked up on its own (OFFSET 0), so verses and chapters are never
--- scanned.
-CREATE OR REPLACE FUNCTION progress_chapter_sets(
-    p_chapters text[], OUT chapters text[], OUT verses text[], OUT books text[], OUT book_chapters text[])
-LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan AS $$
-BEGIN
-    WITH changed AS MATERIALIZED (
-             SELECT DISTINCT c AS id FROM unnest(p_chapters) AS c WHERE c IS NOT NULL),
-         changed_books AS MATERIALIZED (
-             SELECT DISTINCT b.book_id
-               FROM changed ch
-              CROSS JOIN LATERAL (SELECT c.book_id FROM chapters c WHERE c.id = ch.id OFFSET 0) AS b
-              WHERE b.book_id IS NOT NULL)
-    SELECT ARRAY(SELECT ch.id FROM changed ch),
-           ARRAY(SELECT v.id FROM changed ch
-                  CROSS JOIN LATERAL (SELECT v.id FROM verses v WHERE v.chapter_id = ch.id OFFSET 0) AS v),
-           ARRAY(SELECT b.book_id FROM changed_books b),
-           ARRAY(SELECT c.id FROM changed_books b
-                  CROSS JOIN LATERAL (SELECT c.id FROM chapters c WHERE c.book_id = b.book_id OFFSET 0) AS c)
-      INTO chapters, verses, books, book_chapters;
-END
-$$;
+DROP FUNCTION IF EXISTS progress_chapter_sets(text[]);
 
 -- The version-scoped levels of one version, in order. With p_chapters (NULL:
 -- the whole version) the levels keyed below the version (verse, chapter,
@@ -478,26 +475,35 @@ BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column = 'language_entity_id'
               ORDER BY install_order LOOP
+        -- The difference statement itself, as progress_sync_<view> has it:
+        -- one call fewer per entity.
         body := body || format($step$
             c := ROW(%1$L, 0, 0, 0);
             FOREACH entity IN ARRAY entities LOOP
-                PERFORM pg_advisory_xact_lock(%3$s, hashtext(entity::text));
-                SELECT * INTO i, u, r FROM %2$I(entity);
-                c.inserted := c.inserted + i; c.updated := c.updated + u; c.deleted := c.deleted + r;
+                PERFORM pg_advisory_xact_lock(%3$s, hashtext(entity::text));%2$s
+                c.inserted := c.inserted + inserted; c.updated := c.updated + updated;
+                c.deleted := c.deleted + deleted;
             END LOOP;
             RETURN NEXT c;$step$,
-            d.stored_name, 'progress_sync_' || d.logical_view, progress_version_lock_key(p_kind) + 2);
+            d.stored_name,
+            progress_diff_statement(d, format('SELECT * FROM %I(entity)', 'progress_rows_' || d.logical_view),
+                                    format('t.%I = entity', d.scope_column),
+                                    d.key_columns, progress_value_columns(d)),
+            progress_version_lock_key(p_kind) + 2);
     END LOOP;
+    -- Planned and run as progress_sync_<view> of a one-row level is (see
+    -- progress_install_refresh_functions).
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION %1$I(p_entities uuid[])
         RETURNS SETOF progress_refresh_count
-        SECURITY DEFINER SET search_path FROM CURRENT
+        SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
+        SET enable_seqscan = off
         LANGUAGE plpgsql AS $body$
         DECLARE
             entities uuid[] := ARRAY(SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e);
             entity uuid;
             c progress_refresh_count;
-            i bigint; u bigint; r bigint;
+            inserted bigint; updated bigint; deleted bigint;
         BEGIN%2$s
         END
         $body$ $fn$, 'progress_refresh_entities_' || p_kind, body);
@@ -553,7 +559,7 @@ BEGIN
         PERFORM progress_refresh_matviews(true);
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text));
+    PERFORM progress_lock_version(p_kind, p_version);
     IF p_with_entities THEN
         -- Read before the refresh: where the version is the best now.
         entities := progress_affected_language_entities(p_kind, ARRAY[p_version]);

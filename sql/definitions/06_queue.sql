@@ -195,6 +195,14 @@ $$;
 -- Refreshes a version the caller holds (claimed, or locked by the SQL drain)
 -- and logs it. A failure rolls back this version only and is recorded
 -- (error); the caller goes on with the rest.
+--
+-- Without language entities (the caller refreshes them once for its batch),
+-- a chapter-scoped refresh goes straight to the chapter refresh, the
+-- cheapest path there is: the SQL drain's hot path. Such a caller has checked
+-- the storage strategy in this transaction (the SQL drain, which a migrate
+-- cannot overtake: progress_lock_ready) or leaves it to this function
+-- (progress_refresh_claimed). Each function call on this path costs about as
+-- much as a level's work.
 CREATE OR REPLACE FUNCTION progress_refresh_held(
     p_kind text, p_version uuid, p_chapters text[], p_first_enqueued_at timestamptz, p_with_entities boolean,
     OUT done progress_refresh_count[], OUT error text)
@@ -202,7 +210,15 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
     BEGIN
-        done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, p_chapters) AS c);
+        IF p_with_entities OR p_chapters IS NULL THEN
+            done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, p_chapters) AS c);
+        ELSIF p_kind = 'audio' THEN
+            PERFORM progress_lock_version(p_kind, p_version);
+            done := ARRAY(SELECT c FROM progress_refresh_chapters_audio(p_version, p_chapters) AS c);
+        ELSE
+            PERFORM progress_lock_version(p_kind, p_version);
+            done := ARRAY(SELECT c FROM progress_refresh_chapters_text(p_version, p_chapters) AS c);
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         error := SQLERRM;
         PERFORM progress_record_failure(p_kind, p_version, error);
@@ -242,8 +258,11 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- (The matview strategy refreshes everything, entities included: a claim
+    -- made before a migrate switched to it is refreshed that way.)
     SELECT r.done, r.error INTO done, failure
-      FROM progress_refresh_held(p_kind, p_version, scope, first_enqueued_at, p_with_entities) AS r;
+      FROM progress_refresh_held(p_kind, p_version, scope, first_enqueued_at,
+                                 p_with_entities OR progress_storage_strategy() = 'matview') AS r;
     IF failure IS NOT NULL THEN
         RETURN QUERY SELECT NULL::text, 0::bigint, 0::bigint, 0::bigint, failure;
         RETURN;

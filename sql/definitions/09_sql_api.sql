@@ -81,11 +81,12 @@ BEGIN
         version_id := entry.version_id;
         RETURN NEXT;
     END LOOP;
+    -- (Called by name, not through progress_refresh_language_entities: one call fewer.)
     IF cardinality(audio_entities) > 0 THEN
-        PERFORM progress_refresh_language_entities('audio', audio_entities);
+        PERFORM progress_refresh_entities_audio(audio_entities);
     END IF;
     IF cardinality(text_entities) > 0 THEN
-        PERFORM progress_refresh_language_entities('text', text_entities);
+        PERFORM progress_refresh_entities_text(text_entities);
     END IF;
     IF refreshed THEN
         PERFORM progress_prune_refresh_log();
