@@ -192,10 +192,10 @@ $$;
 -- and the members of the chapters are computed once, by its first statement:
 -- its plans are made once per session (generic), where per-level calls and
 -- dynamic SQL would plan and compute again on every change, and each call of
--- a function on this path costs more than its work. Its plans never scan a table (sequential
--- scans off): a generic plan knows neither the version nor the chapters, and
--- would scan the versions, books and chapters tables wherever they are small,
--- making a change's cost grow with the database.
+-- a function on this path costs more than its work. Its plans never scan a
+-- table (sequential scans off): a generic plan knows neither the version nor
+-- the chapters, and would scan the versions, books and chapters tables
+-- wherever they are small, making a change's cost grow with the database.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -491,8 +491,8 @@ BEGIN
                                     d.key_columns, progress_value_columns(d)),
             progress_version_lock_key(p_kind) + 2);
     END LOOP;
-    -- Planned and run as progress_sync_<view> of a one-row level is (see
-    -- progress_install_refresh_functions).
+    -- Planned like progress_sync_<view> of a one-row level: generic, and
+    -- never scanning (see progress_install_refresh_functions).
     EXECUTE format($fn$
         CREATE OR REPLACE FUNCTION %1$I(p_entities uuid[])
         RETURNS SETOF progress_refresh_count

@@ -202,7 +202,8 @@ $$;
 -- the storage strategy in this transaction (the SQL drain, which a migrate
 -- cannot overtake: progress_lock_ready) or leaves it to this function
 -- (progress_refresh_claimed). Each function call on this path costs about as
--- much as a level's work.
+-- much as a level's work, so the kind is switched here rather than through
+-- progress_refresh_version_levels, which does the same for the other paths.
 CREATE OR REPLACE FUNCTION progress_refresh_held(
     p_kind text, p_version uuid, p_chapters text[], p_first_enqueued_at timestamptz, p_with_entities boolean,
     OUT done progress_refresh_count[], OUT error text)
