@@ -551,3 +551,31 @@ def test_full_rebuild_keeps_every_key_and_index(db):
     key_table = READ_MODELS[0]
     with pytest.raises(psycopg.errors.UniqueViolation), db.transaction():
         db.execute(f"INSERT INTO {key_table.name} SELECT * FROM {key_table.name} LIMIT 1")
+
+
+def test_rebuild_after_a_load_without_triggers_lets_chapter_changes_see_mapped_files(db):
+    """Rows written while the capture triggers were off (a bulk load), then a
+    full rebuild: a later change to one chapter still counts the verses a
+    mapped file covers there, however the rows were loaded."""
+    A = b.bible(db, "A", {"GEN": [3, 2]})
+    v = b.audio_version(db, "A", b.language(db))
+    b.drain(db)
+    tables = ("media_files", "media_files_verses")
+    for table in tables:
+        db.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+    try:
+        b.media_file(db, v, verses=A.chapter_verses("GEN", 1))
+        recording = b.media_file(db, v, chapter=A.chapter("GEN", 1))
+    finally:
+        for table in tables:
+            db.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    assert not b.queued(db)
+    db.execute("SELECT refresh_progress_materialized_views_full()")
+    b.assert_read_models_match(db)
+
+    db.execute("UPDATE media_files SET publish_status = 'pending' WHERE id = %s", [recording])
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("GEN", 1)]}
+    b.drain(db)
+
+    b.assert_read_models_match(db)
+    assert b.summary(db, "audio", v)["covered_verses"] == 3

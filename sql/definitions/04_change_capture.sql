@@ -536,13 +536,23 @@ SELECT progress_install_capture('text_versions', 'progress_capture_versions', qu
                                 quote_literal('text'));
 SELECT progress_install_capture('books', 'progress_capture_books');
 
+-- Lists every audio version with a mapped file, from the base tables: what
+-- the triggers would have noted. Run by every migrate, and by every rebuild
+-- (progress_rebuild_all), which follows writes that bypassed the triggers
+-- (a bulk load with session_replication_role = replica).
+CREATE OR REPLACE FUNCTION progress_list_mapped_audio_versions() RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    INSERT INTO progress_mapped_audio_versions (audio_version_id)
+    SELECT DISTINCT mf.audio_version_id
+      FROM media_files mf
+     WHERE mf.audio_version_id IS NOT NULL
+       AND EXISTS (SELECT FROM media_files_verses m WHERE m.media_file_id = mf.id)
+    ON CONFLICT DO NOTHING
+$$;
+
 -- After the triggers above: mappings committed before their lock are read
 -- here, later ones are noted by the triggers.
-INSERT INTO progress_mapped_audio_versions (audio_version_id)
-SELECT DISTINCT mf.audio_version_id
-  FROM media_files mf
- WHERE mf.audio_version_id IS NOT NULL
-   AND EXISTS (SELECT FROM media_files_verses m WHERE m.media_file_id = mf.id)
-ON CONFLICT DO NOTHING;
+SELECT progress_list_mapped_audio_versions();
 SELECT progress_install_capture('chapters', 'progress_capture_chapters');
 SELECT progress_install_capture('verses', 'progress_capture_verses');

@@ -409,8 +409,10 @@ DECLARE
     index_ddl text[];
     ddl text;
 BEGIN
-    -- A rebuild trusts nothing stored: the bible versions' counts too.
+    -- A rebuild trusts nothing stored: the bible versions' counts and the
+    -- versions with mapped files too.
     PERFORM progress_recount_bible_versions(NULL);
+    PERFORM progress_list_mapped_audio_versions();
     IF progress_storage_strategy() = 'matview' THEN
         PERFORM progress_refresh_matviews(p_concurrently);
     ELSIF p_concurrently THEN
