@@ -97,7 +97,7 @@ def run_size(dbs: Databases, size: data.Size, args: argparse.Namespace, log: Log
             s: int(sess.execute("SELECT pg_database_size(current_database())")[0][0]) for s, sess in sessions.items()
         }
         try:
-            metrics = measure.run_all(sessions, args.repeat, args.lookups, log)
+            metrics, info["mismatching_rows"] = measure.run_all(sessions, args.repeat, args.lookups, log)
         finally:
             for session in sessions.values():
                 session.conn.close()

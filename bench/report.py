@@ -202,7 +202,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{d['verse_texts']:,} verse_texts; read models {d['read_model_rows']:,} rows "
             f"(audio verse coverage {d['audio_verse_rows']:,}, text verse coverage {d['text_verse_rows']:,}). "
             f"Generated in {d['generate_seconds']:.0f} s; first populate: table {d['populate_table_seconds']:.1f} s, "
-            f"matview {d['populate_matview_seconds']:.1f} s.",
+            f"matview {d['populate_matview_seconds']:.1f} s. {_checked(d)}",
             "",
             "| measurement | baseline | ours | ours / baseline |",
             "|---|---:|---:|---:|",
@@ -219,6 +219,19 @@ def markdown(results: dict[str, Any]) -> str:
         detail = f" ({t['detail']})" if t["detail"] else ""
         lines.append(f"| {t['target']} | {t['size'] or ''} | {t['measured']}{detail} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _checked(data: dict[str, Any]) -> str:
+    """Whether our read models equalled their logical views after the drains (see measure.run_all)."""
+    mismatching = data.get("mismatching_rows")
+    if mismatching is None:
+        return "(Read models not checked against their logical views.)"
+    wrong = {name: n for name, n in mismatching.items() if n}
+    if not wrong:
+        return "After the drains of every change, every read model of ours equalled its logical view."
+    return "**After the drains of every change, read models differed from their logical views:** " + ", ".join(
+        f"{name} {n:,} rows" for name, n in sorted(wrong.items())
+    )
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from orchestration.db.connection import connect
+from orchestration.read_models import READ_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,10 +92,15 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
         "refresh_10_mixed",
     ):
         assert not size["metrics"][metric_id]["note"], size["metrics"][metric_id]["note"]
+    # After those drains, every read model of ours equals its logical view.
+    mismatching = size["data"]["mismatching_rows"]
+    assert set(mismatching) == {m.name for m in READ_MODELS}
+    assert not any(mismatching.values()), mismatching
     assert all({"id", "target", "measured", "met"} <= set(t) for t in results["targets"])
 
     markdown = (tmp_path / "results.md").read_text()
     assert "## Size S" in markdown and "## Targets" in markdown
+    assert "every read model of ours equalled its logical view" in markdown
     assert (tmp_path / "refresh_vs_versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Every database the run created is gone.
