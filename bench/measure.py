@@ -24,7 +24,6 @@ import psycopg
 from psycopg import sql
 
 from orchestration.db import gateway
-from orchestration.read_models import READ_MODELS
 
 BASELINE = "matview"
 OURS = "table"
@@ -750,11 +749,6 @@ class Runner:
         s.execute("DELETE FROM progress_refresh_queue")
 
 
-def mismatching_rows(session: Session) -> dict[str, int]:
-    """Per read model of the session, the rows in which it and its logical view differ."""
-    return {m.name: gateway.mismatches(session.conn, m.name, m.logical_view) for m in READ_MODELS}
-
-
 def run_all(
     sessions: dict[str, Session], reps: int, lookups: int, log: Callable[[str], None]
 ) -> tuple[list[Metric], dict[str, int]]:
@@ -769,7 +763,7 @@ def run_all(
     runner.refresh_writes()
     log("refresh after changed versions")
     runner.refresh_after_changes()
-    mismatching = mismatching_rows(sessions[OURS])
+    mismatching = gateway.mismatches_by_read_model(sessions[OURS].conn)
     wrong = {name: n for name, n in mismatching.items() if n}
     log(f"read models equal to their logical views: {'NO, ' + str(wrong) if wrong else 'yes'}")
     log("full rebuilds")

@@ -25,7 +25,6 @@ from bench.server import Databases, database_dsn, database_name, open_db
 from orchestration.db import gateway
 from orchestration.db.connection import connect
 from orchestration.db.migrations import load_migrations, migrate
-from orchestration.read_models import READ_MODELS
 from orchestration.refresh import drain_queue
 
 
@@ -92,7 +91,7 @@ def run(size: data.Size, strategy: str, log: Log) -> dict[str, float | int | str
             started = time.perf_counter()
             report = drain_queue(conn)
             drain_seconds = time.perf_counter() - started
-            mismatching = sum(gateway.mismatches(conn, m.name, m.logical_view) for m in READ_MODELS)
+            mismatching = sum(gateway.mismatches_by_read_model(conn).values())
             return {
                 "size": size.name,
                 "strategy": strategy,

@@ -285,7 +285,7 @@ def drain(conn: psycopg.Connection, max_calls: int = 1000) -> list[tuple[str, uu
 
 
 def mismatch_counts(conn: psycopg.Connection) -> dict[str, int]:
-    return {m.name: gateway.mismatches(conn, m.name, m.logical_view) for m in READ_MODELS}
+    return gateway.mismatches_by_read_model(conn)
 
 
 def assert_read_models_match(conn: psycopg.Connection) -> None:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from orchestration.errors import ProgressError
-from orchestration.read_models import KINDS
+from orchestration.read_models import KINDS, READ_MODELS
 
 
 @dataclass(frozen=True)
@@ -272,6 +272,11 @@ def mismatches(
         [read_model, logical_view, scope_column, scope_ids, exclude],
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def mismatches_by_read_model(conn: psycopg.Connection) -> dict[str, int]:
+    """Per read model, the rows in which it and its logical view differ (every scope)."""
+    return {m.name: mismatches(conn, m.name, m.logical_view) for m in READ_MODELS}
 
 
 def last_populated(conn: psycopg.Connection) -> datetime | None:

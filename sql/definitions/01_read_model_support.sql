@@ -192,7 +192,8 @@ $$;
 --             scope (p_scope) whose second key is a member of the chapters
 --             (scope_members_<key>, see progress_install_chapter_refresh),
 --             and each base source of progress_chapter_scoped_sources()
---             replaced by its scoped function. Cost follows the chapters, not the version;
+--             replaced by its scoped function. Cost follows the chapters,
+--             not the version;
 --   'old', 'new' each read model above it replaced by its rows that a
 --             chapter-scoped refresh changed, as they were and as they are
 --             now (<stored name>_old and _new, see progress_diff_statement).
