@@ -38,7 +38,8 @@ $$;
 -- waited for. Ready: unclaimed, past its lease, or claimed by a holder that
 -- is gone (progress_claim_holders). A gone holder is matched with the claim
 -- time too, so an entry another worker took over meanwhile is seen as held
--- again when its row is re-checked. (plpgsql: planned once per session.)
+-- again when its row is re-checked. (Planned once per session: its callers
+-- plan generically, see drain_progress_refresh_queue.)
 CREATE OR REPLACE FUNCTION progress_lock_ready(p_limit int, p_kinds text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_queue
 LANGUAGE plpgsql AS $$
@@ -66,7 +67,7 @@ $$;
 CREATE OR REPLACE FUNCTION progress_claim_batch(
     p_worker text, p_limit int, p_lease interval, p_kinds text[] DEFAULT NULL)
 RETURNS TABLE (kind text, version_id uuid, generation bigint)
-SECURITY DEFINER SET search_path FROM CURRENT
+SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
@@ -95,7 +96,7 @@ $$;
 -- Done: the entry leaves the queue unless a change arrived since the claim;
 -- then it is released, aged from the claim (all older changes were seen).
 CREATE OR REPLACE FUNCTION progress_finish(p_kind text, p_version uuid, p_generation bigint)
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM progress_refresh_queue
@@ -113,7 +114,7 @@ $$;
 -- Failed: one more attempt counted, the error kept, an exponential backoff;
 -- past the attempt limit the entry moves to the dead letter table.
 CREATE OR REPLACE FUNCTION progress_record_failure(p_kind text, p_version uuid, p_error text)
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 DECLARE
     entry progress_refresh_queue%ROWTYPE;
@@ -243,7 +244,7 @@ DROP FUNCTION IF EXISTS progress_refresh_claimed(text, uuid, bigint, text, boole
 CREATE OR REPLACE FUNCTION progress_refresh_claimed(
     p_kind text, p_version uuid, p_worker text, p_with_entities boolean DEFAULT true)
 RETURNS TABLE (read_model text, inserted bigint, updated bigint, deleted bigint, error text)
-SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
+SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     done progress_refresh_count[];

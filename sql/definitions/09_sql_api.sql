@@ -15,7 +15,8 @@ $$;
 -- Refreshes one version now, queued or not; its queue entry, if any, is
 -- settled as a drain would.
 CREATE OR REPLACE FUNCTION refresh_progress_version(kind text, version_id uuid)
-RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
+RETURNS SETOF progress_refresh_count SECURITY DEFINER SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     queued_generation bigint;
@@ -44,8 +45,17 @@ $$;
 -- batch, in sorted order, so concurrent drains never deadlock. The batch is
 -- locked, refreshed and settled in this one transaction (see
 -- progress_lock_ready): other drains and workers skip it meanwhile.
+--
+-- Every statement under a refresh is planned once per session (a generic
+-- plan; the functions it calls inherit the setting): they are key lookups
+-- whose plan does not depend on the values. Left to choose, PostgreSQL plans
+-- a statement with parameters afresh on each of its first five runs in a
+-- session: the first drains of a session (a CLI call, a pg_cron job, a
+-- Dagster run) spent more time planning their bookkeeping (the queue claim,
+-- the log) than running it.
 CREATE OR REPLACE FUNCTION drain_progress_refresh_queue()
-RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
+RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
     entry progress_refresh_queue;
