@@ -284,13 +284,9 @@ def drain(conn: psycopg.Connection, max_calls: int = 1000) -> list[tuple[str, uu
     raise AssertionError(f"drain_progress_refresh_queue() still returned rows after {max_calls} calls")
 
 
-def mismatch_counts(conn: psycopg.Connection) -> dict[str, int]:
-    return gateway.mismatches_by_read_model(conn)
-
-
 def assert_read_models_match(conn: psycopg.Connection) -> None:
     """Every read model equals its logical view, row for row."""
-    counts = mismatch_counts(conn)
+    counts = gateway.mismatches_by_read_model(conn)
     bad = {name: n for name, n in counts.items() if n}
     if bad:
         details = []

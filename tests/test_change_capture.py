@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 import builders as b
+from orchestration.db import gateway
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -326,7 +327,7 @@ def test_moving_a_ranges_end_verse_in_another_bible_requeues_the_range_version(d
     b.drain(db)
     assert ("audio", v) in queued
     assert b.verse_ids(db, "audio", v) == {"B-GEN-1-1", "B-GEN-1-2"}
-    assert b.mismatch_counts(db)["mv_audio_verse_coverage"] == 0
+    assert gateway.mismatches_by_read_model(db)["mv_audio_verse_coverage"] == 0
 
 
 # SQL API -------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_change_committed_mid_refresh_python_path(db, dsn):
 
     # the refresh finished without the change, and left the version queued
     assert "A-EXO-1-1" not in b.verse_ids(db, "audio", v)
-    assert b.mismatch_counts(db)["mv_audio_verse_coverage"] > 0
+    assert gateway.mismatches_by_read_model(db)["mv_audio_verse_coverage"] > 0
     generation, claimed_by, lease_until = queue_row(db, "audio", v)
     assert generation == claim.generation + 1
     assert (claimed_by, lease_until) == (None, None)
