@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import data, measure, report
-from bench.server import Databases, open_db
+from bench.server import Databases, baseline_embedded_dsn, open_db
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
 
@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5, help="repetitions per measurement (median); default 5")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; default bench/results/")
     parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN; default: the embedded server")
+    parser.add_argument(
+        "--baseline-dsn",
+        default=None,
+        help="PostgreSQL server DSN for the baseline (matview); default: a second embedded server, "
+        "or the --dsn server when --dsn is given",
+    )
     parser.add_argument("--lookups", type=int, default=200, help="lookups per read-latency metric; default 200")
     parser.add_argument("--seed", type=float, default=0.42, help="random seed of the data generator (-1..1)")
     args = parser.parse_args(argv)
@@ -57,28 +63,41 @@ class Log:
         print(f"[bench {elapsed:7.1f}s{self.prefix}] {message}", file=sys.stderr, flush=True)
 
 
-def run_size(dbs: Databases, size: data.Size, args: argparse.Namespace, log: Log) -> dict[str, Any]:
+def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Namespace, log: Log) -> dict[str, Any]:
+    """Measures one size: the data generated once per server (the same seed
+    makes the same rows: checked), cloned per strategy, measured, dropped."""
     from bench.server import database_name
 
     log.prefix = f" {size.name}"
-    template = database_name(size.name, "template")
     names = {"table": database_name(size.name, "table"), "matview": database_name(size.name, "matview")}
+    # A template per server, named apart: two DSNs may reach one server.
+    templates = {id(servers["table"]): database_name(size.name, "template")}
+    templates.setdefault(id(servers["matview"]), database_name(size.name, "baseline_template"))
+    distinct = list({id(dbs): dbs for dbs in servers.values()}.values())
     info: dict[str, Any] = {}
     try:
-        log(f"generating {size.audio_versions} audio + {size.text_versions} text versions in {template}")
-        dbs.create(template)
-        with open_db(dbs.server_dsn, template) as conn:
-            migrate(conn, strategy="table")
-            counts = data.generate(conn, size, seed=args.seed, log=log)
+        fingerprints = []
+        for dbs in distinct:
+            where = f" on {dbs.label}" if len(distinct) > 1 else ""
+            template = templates[id(dbs)]
+            log(f"generating {size.audio_versions} audio + {size.text_versions} text versions in {template}{where}")
+            dbs.create(template)
+            with open_db(dbs.server_dsn, template) as conn:
+                migrate(conn, strategy="table")
+                counts = data.generate(conn, size, seed=args.seed, log=log)
+                fingerprints.append(data.fingerprint(conn))
+            log(
+                f"generated in {counts['seconds']:.1f}s: {counts['media_files']:,} media files, "
+                f"{counts['media_files_verses']:,} mappings, {counts['verse_texts']:,} verse_texts"
+            )
+        if len(set(fingerprints)) > 1:
+            raise ProgressError(f"the servers generated different data from seed {args.seed}: results not comparable")
         info.update({k: v for k, v in counts.items() if k != "seconds"}, generate_seconds=counts["seconds"])
-        log(
-            f"generated in {counts['seconds']:.1f}s: {counts['media_files']:,} media files, "
-            f"{counts['media_files_verses']:,} mappings, {counts['verse_texts']:,} verse_texts"
-        )
         sessions: dict[str, measure.Session] = {}
         for strategy, name in names.items():
+            dbs = servers[strategy]
             started = time.perf_counter()
-            dbs.create(name, template=template)
+            dbs.create(name, template=templates[id(dbs)])
             conn = open_db(dbs.server_dsn, name)
             if strategy == "matview":
                 migrate(conn, strategy="matview")
@@ -103,8 +122,10 @@ def run_size(dbs: Databases, size: data.Size, args: argparse.Namespace, log: Log
                 session.conn.close()
         return {"data": info, "metrics": {m.id: m.as_dict() for m in metrics}}
     finally:
-        for name in [*names.values(), template]:
-            dbs.drop(name)
+        for strategy, name in names.items():
+            servers[strategy].drop(name)
+        for dbs in distinct:
+            dbs.drop(templates[id(dbs)])
         log("databases dropped")
         log.prefix = ""
 
@@ -164,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
 
             log("starting (or joining) the embedded PostgreSQL")
             args.dsn = start_embedded()
-        dbs = Databases(args.dsn, log)
+            if args.baseline_dsn is None:
+                log("starting (or joining) a second embedded PostgreSQL for the baseline")
+                args.baseline_dsn = baseline_embedded_dsn()
+        ours = Databases(args.dsn, log, "our server")
+        servers = {
+            "table": ours,
+            "matview": ours
+            if args.baseline_dsn in (None, args.dsn)
+            else Databases(args.baseline_dsn, log, "the baseline's server"),
+        }
         results: dict[str, Any] = {
             "meta": {
                 "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -172,18 +202,20 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "lookups": args.lookups,
                 "seed": args.seed,
-                "server": dbs.server_info(),
+                "server": ours.server_info(),
+                "baseline_server": servers["matview"].server_info() if servers["matview"] is not ours else None,
                 "source": source_version(),
             },
             "sizes": {},
         }
         try:
             for name in args.sizes:
-                results["sizes"][name] = run_size(dbs, data.SIZES[name], args, log)
+                results["sizes"][name] = run_size(servers, data.SIZES[name], args, log)
                 # Partial results survive a later size failing or being interrupted.
                 report.write(results, args.out)
         finally:
-            dbs.drop_all()
+            for dbs in {id(d): d for d in servers.values()}.values():
+                dbs.drop_all()
         results["meta"]["seconds"] = round(time.perf_counter() - log.started, 1)
         paths = report.write(results, args.out)
         print(paths["markdown"].read_text())

@@ -29,6 +29,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -180,6 +181,29 @@ def _run(conn: psycopg.Connection, statements: str, params: dict | None = None) 
     """Several statements in one round trip (client-side binding allows that)."""
     with psycopg.ClientCursor(conn) as cur:
         cur.execute(statements, params)
+
+
+# What two generations must agree on to be the same data: every row's stable
+# columns (the uuidv7 ids of mappings and verse texts are left out: nothing
+# the benchmark changes or reads is picked by them).
+_FINGERPRINT = """
+SELECT (SELECT md5(string_agg(concat_ws('/', id, audio_version_id, media_type, is_bible_audio, upload_status,
+                                        publish_status, chapter_id, start_verse_id, end_verse_id, deleted_at),
+                              ',' ORDER BY id)) FROM media_files),
+       (SELECT md5(string_agg(concat_ws('/', id, bible_version_id, language_entity_id, name, created_at,
+                                        deleted_at), ',' ORDER BY id)) FROM audio_versions),
+       (SELECT md5(string_agg(concat_ws('/', id, bible_version_id, language_entity_id, name, created_at,
+                                        deleted_at), ',' ORDER BY id)) FROM text_versions),
+       (SELECT sum(hashtext(concat_ws('/', media_file_id, verse_id, deleted_at))::bigint) FROM media_files_verses),
+       (SELECT sum(hashtext(concat_ws('/', text_version_id, verse_id, verse_text, deleted_at))::bigint)
+          FROM verse_texts)
+"""
+
+
+def fingerprint(conn: psycopg.Connection) -> tuple[Any, ...]:
+    """A digest of the generated rows: equal on two servers when the same seed
+    generated the same data on both."""
+    return tuple(conn.execute(_FINGERPRINT).fetchone() or ())
 
 
 def generate(

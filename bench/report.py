@@ -188,7 +188,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"work_mem {meta['server']['work_mem']}, jit {meta['server']['jit']}; "
         f"{meta['repeat']} repetitions (medians), {meta['lookups']} lookups per read metric; "
         f"code at commit {meta.get('source', {}).get('commit')}"
-        f"{' with local edits' if meta.get('source', {}).get('sql_modified') else ''}.",
+        f"{' with local edits' if meta.get('source', {}).get('sql_modified') else ''}. "
+        + (
+            "Each strategy on a server of its own (the same binaries and settings), so neither "
+            "evicts the other's pages from the buffer cache."
+            if meta.get("baseline_server")
+            else "Both strategies on one server."
+        ),
         "Ratio = ours / baseline (below 1: ours is cheaper). Baseline = the `matview` strategy "
         "(for change capture: the same writes with the capture triggers disabled, as in the seed).",
     ]

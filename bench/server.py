@@ -1,4 +1,11 @@
-"""The benchmark's databases: a template per size, cloned once per strategy.
+"""The benchmark's databases: a template per size and server, cloned once per
+strategy.
+
+Each strategy runs on a server of its own by default: the baseline's refresh
+reads and writes the whole database through the buffer cache, and on a shared
+server it would evict every page of ours between two of our drains, so our
+drains at L would be timed reading back from disk what the baseline pushed out
+(a co-tenant production never has: ours replaces the matview refresh).
 
 Every database the benchmark creates is named bench_<pid>_<size>_<role>, so
 concurrent runs on one server never collide, and is dropped at the end.
@@ -33,9 +40,10 @@ def open_db(server_dsn: str, name: str) -> psycopg.Connection:
 class Databases:
     """Creates, clones and (always) drops the run's databases."""
 
-    def __init__(self, server_dsn: str, log: Callable[[str], None]) -> None:
+    def __init__(self, server_dsn: str, log: Callable[[str], None], label: str = "the server") -> None:
         self.server_dsn = server_dsn
         self.log = log
+        self.label = label
         self.created: list[str] = []
 
     def _admin(self) -> psycopg.Connection:
@@ -85,6 +93,19 @@ class Databases:
             info = {s: str(admin.execute(f"SHOW {s}").fetchone()[0]) for s in settings}  # type: ignore[index]
         info["cpu_count"] = str(os.cpu_count())
         return info
+
+
+# The baseline's embedded server: the same binaries and settings as the
+# embedded default, its data in a folder of its own under the state folder.
+BASELINE_PGDATA = "bench-baseline-pgdata"
+
+
+def baseline_embedded_dsn() -> str:
+    """Starts (or joins) the baseline's embedded server; it stops when this process ends."""
+    from orchestration.db.embedded import start_embedded
+    from orchestration.settings import state_dir
+
+    return start_embedded(pgdata=state_dir() / BASELINE_PGDATA)
 
 
 def server_databases(dsn: str | None, log: Callable[[str], None]) -> Databases:

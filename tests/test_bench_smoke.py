@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
+from bench import data
 from orchestration.db.connection import connect
+from orchestration.db.migrations import migrate
 from orchestration.read_models import READ_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +60,10 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
             "10",
             "--dsn",
             server_dsn,
+            # Another DSN of the same server: the run takes it for the baseline's
+            # own server, as it does a second embedded server by default.
+            "--baseline-dsn",
+            make_conninfo(server_dsn, application_name="progress-bench-baseline"),
             "--out",
             str(tmp_path),
         ],
@@ -70,8 +78,12 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     assert "refresh after changed versions" in result.stderr
     assert "| measurement | baseline | ours | ours / baseline |" in result.stdout
 
+    # The data was generated on each server, and the same seed made the same rows.
+    assert "bench_" in result.stderr and "_s_baseline_template on the baseline's server" in result.stderr
+
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "sizes", "targets"} <= set(results)
+    assert results["meta"]["baseline_server"]["server_version"] == results["meta"]["server"]["server_version"]
     assert results["meta"]["repeat"] == 1
     size = results["sizes"]["S"]
     assert {"audio_versions", "text_versions", "verse_texts", "read_model_rows"} <= set(size["data"])
@@ -100,6 +112,7 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
 
     markdown = (tmp_path / "results.md").read_text()
     assert "## Size S" in markdown and "## Targets" in markdown
+    assert "Each strategy on a server of its own" in markdown
     assert "every read model of ours equalled its logical view" in markdown
     assert (tmp_path / "refresh_vs_versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -111,3 +124,16 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix.group(1)]
         ).fetchall()
     assert left == []
+
+
+def test_generated_data_fingerprint_tells_seeds_apart(dsn: str, empty_dsn: str) -> None:
+    """The check that makes a two-server run comparable (the same seed made the
+    same rows on both) would catch data that differs."""
+    fingerprints = []
+    for url, seed in ((dsn, 0.42), (empty_dsn, 0.43)):
+        with connect(url) as conn:
+            migrate(conn, strategy="table")
+            data.generate(conn, data.SIZES["S"], seed=seed, log=lambda _message: None)
+            fingerprints.append(data.fingerprint(conn))
+    assert all(part is not None for part in fingerprints[0])
+    assert fingerprints[0] != fingerprints[1]
