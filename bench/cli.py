@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import data, measure, report
-from bench.server import Databases, baseline_embedded_dsn, open_db
+from bench.server import Databases, baseline_embedded_dsn, distinct_servers, open_db
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
 
@@ -73,7 +73,7 @@ def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Name
     # A template per server, named apart: two DSNs may reach one server.
     templates = {id(servers["table"]): database_name(size.name, "template")}
     templates.setdefault(id(servers["matview"]), database_name(size.name, "baseline_template"))
-    distinct = list({id(dbs): dbs for dbs in servers.values()}.values())
+    distinct = distinct_servers(servers)
     info: dict[str, Any] = {}
     try:
         fingerprints = []
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Partial results survive a later size failing or being interrupted.
                 report.write(results, args.out)
         finally:
-            for dbs in {id(d): d for d in servers.values()}.values():
+            for dbs in distinct_servers(servers):
                 dbs.drop_all()
         results["meta"]["seconds"] = round(time.perf_counter() - log.started, 1)
         paths = report.write(results, args.out)
