@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench import data, measure, report
 from bench.server import Databases, baseline_embedded_dsn, distinct_servers, open_db
@@ -108,6 +111,11 @@ def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Name
             sessions[strategy] = measure.Session(strategy, conn)
             sessions[strategy].settle()
             log(f"{name}: populated in {info[f'populate_{strategy}_seconds']:.1f}s")
+        # The loads leave gigabytes of dirty pages at L: written out now, on each
+        # server, not by a checkpoint under the first measurements.
+        for session in sessions.values():
+            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                session.execute("CHECKPOINT")
         ours = sessions["table"]
         info["read_model_rows"] = ours.read_model_rows()
         info["audio_verse_rows"] = int(ours.execute("SELECT count(*) FROM mv_audio_verse_coverage")[0][0])
