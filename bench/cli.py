@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from bench import data, measure, report
-from bench.server import Databases, baseline_embedded_dsn, distinct_servers, open_db
+from bench.server import Databases, baseline_embedded_dsn, open_db
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
 
@@ -73,22 +73,22 @@ def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Name
 
     log.prefix = f" {size.name}"
     names = {"table": database_name(size.name, "table"), "matview": database_name(size.name, "matview")}
-    # A template per server, named apart: two DSNs may reach one server.
-    templates = {id(servers["table"]): database_name(size.name, "template")}
-    templates.setdefault(id(servers["matview"]), database_name(size.name, "baseline_template"))
-    distinct = distinct_servers(servers)
+    # A template per server (both strategies may share one), named apart: two
+    # DSNs may reach one server.
+    templates = {servers["table"]: database_name(size.name, "template")}
+    templates.setdefault(servers["matview"], database_name(size.name, "baseline_template"))
     info: dict[str, Any] = {}
     try:
         fingerprints = []
-        for dbs in distinct:
-            where = f" on {dbs.label}" if len(distinct) > 1 else ""
-            template = templates[id(dbs)]
+        for dbs, template in templates.items():
+            where = f" on {dbs.label}" if len(templates) > 1 else ""
             log(f"generating {size.audio_versions} audio + {size.text_versions} text versions in {template}{where}")
             dbs.create(template)
             with open_db(dbs.server_dsn, template) as conn:
                 migrate(conn, strategy="table")
                 counts = data.generate(conn, size, seed=args.seed, log=log)
-                fingerprints.append(data.fingerprint(conn))
+                if len(templates) > 1:
+                    fingerprints.append(data.fingerprint(conn))
             log(
                 f"generated in {counts['seconds']:.1f}s: {counts['media_files']:,} media files, "
                 f"{counts['media_files_verses']:,} mappings, {counts['verse_texts']:,} verse_texts"
@@ -100,7 +100,7 @@ def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Name
         for strategy, name in names.items():
             dbs = servers[strategy]
             started = time.perf_counter()
-            dbs.create(name, template=templates[id(dbs)])
+            dbs.create(name, template=templates[dbs])
             conn = open_db(dbs.server_dsn, name)
             if strategy == "matview":
                 migrate(conn, strategy="matview")
@@ -132,8 +132,8 @@ def run_size(servers: dict[str, Databases], size: data.Size, args: argparse.Name
     finally:
         for strategy, name in names.items():
             servers[strategy].drop(name)
-        for dbs in distinct:
-            dbs.drop(templates[id(dbs)])
+        for dbs, template in templates.items():
+            dbs.drop(template)
         log("databases dropped")
         log.prefix = ""
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Partial results survive a later size failing or being interrupted.
                 report.write(results, args.out)
         finally:
-            for dbs in distinct_servers(servers):
+            for dbs in dict.fromkeys(servers.values()):
                 dbs.drop_all()
         results["meta"]["seconds"] = round(time.perf_counter() - log.started, 1)
         paths = report.write(results, args.out)

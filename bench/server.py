@@ -95,11 +95,6 @@ class Databases:
         return info
 
 
-def distinct_servers(servers: dict[str, Databases]) -> list[Databases]:
-    """Each server of a strategy-to-server map once (both strategies may share one)."""
-    return list({id(dbs): dbs for dbs in servers.values()}.values())
-
-
 # The baseline's embedded server: the same binaries and settings as the
 # embedded default, its data in a folder of its own under the state folder.
 BASELINE_PGDATA = "bench-baseline-pgdata"
