@@ -148,10 +148,18 @@ BEGIN
              CROSS JOIN LATERAL (SELECT m.id FROM media_files m
                                   WHERE m.audio_version_id = p_version AND m.chapter_id = ch.id OFFSET 0) AS mf
             UNION
-            SELECT mfv.media_file_id FROM unnest(p_chapters) AS ch (id)
-              JOIN verses v ON v.chapter_id = ch.id
-              JOIN media_files_verses mfv ON mfv.verse_id = v.id
-             WHERE mapped AND mfv.deleted_at IS NULL
+            -- The mapped files of every version, each once, and of those
+            -- the version's own, told apart by one probe each among the
+            -- version's entries (progress_media_files_version_file_idx;
+            -- OFFSET 0: a probe per file, never a hash of the version's
+            -- files): other versions' files are never read.
+            SELECT m.media_file_id
+              FROM (SELECT DISTINCT mfv.media_file_id FROM unnest(p_chapters) AS ch (id)
+                      JOIN verses v ON v.chapter_id = ch.id
+                      JOIN media_files_verses mfv ON mfv.verse_id = v.id
+                     WHERE mapped AND mfv.deleted_at IS NULL) AS m
+             WHERE EXISTS (SELECT FROM media_files own
+                            WHERE own.audio_version_id = p_version AND own.id = m.media_file_id OFFSET 0)
             UNION
             -- Each of the version's ranges looked up on its own (OFFSET 0): a
             -- range's bounds are two verse lookups, never a scan of verses.
