@@ -123,7 +123,10 @@ SELECT v.id AS verse_id, v.chapter_id, b.bible_version_id, v.global_order
 -- Not inlined (plpgsql) and declared few rows: the definition reading it is
 -- planned as lookups from a handful of files, whatever the version holds.
 -- Every lookup is driven by the given chapters (unnest), so the plan cached
--- once per session (generic) stays a chain of index lookups.
+-- once per session (generic) stays a chain of index lookups. A version with
+-- neither mapped files nor ranges (recorded as chapter files, the common
+-- case) runs only the chapter lookup: a plan a third the size, set up and
+-- run on every chapter change.
 DROP FUNCTION IF EXISTS progress_live_bible_audio_files_reaching(uuid, text[]);
 CREATE OR REPLACE FUNCTION progress_live_bible_audio_files_reaching(p_version uuid, p_chapters text[])
 RETURNS SETOF progress_live_bible_audio_files LANGUAGE plpgsql STABLE ROWS 10
@@ -137,6 +140,18 @@ DECLARE
     ranged boolean := EXISTS (SELECT FROM media_files r
                                WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL);
 BEGIN
+    IF NOT (mapped OR ranged) THEN
+        RETURN QUERY
+        SELECT f.*
+          FROM (SELECT DISTINCT c FROM unnest(p_chapters) AS c) AS ch (id)
+         CROSS JOIN LATERAL (SELECT m.id FROM media_files m
+                              WHERE m.audio_version_id = p_version AND m.chapter_id = ch.id OFFSET 0) AS mf
+         CROSS JOIN LATERAL (
+               SELECT * FROM progress_live_bible_audio_files l
+                WHERE l.id = mf.id AND l.audio_version_id = p_version
+               OFFSET 0) AS f;
+        RETURN;
+    END IF;
     IF ranged THEN
         SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
           FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
