@@ -55,15 +55,21 @@ DROP FUNCTION IF EXISTS progress_enqueue_scopes(text, uuid[], text[], boolean[])
 -- The common write, one row of a version already queued with that row's
 -- chapters in its scope, does what the upsert would (the generation bumped,
 -- the scope unchanged) as a plain update: no insert attempted, no scopes
--- merged. False when there is no such entry; the caller then upserts.
-CREATE OR REPLACE FUNCTION progress_bump_queued_scope(p_kind text, p_version uuid, p_chapters text[])
+-- merged. The chapters are given, or (p_chapters NULL) the verse whose
+-- chapter it is, looked up by the update itself: one statement. False when
+-- there is no such entry; the caller then upserts.
+DROP FUNCTION IF EXISTS progress_bump_queued_scope(text, uuid, text[]);
+CREATE OR REPLACE FUNCTION progress_bump_queued_scope(
+    p_kind text, p_version uuid, p_chapters text[], p_verse text DEFAULT NULL)
 RETURNS boolean SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- An unknown verse has no chapter: ARRAY[NULL] is in no scope.
     UPDATE progress_refresh_queue q
        SET generation = q.generation + 1, changed_at = now()
      WHERE q.kind = p_kind AND q.version_id = p_version
-       AND (q.chapter_ids IS NULL OR q.chapter_ids @> p_chapters);
+       AND (q.chapter_ids IS NULL
+            OR q.chapter_ids @> coalesce(p_chapters, ARRAY[(SELECT ve.chapter_id FROM verses ve WHERE ve.id = p_verse)]));
     RETURN FOUND;
 END
 $$;
@@ -76,10 +82,10 @@ CREATE OR REPLACE FUNCTION progress_enqueue_verses(p_kind text, p_versions uuid[
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- An unknown verse has no chapter: ARRAY[NULL] is in no scope.
-    IF cardinality(p_verses) = 1
-       AND progress_bump_queued_scope(p_kind, p_versions[1],
-                                      ARRAY[(SELECT ve.chapter_id FROM verses ve WHERE ve.id = p_verses[1])]) THEN
+    -- A plain expression (no query of its own: plpgsql evaluates it without
+    -- setting up an executor), so the common single-row write pays for one
+    -- statement, the bump.
+    IF cardinality(p_verses) = 1 AND progress_bump_queued_scope(p_kind, p_versions[1], NULL, p_verses[1]) THEN
         RETURN;
     END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)

@@ -207,6 +207,8 @@ DECLARE
     body text := '';
     counts_columns text[];
     counted text;
+    assignments text;
+    differs text;
     -- The levels whose changed rows a summary's additive counts read.
     captured text[] := ARRAY(
         SELECT DISTINCT u.stored_name
@@ -253,18 +255,29 @@ BEGIN
                                    ', ' ORDER BY n)
                    FROM unnest(counts_columns) WITH ORDINALITY AS x (c, n)),
                 d.stored_name, d.scope_column));
+            -- The stored row moved in place by one update (written only if it
+            -- differs); synced whole when the version was not live before or
+            -- after, or has no row stored yet.
+            SELECT string_agg(format('%1$I = n.%1$I', v), ', '),
+                   format('(%s) IS DISTINCT FROM (%s)', string_agg(format('n.%I', v), ', '),
+                          string_agg(format('t.%I', v), ', '))
+              INTO assignments, differs
+              FROM unnest(progress_value_columns(d)) AS v;
             body := body
                     || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := FOUND;',
                               d.logical_view || '_before', progress_definition_sql(narrowed, 'old'),
                               d.scope_column, d.logical_view || '_known')
-                    || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;',
-                              d.logical_view || '_after', progress_definition_sql(narrowed, 'new'), d.scope_column)
-                    || format(E'\n    IF %I AND FOUND AND EXISTS (SELECT FROM %I t WHERE t.%I = p_scope) THEN',
-                              d.logical_view || '_known', d.stored_name, d.scope_column)
-                    || progress_diff_statement(d, counted, format('t.%I = p_scope', d.scope_column),
-                                               d.key_columns, progress_value_columns(d))
-                    || format(E'\n    ELSE\n    SELECT * INTO inserted, updated, deleted FROM %I(p_scope);\n    END IF;',
-                              'progress_sync_' || d.logical_view);
+                    || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := %I AND FOUND;',
+                              d.logical_view || '_after', progress_definition_sql(narrowed, 'new'), d.scope_column,
+                              d.logical_view || '_known', d.logical_view || '_known')
+                    || format(E'\n    IF %1$I THEN\n        UPDATE %2$I t SET %3$s FROM (%4$s) n'
+                              || E'\n         WHERE t.%5$I = p_scope AND n.%5$I = p_scope AND %6$s;'
+                              || E'\n        GET DIAGNOSTICS updated = ROW_COUNT;\n        inserted := 0;\n        deleted := 0;'
+                              || E'\n        IF updated = 0 THEN\n            %1$I := EXISTS (SELECT FROM %2$I t WHERE t.%5$I = p_scope);'
+                              || E'\n        END IF;\n    END IF;',
+                              d.logical_view || '_known', d.stored_name, assignments, counted, d.scope_column, differs)
+                    || format(E'\n    IF NOT %I THEN\n        SELECT * INTO inserted, updated, deleted FROM %I(p_scope);\n    END IF;',
+                              d.logical_view || '_known', 'progress_sync_' || d.logical_view);
         ELSE
             body := body || format(E'\n    SELECT * INTO inserted, updated, deleted FROM %I(p_scope);',
                                    'progress_sync_' || d.logical_view);
