@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import builders as b
 from orchestration.db import gateway
@@ -410,6 +411,57 @@ def test_write_counters_do_see_a_changing_refresh(db):
     assert writes["mv_audio_verse_coverage"] == (0, 0, covered)
     after = table_stats(db)
     assert after["mv_audio_verse_coverage"][2] - before["mv_audio_verse_coverage"][2] == covered
+
+
+@pytest.mark.parametrize("kind", ["audio", "text"])
+def test_a_chapter_change_moves_the_summary_row_in_place_and_makes_a_missing_one(db, kind):
+    """The summary row of a chapter-scoped refresh is updated where its counts moved,
+    left unwritten where they did not, and made again when it is missing."""
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2]})
+    version = (b.audio_version if kind == "audio" else b.text_version)(db, "A", b.language(db))
+    summary_table = f"mv_{kind}_version_progress_summary"
+
+    def cover(book: str, chapter: int) -> None:
+        if kind == "audio":
+            b.media_file(db, version, chapter=A.chapter(book, chapter))
+        else:
+            b.verse_texts(db, version, A.chapter_verses(book, chapter))
+
+    cover("GEN", 1)
+    b.drain(db)
+
+    def drain_chapter_change() -> dict[str, tuple[int, int, int]]:
+        assert b.chapter_scopes(db)[(kind, version)] is not None  # not the whole version
+        with db.transaction():
+            pending = xact_writes(db)
+            assert b.drain(db) == [(kind, version)]
+            writes = xact_delta(pending, xact_writes(db))
+        b.assert_read_models_match(db)
+        return writes
+
+    cover("EXO", 1)
+    assert drain_chapter_change()[summary_table] == (0, 1, 0)
+    assert b.summary(db, kind, version)["covered_verses"] == 5
+
+    if kind == "audio":  # a second file of a covered chapter: no count moves
+        cover("EXO", 1)
+    else:  # a covered verse's text deleted and restored: no count moves
+        for deleted_at in ("now()", "NULL"):
+            db.execute(
+                f"UPDATE verse_texts SET deleted_at = {deleted_at} WHERE verse_id = %s AND text_version_id = %s",
+                [A.verse("EXO", 1, 1), version],
+            )
+    assert set(drain_chapter_change().values()) == {(0, 0, 0)}
+
+    db.execute(
+        sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+            sql.Identifier(summary_table), sql.Identifier(f"{kind}_version_id")
+        ),
+        [version],
+    )
+    cover("GEN", 2)
+    assert drain_chapter_change()[summary_table] == (1, 0, 0)
+    assert b.summary(db, kind, version)["covered_verses"] == 7
 
 
 # (c) a whole-Bible version -----------------------------------------------------------
