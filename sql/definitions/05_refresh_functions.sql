@@ -196,6 +196,8 @@ $$;
 -- table (sequential scans off): a generic plan knows neither the version nor
 -- the chapters, and would scan the versions, books and chapters tables
 -- wherever they are small, making a change's cost grow with the database.
+-- Nor do they memoize: each lookup runs for a handful of outer rows (often
+-- one), and a memo cache would be set up on every call for nothing.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -289,7 +291,7 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$I(p_scope uuid, p_chapters text[])
         RETURNS SETOF progress_refresh_count
         SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
-        SET enable_seqscan = off
+        SET enable_seqscan = off SET enable_memoize = off
         LANGUAGE plpgsql AS $body$
         DECLARE
             inserted bigint;
