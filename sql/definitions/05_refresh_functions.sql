@@ -196,8 +196,8 @@ $$;
 -- table (sequential scans off): a generic plan knows neither the version nor
 -- the chapters, and would scan the versions, books and chapters tables
 -- wherever they are small, making a change's cost grow with the database.
--- Nor do they memoize: each lookup runs for a handful of outer rows (often
--- one), and a memo cache would be set up on every call for nothing.
+-- Nor do they memoize: their lookups seldom see a key twice (often there is
+-- one outer row), and a memo cache would be set up on every call for nothing.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
