@@ -6,6 +6,21 @@
 -- book, summary; each reads the level below as just stored), then the best
 -- version of every language entity it touches.
 
+-- Generated SQL pieces over a read model's value columns: whether a new row
+-- (alias p_new) differs from an old one (p_old), and the assignments that
+-- give a stored row the values of p_source.
+CREATE OR REPLACE FUNCTION progress_columns_differ(p_columns text[], p_new text, p_old text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('(%s) IS DISTINCT FROM (%s)',
+                  string_agg(format('%s.%I', p_new, c), ', '), string_agg(format('%s.%I', p_old, c), ', '))
+      FROM unnest(p_columns) AS c
+$$;
+
+CREATE OR REPLACE FUNCTION progress_column_assignments(p_columns text[], p_source text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(format('%1$I = %2$s.%1$I', c, p_source), ', ') FROM unnest(p_columns) AS c
+$$;
+
 -- One statement that makes a stored read model equal to the desired rows
 -- within a scope filter, writing only rows that differ, and counting them.
 -- Desired and current rows meet in a FULL JOIN, which PostgreSQL can only run
@@ -57,11 +72,8 @@ BEGIN
                                 d.stored_name, p_keys[1], p_scope_value, p_keys[2], 'old_' || p_keys[2])
                     ELSE format(E'%I t USING joined j\n             WHERE NOT j.wanted AND %s', d.stored_name, old_key_match) END;
     IF cardinality(p_values) > 0 THEN
-        SELECT format('(%s) IS DISTINCT FROM (%s)',
-                      string_agg(format('n.%I', v), ', '), string_agg(format('o.%I', v), ', ')),
-               'UPDATE SET ' || string_agg(format('%1$I = EXCLUDED.%1$I', v), ', ')
-          INTO differs, on_conflict
-          FROM unnest(p_values) AS v;
+        differs := progress_columns_differ(p_values, 'n', 'o');
+        on_conflict := 'UPDATE SET ' || progress_column_assignments(p_values, 'EXCLUDED');
     END IF;
     RETURN format($sql$
         WITH desired AS MATERIALIZED (%1$s),
@@ -209,8 +221,7 @@ DECLARE
     body text := '';
     counts_columns text[];
     counted text;
-    assignments text;
-    differs text;
+    value_columns text[];
     -- The levels whose changed rows a summary's additive counts read.
     captured text[] := ARRAY(
         SELECT DISTINCT u.stored_name
@@ -260,11 +271,7 @@ BEGIN
             -- The stored row moved in place by one update (written only if it
             -- differs); synced whole when the version was not live before or
             -- after, or has no row stored yet.
-            SELECT string_agg(format('%1$I = n.%1$I', v), ', '),
-                   format('(%s) IS DISTINCT FROM (%s)', string_agg(format('n.%I', v), ', '),
-                          string_agg(format('t.%I', v), ', '))
-              INTO assignments, differs
-              FROM unnest(progress_value_columns(d)) AS v;
+            value_columns := progress_value_columns(d);
             body := body
                     || format(E'\n    SELECT * INTO %I FROM (%s) r WHERE r.%I = p_scope;\n    %I := FOUND;',
                               d.logical_view || '_before', progress_definition_sql(narrowed, 'old'),
@@ -277,7 +284,9 @@ BEGIN
                               || E'\n        GET DIAGNOSTICS updated = ROW_COUNT;\n        inserted := 0;\n        deleted := 0;'
                               || E'\n        IF updated = 0 THEN\n            %1$I := EXISTS (SELECT FROM %2$I t WHERE t.%5$I = p_scope);'
                               || E'\n        END IF;\n    END IF;',
-                              d.logical_view || '_known', d.stored_name, assignments, counted, d.scope_column, differs)
+                              d.logical_view || '_known', d.stored_name,
+                              progress_column_assignments(value_columns, 'n'), counted, d.scope_column,
+                              progress_columns_differ(value_columns, 'n', 't'))
                     || format(E'\n    IF NOT %I THEN\n        SELECT * INTO inserted, updated, deleted FROM %I(p_scope);\n    END IF;',
                               d.logical_view || '_known', 'progress_sync_' || d.logical_view);
         ELSE
