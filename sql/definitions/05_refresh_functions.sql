@@ -210,6 +210,9 @@ $$;
 -- wherever they are small, making a change's cost grow with the database.
 -- Nor do they memoize: their lookups seldom see a key twice (often there is
 -- one outer row), and a memo cache would be set up on every call for nothing.
+-- Nor merge: a merge join never wins for a handful of rows, yet the planner
+-- costs one for every join it considers, a tenth of a session's first chapter
+-- refresh (planning it) for plans that come out the same.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -300,7 +303,7 @@ BEGIN
         CREATE OR REPLACE FUNCTION %1$I(p_scope uuid, p_chapters text[])
         RETURNS SETOF progress_refresh_count
         SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
-        SET enable_seqscan = off SET enable_memoize = off
+        SET enable_seqscan = off SET enable_memoize = off SET enable_mergejoin = off
         LANGUAGE plpgsql AS $body$
         DECLARE
             inserted bigint;
