@@ -210,9 +210,9 @@ $$;
 -- wherever they are small, making a change's cost grow with the database.
 -- Nor do they memoize: their lookups seldom see a key twice (often there is
 -- one outer row), and a memo cache would be set up on every call for nothing.
--- Nor merge: a merge join never wins for a handful of rows, yet the planner
--- costs one for every join it considers, a tenth of a session's first chapter
--- refresh (planning it) for plans that come out the same.
+-- Nor do they consider merge joins: one never wins for a handful of rows,
+-- yet costing them was a tenth of a session's first chapter refresh, which
+-- plans every statement; the plans come out the same.
 CREATE OR REPLACE FUNCTION progress_install_chapter_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
