@@ -26,7 +26,15 @@ from orchestration.settings import PROJECT_ROOT
 
 READY_TIMEOUT_SECONDS = 180
 STOP_TIMEOUT_SECONDS = 60
-NOISE = ("Traceback", "SupersessionWarning", "No cursor for event type", "XDG_RUNTIME_DIR", "Warning:")
+NOISE = (
+    "Traceback",
+    "SupersessionWarning",
+    "No cursor for event type",
+    "XDG_RUNTIME_DIR",
+    "Warning:",
+    "Failed postgres command",
+    "Failed to stop server",
+)
 
 
 def free_port() -> int:
@@ -126,3 +134,19 @@ def test_stop_embedded_says_one_clean_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "not running\n", "")
+
+
+def test_a_process_that_started_the_embedded_server_and_stopped_it_exits_quietly(tmp_path: Path) -> None:
+    """`dev` stops the server it started before it exits; the wheel's own exit
+    handler must then find nothing left to stop rather than print a failed
+    pg_ctl call under a clean stop."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PROGRESS_DATABASE_URL", "XDG_RUNTIME_DIR")}
+    env["PROGRESS_STATE_DIR"] = str(tmp_path / "state")
+    program = (
+        "from orchestration.db.embedded import start_embedded, stop_embedded\nstart_embedded()\nprint(stop_embedded())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, timeout=120
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+    assert not (tmp_path / "state" / "pgdata" / "postmaster.pid").exists()

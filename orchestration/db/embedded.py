@@ -109,6 +109,9 @@ def stop_embedded() -> bool:
     server = wheel.get_server(data, cleanup_mode=None, start=False)
     server._postmaster_info = info  # the wheel's stop() needs the running postmaster's handle
     server.stop()
+    # Stopped: the wheel's exit handler of the process that started the server
+    # would otherwise try again and print a failed pg_ctl call on a clean exit.
+    server._postmaster_info = None
     forget_stopped_processes(data)
     return True
 
