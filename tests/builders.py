@@ -260,8 +260,12 @@ def queued(conn: psycopg.Connection) -> set[tuple[str, uuid.UUID]]:
 
 
 def chapter_scopes(conn: psycopg.Connection) -> dict[tuple[str, uuid.UUID], list[str] | None]:
-    """Queued versions and the chapters each is queued for (None: the whole version)."""
-    return {(k, v): c for k, v, c in conn.execute("SELECT kind, version_id, chapter_ids FROM progress_refresh_queue")}
+    """Queued versions and the chapters each is queued for, sorted (a scope is a
+    set; None: the whole version)."""
+    return {
+        (k, v): None if c is None else sorted(c)
+        for k, v, c in conn.execute("SELECT kind, version_id, chapter_ids FROM progress_refresh_queue")
+    }
 
 
 def chapter_scoped_entries(conn: psycopg.Connection) -> int:
