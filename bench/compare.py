@@ -11,6 +11,11 @@ benchmark's baseline refresh, which leaves every drain of ours as cold as it
 finds it there), one change, then the SQL API's drain, timed until it returns
 no rows. Medians per scenario; the first repetition, which plans every
 statement of the session, is left out.
+
+The capture scenarios time writes instead: 1,000 single-row `verse_texts`
+INSERTs, or one INSERT of a whole version's, each side with its own capture
+triggers and, in the same repetition, with them disabled: the write's own
+cost, the same code on both sides.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ SCENARIOS: dict[str, tuple[str, Callable[[measure.Change], tuple[Any, Callable[[
     "audio_whole": ("whole audio version", lambda c: c.audio_version()),
 }
 
+# Writes timed with the capture triggers on and off (measure.CaptureWork).
+CAPTURE_SCENARIOS: dict[str, tuple[str, Callable[[measure.CaptureWork], Callable[[], float]]]] = {
+    "capture_single": ("1,000 single-row verse_texts INSERTs", lambda w: w.single_inserts),
+    "capture_bulk": ("one INSERT of a version's verse_texts", lambda w: w.bulk_insert),
+}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -52,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default="audio_chapter,text_verse",
-        help=f"comma-separated changes: {', '.join(SCENARIOS)}; default audio_chapter,text_verse",
+        help=f"comma-separated changes: {', '.join([*SCENARIOS, *CAPTURE_SCENARIOS])}; "
+        "default audio_chapter,text_verse",
     )
     parser.add_argument("--repeat", type=int, default=13, help="drains per side and scenario; default 13")
     parser.add_argument("--baseline-size", default="S", help="size of the matview database refreshed before each drain")
@@ -66,9 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if size not in data.SIZES:
             parser.error(f"unknown size {size}: choose from {', '.join(data.SIZES)}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    known = [*SCENARIOS, *CAPTURE_SCENARIOS]
+    unknown = [s for s in args.scenarios if s not in known]
     if not args.scenarios or unknown:
-        parser.error(f"unknown scenario(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(SCENARIOS)}")
+        parser.error(f"unknown scenario(s) {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}")
     if args.repeat < 2:
         parser.error("--repeat must be at least 2 (the first drain is left out)")
     return args
@@ -112,7 +125,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"Drains after one change, size {result['size']}: {result['against']} against ours ({ours}).",
         f"Median of {result['repeat'] - 1} drains a side (the first left out), each after",
-        f"a matview drain at size {result['baseline_size']}.",
+        f"a matview drain at size {result['baseline_size']}; writes: median of {result['repeat'] - 1}",
+        "a side and mode.",
         "",
         f"| change | {result['against']} | ours | ours / {result['against']} |",
         "|---|---:|---:|---:|",
@@ -136,7 +150,10 @@ def compare(args: argparse.Namespace) -> int:
     args.dsn = dbs.server_dsn
     size = data.SIZES[args.size]
     names = {side: database_name(size.name, side) for side in ("template", "against", "ours", "baseline")}
-    samples: dict[str, dict[str, list[float]]] = {s: {"against": [], "ours": []} for s in args.scenarios}
+    rows = [s for s in args.scenarios if s in SCENARIOS] + [
+        f"{s}{mode}" for s in args.scenarios if s in CAPTURE_SCENARIOS for mode in WRITE_MODES
+    ]
+    samples: dict[str, dict[str, list[float]]] = {row: {"against": [], "ours": []} for row in rows}
     with tempfile.TemporaryDirectory(prefix="progress-compare-") as code:
         against = export_commit(args.against, Path(code))
         try:
@@ -163,7 +180,7 @@ def compare(args: argparse.Namespace) -> int:
             baseline_targets = measure.Targets(baseline.conn)
             changes = {side: measure.Change(measure.Targets(s.conn)) for side, s in sessions.items()}
             log("populated; measuring")
-            for scenario in args.scenarios:
+            for scenario in [s for s in args.scenarios if s in SCENARIOS]:
                 label, make = SCENARIOS[scenario]
                 for _, order in measure.interleaved(args.repeat, ["against", "ours"]):
                     for side in order:
@@ -175,6 +192,7 @@ def compare(args: argparse.Namespace) -> int:
                         seconds, _ = sessions[side].drain()
                         samples[scenario][side].append(seconds * 1000)
                 log(f"{label}: {against} {fmt(samples[scenario]['against'])}, ours {fmt(samples[scenario]['ours'])}")
+            time_writes(args, sessions, samples, log, against)
             for session in [*sessions.values(), baseline]:
                 session.conn.close()
         finally:
@@ -190,17 +208,60 @@ def compare(args: argparse.Namespace) -> int:
         "scenarios": [
             {
                 "scenario": s,
-                "label": SCENARIOS[s][0],
+                "label": row_label(s),
                 "against_ms": statistics.median(samples[s]["against"][1:]),
                 "ours_ms": statistics.median(samples[s]["ours"][1:]),
                 "samples_ms": {side: [round(x, 2) for x in xs] for side, xs in samples[s].items()},
             }
-            for s in args.scenarios
+            for s in rows
         ],
     }
     paths = save_table(args.out, "compare", result, render(result))
     log(f"wrote {paths[0]} and {paths[1]}")
     return 0
+
+
+# A capture scenario's two rows: with each side's triggers, and without any.
+WRITE_MODES = {"": True, "_no_triggers": False}
+
+
+def row_label(row: str) -> str:
+    if row in SCENARIOS:
+        return SCENARIOS[row][0]
+    for scenario, (label, _) in CAPTURE_SCENARIOS.items():
+        for mode, enabled in WRITE_MODES.items():
+            if row == f"{scenario}{mode}":
+                return f"{label}, {'capture triggers' if enabled else 'no triggers'}"
+    raise KeyError(row)
+
+
+def time_writes(
+    args: argparse.Namespace,
+    sessions: dict[str, measure.Session],
+    samples: dict[str, dict[str, list[float]]],
+    log: Log,
+    against: str,
+) -> None:
+    """Each repetition, each side in turn (the order alternating), and each
+    mode in turn (alternating too): the capture scenarios' writes, timed."""
+    scenarios = [s for s in args.scenarios if s in CAPTURE_SCENARIOS]
+    if not scenarios:
+        return
+    works = {side: measure.CaptureWork(s) for side, s in sessions.items()}
+    for session in sessions.values():
+        # Dirty pages from the set-up written now, not during one side's commits.
+        session.execute("CHECKPOINT")
+    for scenario in scenarios:
+        pick = CAPTURE_SCENARIOS[scenario][1]
+        for rep, order in measure.interleaved(args.repeat, ["against", "ours"]):
+            modes = list(WRITE_MODES.items())
+            for side in order:
+                for mode, enabled in modes if rep % 2 == 0 else modes[::-1]:
+                    work = works[side]
+                    samples[f"{scenario}{mode}"][side].append(work.with_triggers(enabled, pick(work)) * 1000)
+        for mode in WRITE_MODES:
+            row = samples[f"{scenario}{mode}"]
+            log(f"{row_label(scenario + mode)}: {against} {fmt(row['against'])}, ours {fmt(row['ours'])}")
 
 
 def fmt(values: list[float]) -> str:

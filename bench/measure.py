@@ -309,6 +309,66 @@ class Change:
 # The measurements
 
 
+class CaptureWork:
+    """Writes to verse_texts, timed, with the capture triggers on or off: each
+    write goes to a new text version of the KJV, the queue emptied first."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.verses = [
+            r[0]
+            for r in session.execute(
+                """SELECT v.id FROM verses v JOIN chapters c ON c.id = v.chapter_id JOIN books b ON b.id = c.book_id
+                WHERE b.bible_version_id = 'kjv' ORDER BY v.global_order"""
+            )
+        ]
+        self.language = session.execute("SELECT id FROM language_entities ORDER BY id LIMIT 1")[0][0]
+        self.counter = 0
+
+    def new_version(self) -> uuid.UUID:
+        self.counter += 1
+        version = uuid.uuid5(uuid.NAMESPACE_URL, f"bench-capture-{self.counter}")
+        self.session.execute(
+            """INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)
+                     VALUES (%s, %s, 'kjv', %s)""",
+            [version, self.language, f"Bench capture {self.counter}"],
+        )
+        self.session.execute("DELETE FROM progress_refresh_queue")
+        return version
+
+    def with_triggers(self, enabled: bool, work: Callable[[], float]) -> float:
+        if not enabled:
+            self.session.execute("ALTER TABLE verse_texts DISABLE TRIGGER USER")
+        try:
+            return work()
+        finally:
+            if not enabled:
+                self.session.execute("ALTER TABLE verse_texts ENABLE TRIGGER USER")
+
+    def bulk_insert(self) -> float:
+        """One INSERT of every verse of a new version, in seconds."""
+        version = self.new_version()
+        seconds, _ = self.session.timed(
+            """INSERT INTO verse_texts (text_version_id, verse_id, verse_text)
+               SELECT %s, v.id, 'benchmark text' FROM verses v
+                 JOIN chapters c ON c.id = v.chapter_id JOIN books b ON b.id = c.book_id
+                WHERE b.bible_version_id = 'kjv'""",
+            [version],
+        )
+        return seconds
+
+    def single_inserts(self) -> float:
+        """1,000 single-row INSERTs of a new version (verse after verse), in seconds."""
+        version = self.new_version()
+        statement = "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, %s, %s)"
+        for verse in self.verses[:5]:  # prepared after 5 executions: warm up in both modes alike
+            self.session.execute(statement, [version, verse, "warm-up"])
+        started = time.perf_counter()
+        for verse in self.verses[5:1005]:
+            self.session.conn.execute(statement, [version, verse, "benchmark text"])
+        return time.perf_counter() - started
+
+
 class Runner:
     def __init__(self, sessions: dict[str, Session], reps: int, lookups: int, log: Callable[[str], None]) -> None:
         self.sessions = sessions
@@ -654,18 +714,12 @@ class Runner:
 
     def capture_overhead(self) -> None:
         s = self.sessions[OURS]
-        verses = [
-            r[0]
-            for r in s.execute(
-                """SELECT v.id FROM verses v JOIN chapters c ON c.id = v.chapter_id JOIN books b ON b.id = c.book_id
-                WHERE b.bible_version_id = 'kjv' ORDER BY v.global_order"""
-            )
-        ]
+        work = CaptureWork(s)
         bulk = self.add(
             Metric(
                 "capture_bulk_insert",
                 "change capture",
-                f"One INSERT of a whole version's {len(verses):,} verse_texts",
+                f"One INSERT of a whole version's {len(work.verses):,} verse_texts",
                 "ms",
                 "no capture triggers (seed)",
                 "with capture triggers",
@@ -681,66 +735,21 @@ class Runner:
                 "with capture triggers",
             )
         )
-        language = s.execute("SELECT id FROM language_entities ORDER BY id LIMIT 1")[0][0]
-        counter = 0
-
-        def new_version() -> uuid.UUID:
-            nonlocal counter
-            counter += 1
-            version = uuid.uuid5(uuid.NAMESPACE_URL, f"bench-capture-{counter}")
-            s.execute(
-                """INSERT INTO text_versions (id, language_entity_id, bible_version_id, name)
-                         VALUES (%s, %s, 'kjv', %s)""",
-                [version, language, f"Bench capture {counter}"],
-            )
-            s.execute("DELETE FROM progress_refresh_queue")
-            return version
-
-        def with_triggers(enabled: bool, work: Callable[[], float]) -> float:
-            if not enabled:
-                s.execute("ALTER TABLE verse_texts DISABLE TRIGGER USER")
-            try:
-                return work()
-            finally:
-                if not enabled:
-                    s.execute("ALTER TABLE verse_texts ENABLE TRIGGER USER")
-
-        def bulk_insert() -> float:
-            version = new_version()
-            seconds, _ = s.timed(
-                """INSERT INTO verse_texts (text_version_id, verse_id, verse_text)
-                   SELECT %s, v.id, 'benchmark text' FROM verses v
-                     JOIN chapters c ON c.id = v.chapter_id JOIN books b ON b.id = c.book_id
-                    WHERE b.bible_version_id = 'kjv'""",
-                [version],
-            )
-            return seconds
-
-        def single_inserts() -> float:
-            version = new_version()
-            statement = "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, %s, %s)"
-            for verse in verses[:5]:  # prepared after 5 executions: warm up in both modes alike
-                s.execute(statement, [version, verse, "warm-up"])
-            started = time.perf_counter()
-            for verse in verses[5:1005]:
-                s.conn.execute(statement, [version, verse, "benchmark text"])
-            return time.perf_counter() - started
-
         # The rebuilds before leave dirty pages: a checkpoint now, not in the middle
         # of one mode's inserts, whose commits each wait for their WAL flush.
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
             s.execute("CHECKPOINT")
         # One round in each mode first, not counted (caches, prepared statements).
         for enabled in (True, False):
-            with_triggers(enabled, bulk_insert)
-            with_triggers(enabled, single_inserts)
+            work.with_triggers(enabled, work.bulk_insert)
+            work.with_triggers(enabled, work.single_inserts)
         # A rep takes about a second; the single-row figure's noise (commit
         # latency) needs more of them than the refresh figures.
         reps = max(self.reps, 9)
         for rep in range(reps):
             for enabled in (True, False) if rep % 2 == 0 else (False, True):
-                (bulk.ours if enabled else bulk.baseline).append(ms(with_triggers(enabled, bulk_insert)))
-                (single.ours if enabled else single.baseline).append(ms(with_triggers(enabled, single_inserts)))
+                for metric, timed in ((bulk, work.bulk_insert), (single, work.single_inserts)):
+                    (metric.ours if enabled else metric.baseline).append(ms(work.with_triggers(enabled, timed)))
             self.log(
                 f"  capture rep {rep + 1}/{reps}: bulk {bulk.ours[-1]:.0f} ms with / "
                 f"{bulk.baseline[-1]:.0f} ms without triggers; 1,000 single rows {single.ours[-1]:.0f} ms "

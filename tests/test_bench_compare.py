@@ -32,10 +32,11 @@ def test_compare_rejects_an_unknown_commit_in_one_line(server_dsn, tmp_path):
     assert not (tmp_path / "compare.json").exists()
 
 
-def test_compare_times_both_sides_drains_and_drops_its_databases(server_dsn, tmp_path):
+def test_compare_times_both_sides_drains_and_writes_and_drops_its_databases(server_dsn, tmp_path):
     options = ["--against", "HEAD", "--size", "XS", "--baseline-size", "XS", "--repeat", "2"]
+    scenarios = ["--scenarios", "audio_chapter,text_verse,capture_single"]
     result = subprocess.run(
-        [*COMMAND, *options, "--scenarios", "audio_chapter,text_verse", "--dsn", server_dsn, "--out", str(tmp_path)],
+        [*COMMAND, *options, *scenarios, "--dsn", server_dsn, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -46,10 +47,17 @@ def test_compare_times_both_sides_drains_and_drops_its_databases(server_dsn, tmp
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     against = head.stdout.strip()
     assert f"| change | {against} | ours | ours / {against} |" in result.stdout
+    assert "| 1,000 single-row verse_texts INSERTs, capture triggers |" in result.stdout
+    assert "| 1,000 single-row verse_texts INSERTs, no triggers |" in result.stdout
 
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["against"] == against and saved["size"] == "XS"
-    assert [s["scenario"] for s in saved["scenarios"]] == ["audio_chapter", "text_verse"]
+    assert [s["scenario"] for s in saved["scenarios"]] == [
+        "audio_chapter",
+        "text_verse",
+        "capture_single",
+        "capture_single_no_triggers",
+    ]
     for scenario in saved["scenarios"]:
         assert {len(v) for v in scenario["samples_ms"].values()} == {2}
         assert scenario["against_ms"] > 0 and scenario["ours_ms"] > 0
