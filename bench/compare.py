@@ -248,9 +248,8 @@ def time_writes(
     if not scenarios:
         return
     works = {side: measure.CaptureWork(s) for side, s in sessions.items()}
-    for session in sessions.values():
-        # Dirty pages from the set-up written now, not during one side's commits.
-        session.execute("CHECKPOINT")
+    for work in works.values():
+        work.checkpoint()  # after the set-up
     for scenario in scenarios:
         pick = CAPTURE_SCENARIOS[scenario][1]
         for rep, order in measure.interleaved(args.repeat, ["against", "ours"]):

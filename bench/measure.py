@@ -336,6 +336,12 @@ class CaptureWork:
         self.session.execute("DELETE FROM progress_refresh_queue")
         return version
 
+    def checkpoint(self) -> None:
+        """Dirty pages left by the work before written now, not in the middle of
+        one mode's inserts, whose commits each wait for their WAL flush."""
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            self.session.execute("CHECKPOINT")
+
     def with_triggers(self, enabled: bool, work: Callable[[], float]) -> float:
         if not enabled:
             self.session.execute("ALTER TABLE verse_texts DISABLE TRIGGER USER")
@@ -735,10 +741,7 @@ class Runner:
                 "with capture triggers",
             )
         )
-        # The rebuilds before leave dirty pages: a checkpoint now, not in the middle
-        # of one mode's inserts, whose commits each wait for their WAL flush.
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            s.execute("CHECKPOINT")
+        work.checkpoint()  # after the rebuilds
         # One round in each mode first, not counted (caches, prepared statements).
         for enabled in (True, False):
             work.with_triggers(enabled, work.bulk_insert)
