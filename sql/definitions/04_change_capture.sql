@@ -60,8 +60,9 @@ DROP FUNCTION IF EXISTS progress_enqueue_scopes(text, uuid[], text[], boolean[])
 -- upsert would (the generation bumped, the scope widened to the row's
 -- chapters unless it holds them) as a plain update: no insert attempted.
 -- The chapters are given, or (p_chapters NULL) the verse whose chapter it
--- is, looked up by the update itself: one statement. False when the version
--- is not queued; the caller then upserts.
+-- is, looked up by the update itself: one statement when the scope holds
+-- them, a second when it widens. False when the version is not queued; the
+-- caller then upserts.
 --
 -- A single-row INSERT, the write apps make most, tries it straight from its
 -- trigger, in the one query that reads the transition table: no arrays
