@@ -52,6 +52,21 @@ CAPTURE_SCENARIOS: dict[str, tuple[str, Callable[[measure.CaptureWork], Callable
     "capture_bulk": ("one INSERT of a version's verse_texts", lambda w: w.bulk_insert),
 }
 
+# A capture scenario's two rows: with each side's triggers, and without any
+# (row suffix, label, triggers enabled).
+WRITE_MODES = (("", "capture triggers", True), ("_no_triggers", "no triggers", False))
+
+
+def result_rows(scenarios: list[str]) -> dict[str, str]:
+    """The result table's rows and their labels: the drains first, then two
+    rows for each capture scenario."""
+    rows = {s: SCENARIOS[s][0] for s in scenarios if s in SCENARIOS}
+    for s in scenarios:
+        if s in CAPTURE_SCENARIOS:
+            for suffix, mode, _ in WRITE_MODES:
+                rows[s + suffix] = f"{CAPTURE_SCENARIOS[s][0]}, {mode}"
+    return rows
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -122,11 +137,12 @@ def migrate_with(code: Path, dsn: str) -> None:
 
 def render(result: dict[str, Any]) -> str:
     ours = result["ours"] + (", with local changes" if result["ours_modified"] else "")
+    writes = any(row["scenario"] not in SCENARIOS for row in result["scenarios"])
     lines = [
         f"Drains after one change, size {result['size']}: {result['against']} against ours ({ours}).",
         f"Median of {result['repeat'] - 1} drains a side (the first left out), each after",
-        f"a matview drain at size {result['baseline_size']}; writes: median of {result['repeat'] - 1}",
-        "a side and mode.",
+        f"a matview drain at size {result['baseline_size']}"
+        + (f"; writes: median of {result['repeat'] - 1} a side and mode." if writes else "."),
         "",
         f"| change | {result['against']} | ours | ours / {result['against']} |",
         "|---|---:|---:|---:|",
@@ -150,9 +166,7 @@ def compare(args: argparse.Namespace) -> int:
     args.dsn = dbs.server_dsn
     size = data.SIZES[args.size]
     names = {side: database_name(size.name, side) for side in ("template", "against", "ours", "baseline")}
-    rows = [s for s in args.scenarios if s in SCENARIOS] + [
-        f"{s}{mode}" for s in args.scenarios if s in CAPTURE_SCENARIOS for mode in WRITE_MODES
-    ]
+    rows = result_rows(args.scenarios)
     samples: dict[str, dict[str, list[float]]] = {row: {"against": [], "ours": []} for row in rows}
     with tempfile.TemporaryDirectory(prefix="progress-compare-") as code:
         against = export_commit(args.against, Path(code))
@@ -192,7 +206,7 @@ def compare(args: argparse.Namespace) -> int:
                         seconds, _ = sessions[side].drain()
                         samples[scenario][side].append(seconds * 1000)
                 log(f"{label}: {against} {fmt(samples[scenario]['against'])}, ours {fmt(samples[scenario]['ours'])}")
-            time_writes(args, sessions, samples, log, against)
+            time_writes(args, sessions, samples, rows, log, against)
             for session in [*sessions.values(), baseline]:
                 session.conn.close()
         finally:
@@ -208,12 +222,12 @@ def compare(args: argparse.Namespace) -> int:
         "scenarios": [
             {
                 "scenario": s,
-                "label": row_label(s),
+                "label": label,
                 "against_ms": statistics.median(samples[s]["against"][1:]),
                 "ours_ms": statistics.median(samples[s]["ours"][1:]),
                 "samples_ms": {side: [round(x, 2) for x in xs] for side, xs in samples[s].items()},
             }
-            for s in rows
+            for s, label in rows.items()
         ],
     }
     paths = save_table(args.out, "compare", result, render(result))
@@ -221,24 +235,11 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-# A capture scenario's two rows: with each side's triggers, and without any.
-WRITE_MODES = {"": True, "_no_triggers": False}
-
-
-def row_label(row: str) -> str:
-    if row in SCENARIOS:
-        return SCENARIOS[row][0]
-    for scenario, (label, _) in CAPTURE_SCENARIOS.items():
-        for mode, enabled in WRITE_MODES.items():
-            if row == f"{scenario}{mode}":
-                return f"{label}, {'capture triggers' if enabled else 'no triggers'}"
-    raise KeyError(row)
-
-
 def time_writes(
     args: argparse.Namespace,
     sessions: dict[str, measure.Session],
     samples: dict[str, dict[str, list[float]]],
+    labels: dict[str, str],
     log: Log,
     against: str,
 ) -> None:
@@ -253,14 +254,13 @@ def time_writes(
     for scenario in scenarios:
         pick = CAPTURE_SCENARIOS[scenario][1]
         for rep, order in measure.interleaved(args.repeat, ["against", "ours"]):
-            modes = list(WRITE_MODES.items())
             for side in order:
-                for mode, enabled in modes if rep % 2 == 0 else modes[::-1]:
-                    work = works[side]
-                    samples[f"{scenario}{mode}"][side].append(work.with_triggers(enabled, pick(work)) * 1000)
-        for mode in WRITE_MODES:
-            row = samples[f"{scenario}{mode}"]
-            log(f"{row_label(scenario + mode)}: {against} {fmt(row['against'])}, ours {fmt(row['ours'])}")
+                work = works[side]
+                for suffix, _, enabled in WRITE_MODES if rep % 2 == 0 else WRITE_MODES[::-1]:
+                    samples[scenario + suffix][side].append(work.with_triggers(enabled, pick(work)) * 1000)
+        for suffix, _, _ in WRITE_MODES:
+            row = samples[scenario + suffix]
+            log(f"{labels[scenario + suffix]}: {against} {fmt(row['against'])}, ours {fmt(row['ours'])}")
 
 
 def fmt(values: list[float]) -> str:
