@@ -18,6 +18,7 @@ from psycopg import sql
 import builders as b
 from orchestration.db import gateway
 from orchestration.db.connection import connect
+from orchestration.db.migrations import migrate
 from orchestration.read_models import READ_MODELS
 
 MV_TABLES = [m.name for m in READ_MODELS]
@@ -658,3 +659,90 @@ def test_a_mapped_chapter_change_reads_no_other_versions_files(db):
 
     b.assert_read_models_match(db)
     assert b.verse_ids(db, "audio", mine) == set(verses[:2])
+
+
+def _index_entries_read(db: psycopg.Connection, table: str) -> int:
+    """Index entries this transaction has read from the table's indexes so far."""
+    query = (
+        "SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)"
+        " FROM pg_index WHERE indrelid = %s::regclass"
+    )
+    return int(b.fetch(db, query, [table])[0][0])
+
+
+def test_a_range_chapter_change_reads_none_of_the_versions_other_ranges(db):
+    """A version recorded as verse ranges refreshes a changed chapter from the
+    ranges listed as reaching it: the version's other ranges are not read, so
+    the refresh costs the same however many ranges the version holds (counted:
+    media_files index entries the drain reads)."""
+    A = b.bible(db, "A", {"GEN": [3] * 30})
+    v = b.audio_version(db, "A", b.language(db))
+    for chapter in range(1, 31):
+        b.media_file(db, v, start=A.verse("GEN", chapter, 1), end=A.verse("GEN", chapter, 2))
+    b.drain(db)
+
+    changed = b.media_file(db, v, start=A.verse("GEN", 7, 3))
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("GEN", 7)]}
+    with db.transaction():
+        before = _index_entries_read(db, "media_files")
+        assert b.drain(db) == [("audio", v)]
+        read = _index_entries_read(db, "media_files") - before
+    assert read <= 8  # the two ranges of GEN 7 (listed, then read), none of the 29 others
+
+    b.assert_read_models_match(db)
+    assert A.verse("GEN", 7, 3) in b.verse_ids(db, "audio", v)
+    db.execute("UPDATE media_files SET end_verse_id = %s WHERE id = %s", [A.verse("GEN", 8, 1), changed])
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verse("GEN", 8, 1) in b.verse_ids(db, "audio", v)
+
+
+def test_a_verse_moved_to_another_chapter_takes_the_ranges_over_it_along(db):
+    """A structure change moves a verse a range covers into another chapter:
+    the range's version is refreshed whole, and from then on a change to that
+    other chapter alone still counts the range's verse there."""
+    A = b.bible(db, "A", {"GEN": [3, 3]})
+    v = b.audio_version(db, "A", b.language(db))
+    b.media_file(db, v, start=A.verse("GEN", 1, 1), end=A.verse("GEN", 1, 3))
+    b.drain(db)
+
+    moved = A.verse("GEN", 1, 3)
+    db.execute("UPDATE verses SET chapter_id = %s WHERE id = %s", [A.chapter("GEN", 2), moved])
+    assert b.chapter_scopes(db)[("audio", v)] is None
+    b.drain(db)
+    b.assert_read_models_match(db)
+
+    # A change to GEN 2 alone: the range still reaches it, through the moved verse.
+    b.media_file(db, v, start=A.verse("GEN", 2, 2))
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("GEN", 2)]}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert moved in b.verse_ids(db, "audio", v)
+
+
+@pytest.mark.parametrize("refill", ["rebuild", "migrate"])
+def test_ranges_loaded_without_triggers_reach_their_chapters_after_a_rebuild_or_migrate(db, refill):
+    """Ranges written while the capture triggers were off (a bulk load), then a
+    full rebuild or a migrate: a later change to one chapter still counts the
+    verses a range covers there."""
+    A = b.bible(db, "A", {"GEN": [3, 2]})
+    v = b.audio_version(db, "A", b.language(db))
+    b.drain(db)
+    db.execute("ALTER TABLE media_files DISABLE TRIGGER USER")
+    try:
+        b.media_file(db, v, start=A.verse("GEN", 1, 1), end=A.verse("GEN", 2, 1))
+    finally:
+        db.execute("ALTER TABLE media_files ENABLE TRIGGER USER")
+    if refill == "rebuild":
+        db.execute("SELECT refresh_progress_materialized_views_full()")
+    else:
+        migrate(db, strategy="table")
+        db.execute("SELECT enqueue_progress_refresh('audio', %s)", [v])
+        b.drain(db)
+    b.assert_read_models_match(db)
+
+    b.media_file(db, v, start=A.verse("GEN", 2, 2))
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("GEN", 2)]}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verse("GEN", 2, 1) in b.verse_ids(db, "audio", v)

@@ -117,9 +117,10 @@ SELECT v.id AS verse_id, v.chapter_id, b.bible_version_id, v.global_order
 
 -- The live files of one audio version whose coverage can reach the given
 -- chapters: a file of one of them, a file mapped to one of their verses
--- (found verse first, in versions that have mappings at all), a verse range overlapping their verses in global
--- order. A superset of what reaches them (a range may pass over them, or lie
--- in another bible version at the same global order), never less.
+-- (found verse first, in versions that have mappings at all), a verse range
+-- listed as reaching one of them (progress_range_file_chapters, one lookup
+-- per chapter however many ranges the version holds). A superset of what
+-- reaches them, never less.
 -- Not inlined (plpgsql) and declared few rows: the definition reading it is
 -- planned as lookups from a handful of files, whatever the version holds.
 -- Every lookup is driven by the given chapters (unnest), so the plan cached
@@ -132,8 +133,6 @@ CREATE OR REPLACE FUNCTION progress_live_bible_audio_files_reaching(p_version uu
 RETURNS SETOF progress_live_bible_audio_files LANGUAGE plpgsql STABLE ROWS 10
 SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    first_verse bigint;
-    last_verse bigint;
     -- Only a version listed there can have mapped files (see 008_mapped_audio_versions).
     mapped boolean := EXISTS (SELECT FROM progress_mapped_audio_versions m WHERE m.audio_version_id = p_version);
     -- A version recorded as chapter files has no ranges to compare with.
@@ -151,11 +150,6 @@ BEGIN
                 WHERE l.id = mf.id AND l.audio_version_id = p_version
                OFFSET 0) AS f;
         RETURN;
-    END IF;
-    IF ranged THEN
-        SELECT min(o.global_order), max(o.global_order) INTO first_verse, last_verse
-          FROM (SELECT v.global_order FROM unnest(p_chapters) AS ch (id) JOIN verses v ON v.chapter_id = ch.id
-                OFFSET 0) AS o;
     END IF;
     RETURN QUERY
     SELECT f.*
@@ -176,16 +170,11 @@ BEGIN
              WHERE EXISTS (SELECT FROM media_files own
                             WHERE own.audio_version_id = p_version AND own.id = m.media_file_id OFFSET 0)
             UNION
-            -- Each of the version's ranges looked up on its own (OFFSET 0): a
-            -- range's bounds are two verse lookups, never a scan of verses.
-            SELECT r.id FROM media_files r
-             CROSS JOIN LATERAL (
-                   SELECT sv.global_order AS first, coalesce(ev.global_order, sv.global_order) AS last
-                     FROM verses sv LEFT JOIN verses ev ON ev.id = r.end_verse_id
-                    WHERE sv.id = r.start_verse_id
-                   OFFSET 0) AS bounds
-             WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL
-               AND bounds.first <= last_verse AND bounds.last >= first_verse) AS reach (id)
+            -- The version's ranges listed for each chapter.
+            SELECT rc.media_file_id FROM unnest(p_chapters) AS ch (id)
+             CROSS JOIN LATERAL (SELECT r.media_file_id FROM progress_range_file_chapters r
+                                  WHERE r.audio_version_id = p_version AND r.chapter_id = ch.id OFFSET 0) AS rc
+             WHERE ranged) AS reach (id)
      -- Each candidate looked up by its key, never a hash of the version's files.
      CROSS JOIN LATERAL (
            SELECT * FROM progress_live_bible_audio_files l

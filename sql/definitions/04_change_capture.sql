@@ -135,6 +135,20 @@ BEGIN
 END
 $$;
 
+-- The chapters a verse range reaches: those of the start verse's bible
+-- version between its start and end in global order. (A plain SQL function:
+-- inlined where it is called, a lateral join in a set-based statement.)
+CREATE OR REPLACE FUNCTION progress_range_chapters(p_start_verse text, p_end_verse text)
+RETURNS SETOF text LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT s.chapter_id
+      FROM progress_verse_structure sv
+      LEFT JOIN verses ev ON ev.id = p_end_verse
+      JOIN progress_verse_structure s
+        ON s.bible_version_id = sv.bible_version_id
+       AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
+     WHERE sv.verse_id = p_start_verse
+$$;
+
 -- The chapters a media file's coverage reaches: its chapter, the chapters of
 -- its verse range, the chapters of its mapped verses.
 DROP FUNCTION IF EXISTS progress_media_file_chapters(uuid, text, text, text);
@@ -145,13 +159,7 @@ BEGIN
     RETURN ARRAY(
         SELECT p_chapter WHERE p_chapter IS NOT NULL
         UNION
-        SELECT s.chapter_id
-          FROM progress_verse_structure sv
-          LEFT JOIN verses ev ON ev.id = p_end_verse
-          JOIN progress_verse_structure s
-            ON s.bible_version_id = sv.bible_version_id
-           AND s.global_order BETWEEN sv.global_order AND coalesce(ev.global_order, sv.global_order)
-         WHERE sv.verse_id = p_start_verse
+        SELECT c FROM progress_range_chapters(p_start_verse, p_end_verse) AS c
         UNION
         SELECT v.chapter_id FROM media_files_verses m JOIN verses v ON v.id = m.verse_id
          WHERE m.media_file_id = p_file AND m.deleted_at IS NULL);
@@ -207,16 +215,17 @@ BEGIN
            AND progress_bump_queued_scope('audio', n.audio_version_id,
                                           progress_media_file_chapters(n.id, n.chapter_id, n.start_verse_id,
                                                                        n.end_verse_id));
-        IF FOUND THEN
-            RETURN NULL;
+        IF NOT FOUND THEN
+            PERFORM progress_enqueue_media_files(
+                array_agg(n.audio_version_id), array_agg(n.id), array_agg(n.chapter_id),
+                array_agg(n.start_verse_id), array_agg(n.end_verse_id), true)
+               FROM new_rows n
+              WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
+                                                 n.publish_status::text, n.deleted_at)
+             HAVING count(*) > 0;
         END IF;
-        PERFORM progress_enqueue_media_files(
-            array_agg(n.audio_version_id), array_agg(n.id), array_agg(n.chapter_id),
-            array_agg(n.start_verse_id), array_agg(n.end_verse_id), true)
-           FROM new_rows n
-          WHERE progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
-                                             n.publish_status::text, n.deleted_at)
-         HAVING count(*) > 0;
+        -- (The ranges' chapters after the queue: see progress_list_range_files.)
+        PERFORM progress_list_range_files(NULL, ARRAY(SELECT n.id FROM new_rows n WHERE n.start_verse_id IS NOT NULL));
     ELSIF TG_OP = 'DELETE' THEN
         -- The file's mappings are gone with it (ON DELETE CASCADE) before this
         -- runs, and with them the chapters they reached: the whole version.
@@ -224,6 +233,9 @@ BEGIN
             SELECT o.audio_version_id FROM old_rows o
              WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
                                                 o.publish_status::text, o.deleted_at)));
+        DELETE FROM progress_range_file_chapters t
+         USING old_rows o
+         WHERE o.start_verse_id IS NOT NULL AND t.audio_version_id = o.audio_version_id AND t.media_file_id = o.id;
     ELSE
         -- A file moved to another version takes its mappings along.
         PERFORM progress_note_mapped_files(ARRAY(
@@ -250,8 +262,44 @@ BEGIN
                 (n.audio_version_id, n.media_type, n.is_bible_audio, n.upload_status,
                  n.publish_status, n.chapter_id, n.start_verse_id, n.end_verse_id, n.deleted_at)
          HAVING count(*) > 0;
+        -- A range moved, or moved to another version, reaches other chapters
+        -- (the chapters it reached before stay listed: a superset).
+        PERFORM progress_list_range_files(NULL, ARRAY(
+            SELECT n.id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
+             WHERE n.start_verse_id IS NOT NULL
+               AND (o.audio_version_id, o.start_verse_id, o.end_verse_id)
+                   IS DISTINCT FROM (n.audio_version_id, n.start_verse_id, n.end_verse_id)));
     END IF;
     RETURN NULL;
+END
+$$;
+
+-- Lists the chapters verse-range files reach (progress_range_file_chapters),
+-- whether or not the files are live: the files given, else every range of
+-- p_version, else every range. Never deletes (a superset is fine), so it is
+-- safe beside writers; rows are written in key order. The triggers call it
+-- after queueing: a drain holding the version's queue row while its whole
+-- refresh lists the same ranges never waits for a writer that waits for it.
+CREATE OR REPLACE FUNCTION progress_list_range_files(p_version uuid, p_files uuid[] DEFAULT NULL) RETURNS void
+SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_files IS NULL AND p_version IS NOT NULL THEN
+        p_files := ARRAY(SELECT r.id FROM media_files r
+                          WHERE r.audio_version_id = p_version AND r.start_verse_id IS NOT NULL);
+    ELSIF p_files IS NULL THEN
+        p_files := ARRAY(SELECT r.id FROM media_files r WHERE r.start_verse_id IS NOT NULL);
+    END IF;
+    IF cardinality(p_files) = 0 THEN
+        RETURN;
+    END IF;
+    INSERT INTO progress_range_file_chapters (audio_version_id, chapter_id, media_file_id)
+    SELECT r.audio_version_id, c.chapter_id, r.id
+      FROM media_files r
+     CROSS JOIN LATERAL progress_range_chapters(r.start_verse_id, r.end_verse_id) AS c (chapter_id)
+     WHERE r.id = ANY (p_files) AND r.audio_version_id IS NOT NULL AND r.start_verse_id IS NOT NULL
+     ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING;
 END
 $$;
 
@@ -379,16 +427,19 @@ $$;
 CREATE OR REPLACE FUNCTION progress_enqueue_structure_change(p_bible_versions text[], p_chapters text[])
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
+DECLARE
+    -- Versions with a range starting or ending in the bible versions: its
+    -- chapters may have moved (progress_range_file_chapters).
+    ranged uuid[] := ARRAY(
+        SELECT DISTINCT mf.audio_version_id FROM media_files mf
+          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
+         WHERE s.bible_version_id = ANY (p_bible_versions) AND mf.audio_version_id IS NOT NULL);
 BEGIN
-    PERFORM progress_enqueue_versions('audio', ARRAY(
+    PERFORM progress_enqueue_versions('audio', ranged || ARRAY(
         SELECT av.id FROM audio_versions av
          WHERE av.bible_version_id = ANY (p_bible_versions) AND av.deleted_at IS NULL
         UNION
         SELECT mf.audio_version_id FROM media_files mf WHERE mf.chapter_id = ANY (p_chapters)
-        UNION
-        SELECT mf.audio_version_id FROM media_files mf
-          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
-         WHERE s.bible_version_id = ANY (p_bible_versions)
         UNION
         SELECT mf.audio_version_id FROM verses v
           JOIN media_files_verses mfv ON mfv.verse_id = v.id
@@ -414,6 +465,10 @@ BEGIN
         UNION
         SELECT vt.text_version_id FROM verses v JOIN verse_texts vt ON vt.verse_id = v.id
          WHERE v.chapter_id = ANY (p_chapters)));
+    -- (After the queue, as the file triggers list ranges.)
+    INSERT INTO progress_range_versions_to_relist (audio_version_id)
+    SELECT v FROM unnest(ranged) AS v ORDER BY 1
+    ON CONFLICT DO NOTHING;
 END
 $$;
 
@@ -614,7 +669,8 @@ LANGUAGE sql AS $$
 $$;
 
 -- After the triggers above: mappings committed before their lock are read
--- here, later ones are noted by the triggers.
+-- here, later ones are noted by the triggers. The same for verse ranges.
 SELECT progress_list_mapped_audio_versions();
+SELECT progress_list_range_files(NULL);
 SELECT progress_install_capture('chapters', 'progress_capture_chapters');
 SELECT progress_install_capture('verses', 'progress_capture_verses');

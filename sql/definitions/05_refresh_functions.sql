@@ -460,7 +460,9 @@ DROP FUNCTION IF EXISTS progress_chapter_sets(text[]);
 -- the whole version) the levels keyed below the version (verse, chapter,
 -- book) sync only the rows of those chapters and their books
 -- (progress_refresh_chapters_<kind>); the summary, read from the chapter and
--- book levels, is synced whole.
+-- book levels, is synced whole. A whole audio version lists its ranges'
+-- chapters again first when a structure change may have moved them
+-- (progress_range_versions_to_relist).
 DROP FUNCTION IF EXISTS progress_refresh_version_levels(text, uuid);
 CREATE OR REPLACE FUNCTION progress_refresh_version_levels(p_kind text, p_version uuid, p_chapters text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_count
@@ -476,6 +478,11 @@ BEGIN
     ELSIF p_chapters IS NOT NULL THEN
         RETURN QUERY SELECT * FROM progress_refresh_chapters_text(p_version, p_chapters);
         RETURN;
+    ELSIF p_kind = 'audio' THEN
+        DELETE FROM progress_range_versions_to_relist WHERE audio_version_id = p_version;
+        IF FOUND THEN
+            PERFORM progress_list_range_files(p_version);
+        END IF;
     END IF;
     FOR d IN SELECT * FROM progress_read_model_definitions
               WHERE kind = p_kind AND scope_column <> 'language_entity_id'

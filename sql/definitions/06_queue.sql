@@ -410,10 +410,11 @@ DECLARE
     index_ddl text[];
     ddl text;
 BEGIN
-    -- A rebuild trusts nothing stored: the bible versions' counts and the
-    -- versions with mapped files too.
+    -- A rebuild trusts nothing stored: the bible versions' counts, the
+    -- versions with mapped files and the ranges' chapters too.
     PERFORM progress_recount_bible_versions(NULL);
     PERFORM progress_list_mapped_audio_versions();
+    PERFORM progress_list_range_files(NULL);
     IF progress_storage_strategy() = 'matview' THEN
         PERFORM progress_refresh_matviews(p_concurrently);
     ELSIF p_concurrently THEN
