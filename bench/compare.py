@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS: dict[str, tuple[str, Callable[[measure.Change], tuple[Any, Callable[[measure.Session], object]]]]] = {
     "audio_chapter": ("1 audio chapter file", lambda c: c.audio("audio_chapter")),
     "audio_range": ("1 audio verse-range file", lambda c: c.audio("audio_range")),
+    "audio_mapping": ("1 audio verse mapping", lambda c: c.mapping()),
     "text_chapter": ("1 text chapter added", lambda c: c.text()),
     "text_verse": ("1 verse text added", lambda c: c.text(measure.ADD_VERSE_TEXT)),
     "audio_whole": ("whole audio version", lambda c: c.audio_version()),

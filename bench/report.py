@@ -17,7 +17,13 @@ CAPTURE_SINGLE_MAX = 1.3
 FULL_REBUILD_MAX = 1.2
 POINT_LOOKUP_MAX_MS = 1.0
 
-REFRESH_ONE = ("refresh_1_audio_chapter", "refresh_1_audio_range", "refresh_1_text", "refresh_1_text_verse")
+REFRESH_ONE = (
+    "refresh_1_audio_chapter",
+    "refresh_1_audio_range",
+    "refresh_1_audio_mapping",
+    "refresh_1_text",
+    "refresh_1_text_verse",
+)
 
 
 def _metric(results: dict[str, Any], size: str, metric_id: str) -> dict[str, Any] | None:
@@ -252,6 +258,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     styles = {
         "refresh_1_audio_chapter": ("o", "audio chapter file"),
         "refresh_1_audio_range": ("s", "audio verse range"),
+        "refresh_1_audio_mapping": ("D", "audio mapped verse"),
         "refresh_1_text": ("^", "text chapter"),
         "refresh_1_text_verse": ("v", "text verse"),
     }

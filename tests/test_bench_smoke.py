@@ -23,6 +23,7 @@ METRICS = {
     "refresh_first_in_session",
     "refresh_1_audio_chapter",
     "refresh_1_audio_range",
+    "refresh_1_audio_mapping",
     "refresh_1_text",
     "refresh_1_text_verse",
     "refresh_1_audio_whole",
@@ -100,6 +101,7 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
         "refresh_first_in_session",
         "refresh_1_audio_chapter",
         "refresh_1_audio_range",
+        "refresh_1_audio_mapping",
         "refresh_1_text",
         "refresh_10_mixed",
     ):
