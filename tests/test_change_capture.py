@@ -95,6 +95,34 @@ def test_media_file_delete_queues_its_version_when_it_was_live(db, w):
     assert queue_after(db, "DELETE FROM media_files WHERE id = %s", [w.f1]) == audio(w.a1)
 
 
+def test_media_file_delete_queues_its_chapters_unless_its_version_has_mapped_files(db, w):
+    """A deleted file's mappings are gone before its trigger runs: a version with
+    mapped files is queued whole; one that never had any, for the chapters the
+    file reached."""
+    A = w.A
+    chapter_file = b.media_file(db, w.a2, chapter=A.chapter("EXO", 1))
+    range_file = b.media_file(db, w.a2, start=A.verse("GEN", 1, 2), end=A.verse("GEN", 2, 1))
+    b.media_file(db, w.a2, chapter=A.chapter("GEN", 2))
+    b.drain(db)
+
+    queue_after(db, "DELETE FROM media_files WHERE id = %s", [chapter_file])
+    assert b.chapter_scopes(db) == {("audio", w.a2): [A.chapter("EXO", 1)]}
+    db.execute("DELETE FROM media_files WHERE id = %s", [range_file])
+    assert b.chapter_scopes(db) == {
+        ("audio", w.a2): sorted([A.chapter("EXO", 1), A.chapter("GEN", 1), A.chapter("GEN", 2)])
+    }
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert b.summary(db, "audio", w.a2)["covered_verses"] == 2  # GEN 2 still has its chapter file
+
+    # f1 maps a verse of GEN 2 besides its chapter GEN 1: its version is queued whole
+    queue_after(db, "DELETE FROM media_files WHERE id = %s", [w.f1])
+    assert b.chapter_scopes(db) == {("audio", w.a1): None}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert b.summary(db, "audio", w.a1)["covered_verses"] == 0
+
+
 def test_media_file_move_queues_old_and_new_version(db, w):
     assert queue_after(db, "UPDATE media_files SET audio_version_id = %s WHERE id = %s", [w.b1, w.f1]) == audio(
         w.a1, w.b1

@@ -228,11 +228,25 @@ BEGIN
         PERFORM progress_list_range_files(NULL, ARRAY(SELECT n.id FROM new_rows n WHERE n.start_verse_id IS NOT NULL));
     ELSIF TG_OP = 'DELETE' THEN
         -- The file's mappings are gone with it (ON DELETE CASCADE) before this
-        -- runs, and with them the chapters they reached: the whole version.
+        -- runs, and with them the chapters they reached: a version listed as
+        -- having mapped files is queued whole. A version never listed has no
+        -- mappings (the list the chapter refresh trusts to skip them), so its
+        -- files reached only their chapters and ranges: those are queued.
         PERFORM progress_enqueue_versions('audio', ARRAY(
             SELECT o.audio_version_id FROM old_rows o
              WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
-                                                o.publish_status::text, o.deleted_at)));
+                                                o.publish_status::text, o.deleted_at)
+               AND EXISTS (SELECT FROM progress_mapped_audio_versions p
+                            WHERE p.audio_version_id = o.audio_version_id)));
+        PERFORM progress_enqueue_media_files(
+            array_agg(o.audio_version_id), array_agg(o.id), array_agg(o.chapter_id),
+            array_agg(o.start_verse_id), array_agg(o.end_verse_id))
+           FROM old_rows o
+          WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
+                                             o.publish_status::text, o.deleted_at)
+            AND NOT EXISTS (SELECT FROM progress_mapped_audio_versions p
+                             WHERE p.audio_version_id = o.audio_version_id)
+         HAVING count(*) > 0;
         DELETE FROM progress_range_file_chapters t
          USING old_rows o
          WHERE o.start_verse_id IS NOT NULL AND t.audio_version_id = o.audio_version_id AND t.media_file_id = o.id;
