@@ -115,12 +115,16 @@ def test_media_file_delete_queues_its_chapters_unless_its_version_has_mapped_fil
     b.assert_read_models_match(db)
     assert b.summary(db, "audio", w.a2)["covered_verses"] == 2  # GEN 2 still has its chapter file
 
-    # f1 maps a verse of GEN 2 besides its chapter GEN 1: its version is queued whole
-    queue_after(db, "DELETE FROM media_files WHERE id = %s", [w.f1])
-    assert b.chapter_scopes(db) == {("audio", w.a1): None}
+    # f1 maps a verse of GEN 2 besides its chapter GEN 1: its version is queued
+    # whole, in the same statement as a2's file, queued for its chapter
+    gen_2 = b.media_file(db, w.a2, chapter=A.chapter("GEN", 2))
+    b.drain(db)
+    queue_after(db, "DELETE FROM media_files WHERE id = ANY (%s)", [[w.f1, gen_2]])
+    assert b.chapter_scopes(db) == {("audio", w.a1): None, ("audio", w.a2): [A.chapter("GEN", 2)]}
     b.drain(db)
     b.assert_read_models_match(db)
     assert b.summary(db, "audio", w.a1)["covered_verses"] == 0
+    assert b.summary(db, "audio", w.a2)["covered_verses"] == 2  # its first GEN 2 file stays
 
 
 def test_media_file_move_queues_old_and_new_version(db, w):

@@ -168,31 +168,35 @@ $$;
 
 -- Files (one side of a statement) as parallel arrays: their versions queued
 -- with the chapters each file reaches; a version with more files in the
--- statement than a chapter scope holds is queued whole. p_bump_tried as for
--- progress_enqueue_verses.
+-- statement than a chapter scope holds, or with a file whose p_whole is true
+-- (its reach unknown), is queued whole. p_bump_tried as for
+-- progress_enqueue_verses. One upsert, versions in order, whatever the mix.
 DROP FUNCTION IF EXISTS progress_enqueue_media_files(uuid[], uuid[], text[], text[], text[]);
+DROP FUNCTION IF EXISTS progress_enqueue_media_files(uuid[], uuid[], text[], text[], text[], boolean);
 CREATE OR REPLACE FUNCTION progress_enqueue_media_files(
     p_versions uuid[], p_files uuid[], p_chapters text[], p_starts text[], p_ends text[],
-    p_bump_tried boolean DEFAULT false)
+    p_bump_tried boolean DEFAULT false, p_whole boolean[] DEFAULT NULL)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT p_bump_tried AND cardinality(p_files) = 1
+    IF NOT p_bump_tried AND cardinality(p_files) = 1 AND p_whole[1] IS NOT TRUE
        AND progress_bump_queued_scope('audio', p_versions[1],
                                       progress_media_file_chapters(p_files[1], p_chapters[1], p_starts[1], p_ends[1])) THEN
         RETURN;
     END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
     SELECT 'audio', g.v,
-           CASE WHEN g.n > progress_chapter_scope_limit() THEN NULL
+           CASE WHEN g.whole OR g.n > progress_chapter_scope_limit() THEN NULL
                 ELSE progress_chapter_scope(ARRAY(
                          SELECT DISTINCT c
                            FROM unnest(g.files, g.chapters, g.starts, g.ends) AS f (id, chapter_id, start_id, end_id)
                           CROSS JOIN LATERAL unnest(progress_media_file_chapters(f.id, f.chapter_id, f.start_id, f.end_id))
                                 AS c)) END
       FROM (SELECT x.v, count(*) AS n, array_agg(x.id) AS files, array_agg(x.chapter_id) AS chapters,
-                   array_agg(x.start_id) AS starts, array_agg(x.end_id) AS ends
-              FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends) AS x (v, id, chapter_id, start_id, end_id)
+                   array_agg(x.start_id) AS starts, array_agg(x.end_id) AS ends,
+                   coalesce(bool_or(x.whole), false) AS whole
+              FROM unnest(p_versions, p_files, p_chapters, p_starts, p_ends, p_whole)
+                   AS x (v, id, chapter_id, start_id, end_id, whole)
              WHERE x.v IS NOT NULL
              GROUP BY x.v) AS g
      ORDER BY g.v
@@ -232,20 +236,14 @@ BEGIN
         -- having mapped files is queued whole. A version never listed has no
         -- mappings (the list the chapter refresh trusts to skip them), so its
         -- files reached only their chapters and ranges: those are queued.
-        PERFORM progress_enqueue_versions('audio', ARRAY(
-            SELECT o.audio_version_id FROM old_rows o
-             WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
-                                                o.publish_status::text, o.deleted_at)
-               AND EXISTS (SELECT FROM progress_mapped_audio_versions p
-                            WHERE p.audio_version_id = o.audio_version_id)));
         PERFORM progress_enqueue_media_files(
             array_agg(o.audio_version_id), array_agg(o.id), array_agg(o.chapter_id),
-            array_agg(o.start_verse_id), array_agg(o.end_verse_id))
+            array_agg(o.start_verse_id), array_agg(o.end_verse_id), false,
+            array_agg(EXISTS (SELECT FROM progress_mapped_audio_versions p
+                               WHERE p.audio_version_id = o.audio_version_id)))
            FROM old_rows o
           WHERE progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
                                              o.publish_status::text, o.deleted_at)
-            AND NOT EXISTS (SELECT FROM progress_mapped_audio_versions p
-                             WHERE p.audio_version_id = o.audio_version_id)
          HAVING count(*) > 0;
         DELETE FROM progress_range_file_chapters t
          USING old_rows o
