@@ -198,20 +198,11 @@ class Targets:
         self.audio_range = self._files("mf.start_verse_id IS NOT NULL")
         self.audio_any = self._files("true")
         # Versions with a live file whose verses come from media_files_verses
-        # (no chapter, no range), each with one of its live mappings (file, verse:
-        # the mapping's own id differs between the two servers' generated data).
-        self.audio_mapping = [
-            (r[0], (r[1], r[2]))
-            for r in conn.execute(
-                """SELECT DISTINCT ON (md5(av.id::text), av.id) av.id, m.media_file_id, m.verse_id
-                  FROM audio_versions av
-                  JOIN media_files mf ON mf.audio_version_id = av.id
-                  JOIN progress_live_bible_audio_files r ON r.id = mf.id
-                  JOIN media_files_verses m ON m.media_file_id = mf.id AND m.deleted_at IS NULL
-                 WHERE av.deleted_at IS NULL AND mf.chapter_id IS NULL AND mf.start_verse_id IS NULL
-                 ORDER BY md5(av.id::text), av.id, m.media_file_id, m.verse_id"""
-            )
-        ]
+        # (no chapter, no range), each with such a file.
+        self.audio_mapping = self._files(
+            """mf.chapter_id IS NULL AND mf.start_verse_id IS NULL
+               AND EXISTS (SELECT FROM media_files_verses m WHERE m.media_file_id = mf.id AND m.deleted_at IS NULL)"""
+        )
         self.text = [
             r[0]
             for r in conn.execute(
@@ -278,9 +269,12 @@ class Targets:
 TOGGLE_FILE = """UPDATE media_files
                     SET publish_status = CASE publish_status WHEN 'published' THEN 'pending' ELSE 'published' END
                   WHERE id = %s"""
+# The file's first mapping, by verse (the mappings' own ids differ between the
+# two servers' generated data).
 TOGGLE_MAPPING = """UPDATE media_files_verses
                        SET deleted_at = CASE WHEN deleted_at IS NULL THEN timestamptz '2024-06-01 00:00:00+00' END
-                     WHERE media_file_id = %s AND verse_id = %s"""
+                     WHERE media_file_id = %(file)s
+                       AND verse_id = (SELECT min(verse_id) FROM media_files_verses WHERE media_file_id = %(file)s)"""
 ADD_VERSE_TEXT = """INSERT INTO verse_texts (text_version_id, verse_id, verse_text)
                     SELECT %s, v.id, 'benchmark text' FROM verses v WHERE v.chapter_id = %s
                      ORDER BY v.id LIMIT 1
@@ -307,8 +301,8 @@ class Change:
         return ("audio", version), lambda s: s.execute(TOGGLE_FILE, [file_id])
 
     def mapping(self) -> tuple[tuple[str, uuid.UUID], Callable[[Session], object]]:
-        version, (file_id, verse_id) = self.targets.take("audio_mapping")
-        return ("audio", version), lambda s: s.execute(TOGGLE_MAPPING, [file_id, verse_id])
+        version, file_id = self.targets.take("audio_mapping")
+        return ("audio", version), lambda s: s.execute(TOGGLE_MAPPING, {"file": file_id})
 
     def audio_version(self) -> tuple[tuple[str, uuid.UUID], Callable[[Session], object]]:
         version, _ = self.targets.take("audio_chapter")
