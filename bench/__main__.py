@@ -1,5 +1,5 @@
 """`python -m bench [--sizes S,M …]`, `python -m bench workers …`, `python -m bench soak …`,
-`python -m bench compare --against <commit>`: see bench/README.md."""
+`python -m bench compare --against <commit>`, `python -m bench profile …`: see bench/README.md."""
 
 import sys
 
@@ -12,6 +12,10 @@ def _main() -> int:
         return main(sys.argv[2:])
     if command == "compare":
         from bench.compare import main
+
+        return main(sys.argv[2:])
+    if command == "profile":
+        from bench.profile import main
 
         return main(sys.argv[2:])
     if command == "soak":

@@ -139,3 +139,58 @@ def test_generated_data_fingerprint_tells_seeds_apart(dsn: str, empty_dsn: str) 
             fingerprints.append(data.fingerprint(conn))
     assert all(part is not None for part in fingerprints[0])
     assert fingerprints[0] != fingerprints[1]
+
+
+def test_drain_profile_times_every_step_of_a_chapter_drain(server_dsn: str, tmp_path: Path) -> None:
+    """`python -m bench profile`: the drain's steps, warm and first of a
+    session, add up to no more than the drain; its database is dropped."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "profile",
+            "--size",
+            "XS",
+            "--scenario",
+            "audio_chapter",
+            "--repeat",
+            "5",
+            "--sessions",
+            "2",
+            "--dsn",
+            server_dsn,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr
+    profile = json.loads((tmp_path / "profile_xs_audio_chapter.json").read_text())
+    statements = [row["statement"] for row in profile["steps"]]
+    # The chapter refresh's difference statements, each level's, in order.
+    written = [s.split(":")[0] for s in statements if s.startswith("writes mv_audio_")]
+    assert written == [
+        "writes mv_audio_verse_coverage",
+        "writes mv_audio_chapter_coverage",
+        "writes mv_audio_book_coverage",
+        "writes mv_audio_version_progress_summary",
+    ]
+    # Each step and the rest of the drain (the last row) take time; the steps
+    # happen within the drain (medians: roughly, not exactly, its parts).
+    for regime in ("warm", "first"):
+        steps = [row[regime] for row in profile["steps"] if row[regime] is not None]
+        assert len(steps) > 10 and all(ms >= 0 for ms in steps), regime
+        assert profile["steps"][-1]["statement"] == "outside the statements"
+        assert 0 < sum(steps[:-1]) < 2 * profile["drain_ms"][regime], regime
+    # A new session plans every statement: its drain is the slower one.
+    assert profile["drain_ms"]["first"] > profile["drain_ms"]["warm"]
+    assert "| function | statement | warm | first of session |" in result.stdout
+
+    with connect(server_dsn) as admin:
+        left = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bench%profile'").fetchall()
+    assert left == []
