@@ -23,6 +23,25 @@ from orchestration.errors import ProgressError
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """--out, --dsn and --seed, as every benchmark command takes them."""
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; default bench/results/")
+    parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN; default: the embedded server")
+    parser.add_argument("--seed", type=float, default=0.42, help="random seed of the data generator (-1..1)")
+
+
+def add_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="M", help="data size: XS, S, M (default) or L")
+
+
+def checked_size(parser: argparse.ArgumentParser, size: str) -> str:
+    """A --size value, upper-cased; an unknown one ends the command with one line."""
+    size = size.strip().upper()
+    if size not in data.SIZES:
+        parser.error(f"unknown size {size}: choose from {', '.join(data.SIZES)}")
+    return size
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",

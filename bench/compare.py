@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import data, measure
-from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
+from bench.cli import (
+    Log,
+    add_database_options,
+    add_size_option,
+    checked_size,
+    run_guarded,
+    save_table,
+    source_version,
+)
 from bench.server import database_dsn, database_name, open_db, server_databases
 from orchestration.db.migrations import migrate
 from orchestration.errors import ProgressError
@@ -75,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time this checkout's drains against another commit's, side by side on the same data.",
     )
     parser.add_argument("--against", required=True, help="the commit (or tag, branch) to compare with")
-    parser.add_argument("--size", default="M", help="data size: XS, S, M (default) or L")
+    add_size_option(parser)
     parser.add_argument(
         "--scenarios",
         default="audio_chapter,text_verse",
@@ -84,15 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=13, help="drains per side and scenario; default 13")
     parser.add_argument("--baseline-size", default="S", help="size of the matview database refreshed before each drain")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; default bench/results/")
-    parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN; default: the embedded server")
-    parser.add_argument("--seed", type=float, default=0.42, help="random seed of the data generator (-1..1)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
-    args.size = args.size.strip().upper()
-    args.baseline_size = args.baseline_size.strip().upper()
-    for size in (args.size, args.baseline_size):
-        if size not in data.SIZES:
-            parser.error(f"unknown size {size}: choose from {', '.join(data.SIZES)}")
+    args.size = checked_size(parser, args.size)
+    args.baseline_size = checked_size(parser, args.baseline_size)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     known = [*SCENARIOS, *CAPTURE_SCENARIOS]
     unknown = [s for s in args.scenarios if s not in known]

@@ -25,13 +25,20 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from bench import data, measure
-from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
+from bench.cli import (
+    Log,
+    add_database_options,
+    add_size_option,
+    checked_size,
+    run_guarded,
+    save_table,
+    source_version,
+)
 from bench.compare import SCENARIOS
 from bench.server import database_name, open_db, server_databases
 from orchestration.db.migrations import migrate
@@ -57,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench profile", description="Times each statement of one drain, warm and first of a session."
     )
-    parser.add_argument("--size", default="M", help="data size: XS, S, M (default) or L")
+    add_size_option(parser)
     parser.add_argument(
         "--scenario",
         default="audio_chapter",
@@ -65,13 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=200, help="warm drains (median); default 200")
     parser.add_argument("--sessions", type=int, default=20, help="first-of-session drains (median); default 20")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; default bench/results/")
-    parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN; default: the embedded server")
-    parser.add_argument("--seed", type=float, default=0.42, help="random seed of the data generator (-1..1)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
-    args.size = args.size.strip().upper()
-    if args.size not in data.SIZES:
-        parser.error(f"unknown size {args.size}: choose from {', '.join(data.SIZES)}")
+    args.size = checked_size(parser, args.size)
     if args.scenario not in SCENARIOS or args.scenario == "audio_whole":
         parser.error(f"unknown scenario {args.scenario}: choose a chapter-scoped one (see --help)")
     if args.repeat < 1 or args.sessions < 1:

@@ -15,11 +15,18 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import data
-from bench.cli import DEFAULT_OUT, Log, run_guarded, save_table, source_version
+from bench.cli import (
+    Log,
+    add_database_options,
+    add_size_option,
+    checked_size,
+    run_guarded,
+    save_table,
+    source_version,
+)
 from bench.server import database_dsn, database_name, open_db, server_databases
 from orchestration.db.connection import connect
 from orchestration.db.migrations import migrate
@@ -32,17 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench workers",
         description="Time draining queued versions with 1 and with 2 (or --workers) refresh workers.",
     )
-    parser.add_argument("--size", default="M", help="data size: XS, S, M (default) or L")
+    add_size_option(parser)
     parser.add_argument("--versions", type=int, default=400, help="versions queued per drain; default 400")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts; default 1,2 (first: baseline)")
     parser.add_argument("--repeat", type=int, default=3, help="drains per worker count (median); default 3")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder; default bench/results/")
-    parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN; default: the embedded server")
-    parser.add_argument("--seed", type=float, default=0.42, help="random seed of the data generator (-1..1)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
-    args.size = args.size.strip().upper()
-    if args.size not in data.SIZES:
-        parser.error(f"unknown size {args.size}: choose from {', '.join(data.SIZES)}")
+    args.size = checked_size(parser, args.size)
     try:
         args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:

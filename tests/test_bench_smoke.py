@@ -47,34 +47,33 @@ METRICS = {
 }
 
 
-def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench …` in the repository; it succeeds without a traceback."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--sizes",
-            "S",
-            "--repeat",
-            "1",
-            "--lookups",
-            "10",
-            "--dsn",
-            server_dsn,
-            # Another DSN of the same server: the run takes it for the baseline's
-            # own server, as it does a second embedded server by default.
-            "--baseline-dsn",
-            make_conninfo(server_dsn, application_name="progress-bench-baseline"),
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr
+    return result
+
+
+def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
+    result = run_bench(
+        "--sizes",
+        "S",
+        "--repeat",
+        "1",
+        "--lookups",
+        "10",
+        "--dsn",
+        server_dsn,
+        # Another DSN of the same server: the run takes it for the baseline's
+        # own server, as it does a second embedded server by default.
+        "--baseline-dsn",
+        make_conninfo(server_dsn, application_name="progress-bench-baseline"),
+        "--out",
+        str(tmp_path),
+    )
     # Progress lines on stderr, the Markdown table on stdout.
     assert "refresh after changed versions" in result.stderr
     assert "| measurement | baseline | ours | ours / baseline |" in result.stdout
@@ -144,32 +143,21 @@ def test_generated_data_fingerprint_tells_seeds_apart(dsn: str, empty_dsn: str) 
 def test_drain_profile_times_every_step_of_a_chapter_drain(server_dsn: str, tmp_path: Path) -> None:
     """`python -m bench profile`: the drain's steps, warm and first of a
     session, add up to no more than the drain; its database is dropped."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "profile",
-            "--size",
-            "XS",
-            "--scenario",
-            "audio_chapter",
-            "--repeat",
-            "5",
-            "--sessions",
-            "2",
-            "--dsn",
-            server_dsn,
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_bench(
+        "profile",
+        "--size",
+        "XS",
+        "--scenario",
+        "audio_chapter",
+        "--repeat",
+        "5",
+        "--sessions",
+        "2",
+        "--dsn",
+        server_dsn,
+        "--out",
+        str(tmp_path),
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "Traceback" not in result.stderr
     profile = json.loads((tmp_path / "profile_xs_audio_chapter.json").read_text())
     statements = [row["statement"] for row in profile["steps"]]
     # The chapter refresh's difference statements, each level's, in order.
