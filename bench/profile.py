@@ -196,30 +196,28 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             data.generate(conn, data.SIZES[args.size], seed=args.seed, log=log)
             conn.execute("SELECT refresh_progress_materialized_views_full()")
             measure.Session("table", conn).settle()
-        writer = open_db(dbs.server_dsn, name)
-        changes = measure.Change(measure.Targets(writer))
-        writes = measure.Session("table", writer)
-        kind, _ = make(changes)[0]
-        profile = Profile(steps=install(writer, kind))
+        with open_db(dbs.server_dsn, name) as writer:
+            changes = measure.Change(measure.Targets(writer))
+            writes = measure.Session("table", writer)
+            kind, _ = make(changes)[0]
+            profile = Profile(steps=install(writer, kind))
 
-        def change() -> None:
-            make(changes)[1](writes)
+            def change() -> None:
+                make(changes)[1](writes)
 
-        drainer = open_db(dbs.server_dsn, name)
-        change()
-        drain_once(drainer, profile.steps)  # plans the session's statements: not counted
-        log(f"{label}: {args.repeat} warm drains")
-        for _ in range(args.repeat):
-            change()
-            record(profile, "warm", *drain_once(drainer, profile.steps))
-        drainer.close()
-        log(f"{label}: {args.sessions} drains, each in a new session")
-        for _ in range(args.sessions):
-            change()
-            with open_db(dbs.server_dsn, name) as fresh:
-                fresh.execute("SELECT 1")
-                record(profile, "first", *drain_once(fresh, profile.steps))
-        writer.close()
+            with open_db(dbs.server_dsn, name) as drainer:
+                change()
+                drain_once(drainer, profile.steps)  # plans the session's statements: not counted
+                log(f"{label}: {args.repeat} warm drains")
+                for _ in range(args.repeat):
+                    change()
+                    record(profile, "warm", *drain_once(drainer, profile.steps))
+            log(f"{label}: {args.sessions} drains, each in a new session")
+            for _ in range(args.sessions):
+                change()
+                with open_db(dbs.server_dsn, name) as fresh:
+                    fresh.execute("SELECT 1")
+                    record(profile, "first", *drain_once(fresh, profile.steps))
     finally:
         dbs.drop_all()
     return summarize(args, label, profile)
