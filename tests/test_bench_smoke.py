@@ -141,8 +141,8 @@ def test_generated_data_fingerprint_tells_seeds_apart(dsn: str, empty_dsn: str) 
 
 
 def test_drain_profile_times_every_step_of_a_chapter_drain(server_dsn: str, tmp_path: Path) -> None:
-    """`python -m bench profile`: the drain's steps, warm and first of a
-    session, add up to no more than the drain; its database is dropped."""
+    """`python -m bench profile`: every level's statement timed, warm and first
+    of a session, the steps within the drain; its database is dropped."""
     result = run_bench(
         "profile",
         "--size",
