@@ -327,7 +327,7 @@ class Poller(threading.Thread):
                                 still.append(change)
                         self.pending = still
                     if self.phase is not None and now >= next_depth:
-                        depth = int(conn.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0])
+                        (depth,) = conn.execute("SELECT count(*)::int FROM progress_refresh_queue").fetchone() or (0,)
                         self.phase.depth.append((now, depth))
                         next_depth = now + DEPTH_EVERY_SECONDS
                     self.stop.wait(POLL_SECONDS)
