@@ -42,6 +42,7 @@ from bench.cli import (
 from bench.compare import SCENARIOS
 from bench.server import database_name, open_db, server_databases
 from orchestration.db.migrations import migrate
+from orchestration.errors import ProgressError
 
 # The functions a chapter-scoped SQL drain runs its statements in, per kind.
 PROFILED = {
@@ -58,6 +59,8 @@ SETTING = "progress_profile.step_"
 # assignments): their time goes to the next step.
 TRIVIAL = re.compile(r"^(END( IF| LOOP)?;|RETURN;|RETURN NEXT\b.*|GET DIAGNOSTICS\b.*|[\w.]+ := [\w.]+;)$")
 OUTSIDE = "outside the statements"
+# The line opening a function's body (indented in the generated functions).
+BODY_BEGIN = re.compile(r"^[ \t]*BEGIN\n", re.MULTILINE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,9 +129,10 @@ def instrumented(definition: str, function: str, first_step: int) -> tuple[str, 
     entry to its body (after its DECLARE section) and after every statement
     of it (a line ending in a semicolon: a statement's last line in these
     functions)."""
-    head, separator, body = definition.partition("\nBEGIN\n")
-    if not separator:
-        head, separator, body = definition.partition("BEGIN\n")
+    begin = BODY_BEGIN.search(definition)
+    if begin is None:
+        raise ProgressError(f"{function}: no BEGIN line to time its statements from")
+    head, body = definition[: begin.end()], definition[begin.end() :]
     steps = [Step(f"{SETTING}{first_step}", function, "(entry)")]
     out = [f"PERFORM set_config('{steps[0].setting}', clock_timestamp()::text, false);"]
     pending: list[str] = []
@@ -142,7 +146,7 @@ def instrumented(definition: str, function: str, first_step: int) -> tuple[str, 
         steps.append(step)
         out.append(f"PERFORM set_config('{step.setting}', clock_timestamp()::text, false);")
         pending = []
-    return head + separator + "\n".join(out), steps
+    return head + "\n".join(out), steps
 
 
 def install(conn: psycopg.Connection, kind: str) -> list[Step]:
