@@ -319,3 +319,99 @@ def test_bad_input_is_refused_clearly_and_loses_nothing(db, call, args, message)
     assert message in raised.value.diag.message_primary
     assert db.execute("SELECT kind, version_id, generation FROM progress_refresh_queue").fetchall() == before
     assert before == [("text", version, 1)]
+
+
+def _drain(db, path: str) -> None:
+    """Drains until nothing is ready, through the SQL API or the Python workers."""
+    if path == "sql":
+        drain_all(db)
+    else:
+        drain_queue(db)
+
+
+def _dead_letter(db, version: uuid.UUID, table: str, column: str) -> None:
+    """Makes the version's refresh fail (a trigger on a read model) until it is dead-lettered."""
+    db.execute("UPDATE progress_refresh_settings SET value = '0' WHERE key = 'retry_backoff_seconds'")
+    db.execute(f"""
+        CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.{column} = '{version}' THEN RAISE EXCEPTION 'poisoned version'; END IF;
+              RETURN NEW; END $$;
+        CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION test_poison();""")
+
+
+@pytest.mark.parametrize("path", ["sql", "python"])
+def test_a_version_back_from_the_dead_letters_gets_the_changes_that_failed(db, path) -> None:
+    """The change that brings it back touches another chapter: the chapter
+    whose change failed is refreshed too, not only the new one."""
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    drain_all(db)
+    _dead_letter(db, version, "mv_text_verse_coverage", "text_version_id")
+    add_texts(db, version, ["b-1-1-1"])
+    for _ in range(3):
+        _drain(db, path)
+    assert db.execute("SELECT version_id, attempts FROM progress_refresh_dead_letter").fetchall() == [(version, 3)]
+
+    db.execute("DROP TRIGGER test_poison ON mv_text_verse_coverage")
+    add_texts(db, version, ["b-1-2-1"])
+    _drain(db, path)
+
+    assert gateway.queue_state(db)["depth"] == 0
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+    assert db.execute(
+        "SELECT verse_id FROM mv_text_verse_coverage WHERE text_version_id = %s ORDER BY 1", [version]
+    ).fetchall() == [("b-1-1-1",), ("b-1-2-1",)]
+    assert total_mismatches(db) == 0
+
+
+@pytest.mark.parametrize("path", ["sql", "python"])
+def test_a_chapter_entry_of_a_dead_lettered_version_is_followed_by_a_whole_refresh(db, path) -> None:
+    """A writer that could not see the dead letter yet (it was written while
+    the writer waited) queues only its chapter: settling that refresh queues
+    the version whole, so the changes that failed still arrive."""
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    drain_all(db)
+    # A change that never reached the read models (its entry failed), and the
+    # chapter entry of the writer that came back.
+    db.execute("ALTER TABLE verse_texts DISABLE TRIGGER USER")
+    add_texts(db, version, ["b-1-1-1", "b-1-2-1"])
+    db.execute("ALTER TABLE verse_texts ENABLE TRIGGER USER")
+    db.execute(
+        "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
+        " VALUES ('text', %s, 3, 'poisoned version', now())",
+        [version],
+    )
+    db.execute(
+        "INSERT INTO progress_refresh_queue (kind, version_id, chapter_ids) VALUES ('text', %s, '{b-1-2}')", [version]
+    )
+
+    _drain(db, path)
+
+    assert gateway.queue_state(db)["depth"] == 0
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+    assert total_mismatches(db) == 0
+
+
+def test_a_failing_language_entity_refresh_fails_only_its_version(db) -> None:
+    """The SQL drain refreshes a batch's language entities together, at the end:
+    when one entity's refresh fails, the others' versions are still refreshed,
+    and the failing one is retried and dead-lettered like any failing version."""
+    build_structure(db)
+    languages = [uuid.uuid4(), uuid.uuid4()]
+    db.execute("INSERT INTO language_entities VALUES (%s, 'bad'), (%s, 'good')", languages)
+    bad, good = (add_text_versions(db, language, 1)[0] for language in languages)
+    _dead_letter(db, languages[0], "language_entity_best_text_version", "language_entity_id")
+    for version in (bad, good):
+        add_texts(db, version, VERSES[:4])
+
+    refreshed = gateway.drain_sql_batch(db)
+    assert refreshed == [("text", good)]
+    assert db.execute("SELECT version_id, attempts FROM progress_refresh_queue").fetchall() == [(bad, 1)]
+    assert total_mismatches(db, [good]) == 0
+    assert db.execute("SELECT text_version_id FROM language_entity_best_text_version").fetchall() == [(good,)]
+    drain_all(db)
+    drain_all(db)
+    assert db.execute("SELECT version_id, attempts FROM progress_refresh_dead_letter").fetchall() == [(bad, 3)]
+    assert gateway.queue_state(db)["depth"] == 0

@@ -103,3 +103,29 @@ def test_refresher_cannot_reach_the_full_rebuild_another_way(db, dsn, roles) -> 
         for call in ("SELECT progress_rebuild_all(false)", "SELECT progress_install_storage('table')"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 refresher.execute(call)
+
+
+def test_a_reader_granted_the_logical_views_reads_them(db, dsn) -> None:
+    """Views read tables with their owner's rights but call functions with
+    their reader's: a dashboard role given SELECT on the logical views (as
+    the previous design's readers had) reads them, rows and all, and still
+    cannot call a refresh."""
+    version = seed_text_version(db)
+    db.execute("INSERT INTO audio_versions (id, bible_version_id, name) VALUES (%s, 'b', 'A')", [uuid.uuid4()])
+    db.execute("INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, 'b-1-1-1', 't')", [version])
+    reader = f"dashboard_{uuid.uuid4().hex[:8]}"
+    views = [r[0] for r in db.execute("SELECT logical_view FROM progress_read_model_definitions ORDER BY 1")]
+    db.execute(f"CREATE ROLE {reader} LOGIN")
+    try:
+        db.execute(f"GRANT USAGE ON SCHEMA public TO {reader}")
+        db.execute(f"GRANT SELECT ON {', '.join(views)} TO {reader}")
+        with as_role(dsn, reader) as conn:
+            rows = {view: conn.execute(f"SELECT count(*) FROM {view}").fetchone()[0] for view in views}
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM drain_progress_refresh_queue()")
+        assert rows["text_version_progress_summary"] == 1
+        assert rows["audio_version_progress_summary"] == 1
+        assert rows["text_verse_coverage"] == 1
+    finally:
+        db.execute(f"DROP OWNED BY {reader}")
+        db.execute(f"DROP ROLE {reader}")

@@ -197,3 +197,26 @@ def test_backfill_schedule_requests_a_run():
     with dg.instance_for_test() as instance, dg.build_schedule_context(instance=instance) as context:
         result = full_backfill_nightly.evaluate_tick(context)
     assert len(result.run_requests) == 1
+
+
+@pytest.mark.parametrize(
+    "context",
+    [lambda: dg.build_schedule_context(), lambda: dg.build_schedule_context(instance=dg.DagsterInstance.ephemeral())],
+    ids=["no instance", "ephemeral instance"],
+)
+def test_refresh_schedule_evaluates_in_a_bare_context(context):
+    """A context built without a persistent instance (as a quick test or a
+    notebook builds one) knows of no pending run: the schedule requests one."""
+    with context() as built:
+        result = refresh_queued_every_15_minutes.evaluate_tick(built)
+    assert [r.tags["progress/trigger"] for r in result.run_requests] == ["schedule"]
+    assert len(refresh_queued_every_15_minutes(dg.build_schedule_context()).tags) == 1
+
+
+def test_sensor_evaluates_in_a_context_without_an_instance(db, dsn):
+    resources = {"postgres": PostgresResource(database_url=dsn)}
+    with dg.build_sensor_context(resources=resources) as context:
+        assert "queue depth 0" in refresh_queue_sensor.evaluate_tick(context).skip_message
+    queue_versions(db, 1)
+    with dg.build_sensor_context(resources=resources) as context:
+        assert len(refresh_queue_sensor.evaluate_tick(context).run_requests) == 1

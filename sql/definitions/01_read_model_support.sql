@@ -87,10 +87,12 @@ $$;
 -- Totals of a bible version, as progress_count_bible_versions counts them,
 -- read from the stored counts (zero for a bible version without books). The
 -- fixed search_path lets REFRESH MATERIALIZED VIEW (which runs with an empty
--- one) resolve the table.
+-- one) resolve the table. A definer's function: the summaries' logical views
+-- call it with their reader's rights, and the counts are not the reader's to
+-- read (see progress_apply_grants).
 CREATE OR REPLACE FUNCTION progress_bible_version_totals(p_bible_version_id text)
 RETURNS TABLE (total_verses bigint, total_chapters bigint, total_books bigint)
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     SELECT coalesce(max(k.total_verses), 0)::bigint, coalesce(max(k.total_chapters), 0)::bigint,
            coalesce(max(k.total_books), 0)::bigint
       FROM progress_bible_version_counts k

@@ -118,7 +118,10 @@ BEGIN
     END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
     SELECT p_kind, g.v,
-           CASE WHEN g.n > 10 * progress_chapter_scope_limit() THEN NULL
+           -- (A version in the dead letters comes back whole: see progress_forgive_dead_letter.)
+           CASE WHEN g.n > 10 * progress_chapter_scope_limit()
+                  OR EXISTS (SELECT FROM progress_refresh_dead_letter d WHERE d.kind = p_kind AND d.version_id = g.v)
+                THEN NULL
                 ELSE progress_chapter_scope(ARRAY(
                          SELECT DISTINCT ve.chapter_id
                            FROM unnest(g.verses) AS t (id)
@@ -186,7 +189,10 @@ BEGIN
     END IF;
     INSERT INTO progress_refresh_queue AS q (kind, version_id, chapter_ids)
     SELECT 'audio', g.v,
-           CASE WHEN g.whole OR g.n > progress_chapter_scope_limit() THEN NULL
+           -- (A version in the dead letters comes back whole: see progress_forgive_dead_letter.)
+           CASE WHEN g.whole OR g.n > progress_chapter_scope_limit()
+                  OR EXISTS (SELECT FROM progress_refresh_dead_letter d WHERE d.kind = 'audio' AND d.version_id = g.v)
+                THEN NULL
                 ELSE progress_chapter_scope(ARRAY(
                          SELECT DISTINCT c
                            FROM unnest(g.files, g.chapters, g.starts, g.ends) AS f (id, chapter_id, start_id, end_id)
@@ -253,20 +259,27 @@ BEGIN
         PERFORM progress_note_mapped_files(ARRAY(
             SELECT n.id FROM old_rows o JOIN new_rows n ON n.id = o.id
              WHERE n.audio_version_id IS DISTINCT FROM o.audio_version_id));
-        -- Both sides of every changed row count, each while it is live.
+        -- Both sides of every changed row count, each while it is live. A
+        -- range whose start or end verse is gone (deleted: the foreign key
+        -- cleared it in this cascade) reached chapters no one can compute
+        -- any more: its version is queued whole.
         PERFORM progress_enqueue_media_files(
             array_agg(side.audio_version_id), array_agg(side.id), array_agg(side.chapter_id),
-            array_agg(side.start_verse_id), array_agg(side.end_verse_id))
+            array_agg(side.start_verse_id), array_agg(side.end_verse_id), false, array_agg(side.whole))
            FROM old_rows o
            FULL JOIN new_rows n ON n.id = o.id
           CROSS JOIN LATERAL (VALUES
                 (o.audio_version_id, o.id, o.chapter_id, o.start_verse_id, o.end_verse_id,
                  progress_is_live_bible_audio(o.media_type::text, o.is_bible_audio, o.upload_status::text,
-                                              o.publish_status::text, o.deleted_at)),
+                                              o.publish_status::text, o.deleted_at),
+                 (o.start_verse_id, o.end_verse_id) IS DISTINCT FROM (n.start_verse_id, n.end_verse_id)
+                 AND (o.start_verse_id IS NOT NULL AND NOT EXISTS (SELECT FROM verses v WHERE v.id = o.start_verse_id)
+                      OR o.end_verse_id IS NOT NULL AND NOT EXISTS (SELECT FROM verses v WHERE v.id = o.end_verse_id))),
                 (n.audio_version_id, n.id, n.chapter_id, n.start_verse_id, n.end_verse_id,
                  progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
-                                              n.publish_status::text, n.deleted_at)))
-                AS side (audio_version_id, id, chapter_id, start_verse_id, end_verse_id, live)
+                                              n.publish_status::text, n.deleted_at),
+                 false))
+                AS side (audio_version_id, id, chapter_id, start_verse_id, end_verse_id, live, whole)
           WHERE side.live
             AND (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
                  o.publish_status, o.chapter_id, o.start_verse_id, o.end_verse_id, o.deleted_at)

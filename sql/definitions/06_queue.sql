@@ -83,31 +83,57 @@ BEGIN
 END
 $$;
 
+-- A version back from the dead letters (a change queued it again) had
+-- changes that never reached its read models: the entry that failed them was
+-- dropped. The change capture queues such a version whole; one queued by a
+-- writer that could not see the dead letter yet (it was written meanwhile)
+-- may be refreshed by chapters, which leaves those changes out. So settling
+-- takes the dead letter away and, unless the refresh just settled was
+-- whole, queues the version whole again.
+CREATE OR REPLACE FUNCTION progress_forgive_dead_letter(p_kind text, p_version uuid, p_refreshed_whole boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM progress_refresh_dead_letter WHERE kind = p_kind AND version_id = p_version;
+    IF FOUND AND NOT p_refreshed_whole THEN
+        PERFORM progress_enqueue_versions(p_kind, ARRAY[p_version]);
+    END IF;
+END
+$$;
+
 -- A locked entry refreshed in the transaction that locked it
 -- (progress_lock_ready) leaves the queue, and its version the dead letters.
-CREATE OR REPLACE FUNCTION progress_settle_locked(p_entry progress_refresh_queue)
+DROP FUNCTION IF EXISTS progress_settle_locked(progress_refresh_queue);
+CREATE OR REPLACE FUNCTION progress_settle_locked(p_entry progress_refresh_queue, p_refreshed_whole boolean)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM progress_refresh_queue WHERE id = p_entry.id;
-    DELETE FROM progress_refresh_dead_letter WHERE kind = p_entry.kind AND version_id = p_entry.version_id;
+    PERFORM progress_forgive_dead_letter(p_entry.kind, p_entry.version_id, p_refreshed_whole);
 END
 $$;
 
 -- Done: the entry leaves the queue unless a change arrived since the claim;
 -- then it is released, aged from the claim (all older changes were seen).
-CREATE OR REPLACE FUNCTION progress_finish(p_kind text, p_version uuid, p_generation bigint)
+-- p_refreshed_whole: the whole version was refreshed, not the claim's scope
+-- (claimed_chapter_ids).
+DROP FUNCTION IF EXISTS progress_finish(text, uuid, bigint);
+CREATE OR REPLACE FUNCTION progress_finish(
+    p_kind text, p_version uuid, p_generation bigint, p_refreshed_whole boolean DEFAULT false)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
+DECLARE
+    claimed_whole boolean;
 BEGIN
     DELETE FROM progress_refresh_queue
-     WHERE kind = p_kind AND version_id = p_version AND generation = p_generation;
+     WHERE kind = p_kind AND version_id = p_version AND generation = p_generation
+    RETURNING claimed_chapter_ids IS NULL INTO claimed_whole;
     IF NOT FOUND THEN
         UPDATE progress_refresh_queue
            SET claimed_by = NULL, lease_until = NULL, holder_pid = NULL, holder_backend_start = NULL,
                enqueued_at = coalesce(claimed_at, enqueued_at), claimed_at = NULL
-         WHERE kind = p_kind AND version_id = p_version;
+         WHERE kind = p_kind AND version_id = p_version
+        RETURNING claimed_chapter_ids IS NULL INTO claimed_whole;
     END IF;
-    DELETE FROM progress_refresh_dead_letter WHERE kind = p_kind AND version_id = p_version;
+    PERFORM progress_forgive_dead_letter(p_kind, p_version, p_refreshed_whole OR coalesce(claimed_whole, true));
 END
 $$;
 
@@ -313,7 +339,7 @@ BEGIN
     PERFORM progress_refresh_matviews(true);
     FOREACH entry IN ARRAY entries LOOP
         PERFORM progress_log_refresh(entry.kind, entry.version_id, NULL, entry.enqueued_at);
-        PERFORM progress_settle_locked(entry);
+        PERFORM progress_settle_locked(entry, true);
         kind := entry.kind;
         version_id := entry.version_id;
         RETURN NEXT;

@@ -17,6 +17,29 @@ EXCEPTION WHEN insufficient_privilege THEN
 END
 $$;
 
+-- The functions the logical views call, through the views they read. A view
+-- reads tables with its owner's rights, but calls functions with its
+-- reader's: whoever may read a logical view must be able to call these.
+CREATE OR REPLACE FUNCTION progress_logical_view_functions() RETURNS SETOF regprocedure
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE viewed (oid) AS (
+        SELECT to_regclass(quote_ident(logical_view))::oid FROM progress_read_model_definitions
+        UNION
+        SELECT d.refobjid
+          FROM viewed v
+          JOIN pg_rewrite r ON r.ev_class = v.oid
+          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                          AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid
+          JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'v')
+    SELECT DISTINCT d.refobjid::regprocedure
+      FROM viewed v
+      JOIN pg_rewrite r ON r.ev_class = v.oid
+      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                      AND d.refclassid = 'pg_proc'::regclass
+      JOIN pg_proc p ON p.oid = d.refobjid
+     WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'progress\_%'
+$$;
+
 CREATE OR REPLACE FUNCTION progress_apply_grants() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -56,6 +79,12 @@ BEGIN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO progress_refresher', fn);
         END IF;
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO progress_admin', fn);
+    END LOOP;
+
+    -- Read-only helpers the logical views call: anyone reading the views may
+    -- call them (they read nothing the views would not show).
+    FOR fn IN SELECT * FROM progress_logical_view_functions() LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %s', fn, public_roles);
     END LOOP;
 
     FOREACH t IN ARRAY product_tables LOOP

@@ -34,7 +34,7 @@ BEGIN
     PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT * FROM unnest(done);
     IF queued_generation IS NOT NULL THEN
-        PERFORM progress_finish(kind, version_id, queued_generation);
+        PERFORM progress_finish(kind, version_id, queued_generation, true);
     END IF;
 END
 $$;
@@ -58,11 +58,12 @@ RETURNS TABLE (kind text, version_id uuid) SECURITY DEFINER SET search_path FROM
 SET plan_cache_mode = force_generic_plan SET jit = off
 LANGUAGE plpgsql AS $$
 DECLARE
+    batch progress_refresh_queue[];
     entry progress_refresh_queue;
+    refreshed progress_refresh_queue[] := '{}';
     failure text;
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
-    refreshed boolean := false;
 BEGIN
     -- The last call of a drain finds nothing: it says so at once.
     IF NOT EXISTS (SELECT FROM progress_refresh_queue) THEN
@@ -74,31 +75,52 @@ BEGIN
         RETURN QUERY SELECT * FROM progress_drain_matviews();
         RETURN;
     END IF;
-    FOR entry IN SELECT * FROM progress_lock_ready(progress_setting('drain_batch_size')::int) LOOP
-        IF entry.kind = 'audio' THEN
-            audio_entities := audio_entities
-                || progress_affected_language_entities('audio', ARRAY[entry.version_id]);
-        ELSE
-            text_entities := text_entities
-                || progress_affected_language_entities('text', ARRAY[entry.version_id]);
+    -- Locked here, outside the block below: a rolled-back block would let
+    -- its row locks go.
+    batch := ARRAY(SELECT q FROM progress_lock_ready(progress_setting('drain_batch_size')::int) AS q);
+    BEGIN
+        FOREACH entry IN ARRAY batch LOOP
+            IF entry.kind = 'audio' THEN
+                audio_entities := audio_entities
+                    || progress_affected_language_entities('audio', ARRAY[entry.version_id]);
+            ELSE
+                text_entities := text_entities
+                    || progress_affected_language_entities('text', ARRAY[entry.version_id]);
+            END IF;
+            SELECT r.error INTO failure
+              FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, false) AS r;
+            CONTINUE WHEN failure IS NOT NULL;  -- recorded; the rest go on
+            PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
+            refreshed := refreshed || entry;
+        END LOOP;
+        -- (Called by name, not through progress_refresh_language_entities: one call fewer.)
+        IF cardinality(audio_entities) > 0 THEN
+            PERFORM progress_refresh_entities_audio(audio_entities);
         END IF;
-        SELECT r.error INTO failure
-          FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, false) AS r;
-        CONTINUE WHEN failure IS NOT NULL;  -- recorded; the rest go on
-        PERFORM progress_settle_locked(entry);
-        refreshed := true;
+        IF cardinality(text_entities) > 0 THEN
+            PERFORM progress_refresh_entities_text(text_entities);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        -- A language entity's refresh failed (a version's own failure is
+        -- caught in progress_refresh_held), and with it the whole batch: it is
+        -- refreshed again version by version, each with its language
+        -- entities, so the failure is recorded against the versions whose
+        -- entities fail and the others go on.
+        refreshed := '{}';
+        FOREACH entry IN ARRAY batch LOOP
+            SELECT r.error INTO failure
+              FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, true) AS r;
+            CONTINUE WHEN failure IS NOT NULL;
+            PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
+            refreshed := refreshed || entry;
+        END LOOP;
+    END;
+    FOREACH entry IN ARRAY refreshed LOOP
         kind := entry.kind;
         version_id := entry.version_id;
         RETURN NEXT;
     END LOOP;
-    -- (Called by name, not through progress_refresh_language_entities: one call fewer.)
-    IF cardinality(audio_entities) > 0 THEN
-        PERFORM progress_refresh_entities_audio(audio_entities);
-    END IF;
-    IF cardinality(text_entities) > 0 THEN
-        PERFORM progress_refresh_entities_text(text_entities);
-    END IF;
-    IF refreshed THEN
+    IF cardinality(refreshed) > 0 THEN
         PERFORM progress_prune_refresh_log();
     END IF;
 END
