@@ -747,3 +747,32 @@ def test_ranges_loaded_without_triggers_reach_their_chapters_after_a_rebuild_or_
         b.drain(db)
     b.assert_read_models_match(db)
     _a_change_to_gen_2_alone_still_counts(db, A, v, A.verse("GEN", 2, 1))
+
+
+@pytest.mark.parametrize("deleted", ["end verse", "end chapter", "start verse"])
+def test_a_range_whose_verse_is_deleted_in_another_bible_version_shrinks(db, deleted):
+    """A range of a version of bible B runs from B's Genesis 1 to a verse of
+    bible A, or from a verse of A: deleting that verse (or its chapter)
+    sets the range's end (or start) to NULL before any structure trigger
+    sees it, so no chapter list from the structure change can name the
+    version; the file's change queues it whole, and its rows shrink."""
+    A = b.bible(db, "A", {"GEN": [2, 2]})
+    B = b.bible(db, "B", {"GEN": [2, 2]})
+    v = b.audio_version(db, "B", b.language(db))
+    if deleted == "start verse":
+        b.media_file(db, v, start=A.verse("GEN", 1, 1), end=A.verse("GEN", 2, 2))
+    else:
+        b.media_file(db, v, start=B.verse("GEN", 1, 1), end=A.verse("GEN", 2, 1))
+    b.drain(db)
+    b.assert_read_models_match(db)
+    before = b.verse_ids(db, "audio", v)
+
+    if deleted == "end chapter":
+        db.execute("DELETE FROM chapters WHERE id = %s", [A.chapter("GEN", 2)])
+    else:
+        gone = A.verse("GEN", 1, 1) if deleted == "start verse" else A.verse("GEN", 2, 1)
+        db.execute("DELETE FROM verses WHERE id = %s", [gone])
+    b.drain(db)
+
+    b.assert_read_models_match(db)
+    assert b.verse_ids(db, "audio", v) < before
