@@ -244,3 +244,12 @@ def _rendered_at_80_columns(db, dsn, monkeypatch, cli, console_type, io) -> str:
     monkeypatch.setattr(cli, "console", console_type(width=80, file=output))
     cli._render_status(cli._status(db, dsn))
     return output.getvalue()
+
+
+def test_an_unusable_state_folder_is_one_line(tmp_path) -> None:
+    """Without PROGRESS_DATABASE_URL the embedded server keeps its data in the
+    state folder: one that cannot be made is named, in one line."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    result = run_cli("status", env={"PROGRESS_STATE_DIR": str(blocker / "state")})
+    assert_one_line_error(result, str(blocker / "state"), "PROGRESS_STATE_DIR")

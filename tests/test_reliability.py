@@ -415,3 +415,21 @@ def test_a_failing_language_entity_refresh_fails_only_its_version(db) -> None:
     drain_all(db)
     assert db.execute("SELECT version_id, attempts FROM progress_refresh_dead_letter").fetchall() == [(bad, 3)]
     assert gateway.queue_state(db)["depth"] == 0
+
+
+def test_a_drain_never_waits_for_a_summary_another_session_holds(db, dsn) -> None:
+    """Someone holds a summary locked (a long report, a maintenance job): a
+    drain of another kind still refreshes and reports, and once the read models
+    are populated its bookkeeping does not wait for that lock either."""
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    drain_queue(db)
+    assert gateway.mark_populated_if_complete(db) is not None
+    add_texts(db, version, VERSES[:1])
+    with connect(dsn) as holder:
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE mv_audio_version_progress_summary IN ACCESS EXCLUSIVE MODE")
+        report = drain_queue(db, RefreshPolicy(lock_timeout="300ms"))
+        holder.execute("ROLLBACK")
+    assert [o.version_id for o in report.refreshed] == [version]
+    assert report.failed == []

@@ -105,3 +105,11 @@ def test_bad_url_says_what_is_wrong_and_how_to_encode() -> None:
     assert "the scheme must be postgresql:// or postgres://, not mysql://" in line
     line = run_status("postgresql://alice:Sec@ret#99@127.0.0.1:1/prod").stderr.strip()
     assert "percent-encode" in line, "a password holding '@' gets the hint"
+
+
+def test_a_user_without_a_password_is_shown_as_given() -> None:
+    """Nothing secret in the URL: the message names it whole, scheme and user
+    unmangled (the user "postgres" is not masked inside "postgresql")."""
+    result = run_status("postgresql://postgres@127.0.0.1:1/prod")
+    assert result.returncode == 2, result
+    assert "postgresql://postgres@127.0.0.1:1/prod" in result.stderr, result.stderr

@@ -182,8 +182,11 @@ def secret_fragments(dsn: str) -> list[str]:
         userinfo, at, _ = rest.rpartition("@")
         if at:
             user, _, password = userinfo.partition(":")
-            candidates.update({userinfo, password, unquote(password)})
-            candidates.update(re.split(r"[@#:/?\s]+", password))
+            # A plain user name without a password is no secret (and masking
+            # it would mangle every other mention, "postgres" in "postgresql").
+            if password or not _USER.fullmatch(user):
+                candidates.update({userinfo, password, unquote(password)})
+                candidates.update(re.split(r"[@#:/?\s]+", password))
             if not _USER.fullmatch(user):
                 candidates.add(user)
     for match in re.finditer(r"pass\w*\s*=\s*('(?:[^'\\]|\\.)*'?|[^&\s]+)", text, re.IGNORECASE):

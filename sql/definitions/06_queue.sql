@@ -362,8 +362,13 @@ CREATE OR REPLACE FUNCTION progress_mark_populated_if_complete() RETURNS timesta
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF progress_setting('populated_at') IS NULL
-       AND progress_read_models_readable()
+    -- Once populated, nothing to check: the check below locks both summaries
+    -- (a statement locks every table it names), and a drain that refreshed
+    -- must not then wait behind someone holding one of them.
+    IF progress_setting('populated_at') IS NOT NULL THEN
+        RETURN progress_setting('populated_at')::timestamptz;
+    END IF;
+    IF progress_read_models_readable()
        AND NOT EXISTS (SELECT FROM progress_refresh_queue)
        AND NOT EXISTS (SELECT FROM audio_versions v
                         WHERE v.deleted_at IS NULL
