@@ -62,17 +62,21 @@ class ReaderLog:
 
 class PollingReader:
     """Reads one row of every read model, over and over, as a dashboard would,
-    with the reader role's grants; records errors, empty reads and the slowest read."""
+    with the reader role's grants; records errors, empty reads and the slowest read.
+    With logical_views, the previous design's plain views too, those it shares
+    with ours (computed live: for small databases)."""
 
-    def __init__(self, dsn: str, role: str | None = READER_ROLE) -> None:
+    def __init__(self, dsn: str, role: str | None = READER_ROLE, logical_views: bool = False) -> None:
         self.dsn, self.role = dsn, role
+        views = [m.logical_view for m in READ_MODELS if m.level != "best"] if logical_views else []
+        self.names = [m.name for m in READ_MODELS] + views
         self.log = ReaderLog()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> PollingReader:
         self._thread.start()
-        while self.log.reads < len(READ_MODELS):  # a first full round before anything happens
+        while self.log.reads < len(self.names):  # a first full round before anything happens
             time.sleep(0.01)
         return self
 
@@ -85,15 +89,15 @@ class PollingReader:
             if self.role:
                 conn.execute(f"SET ROLE {self.role}")
             while not self._stop.is_set():
-                for model in READ_MODELS:
+                for name in self.names:
                     started = time.perf_counter()
                     try:
-                        row = conn.execute(f"SELECT 1 FROM {model.name} LIMIT 1").fetchone()
+                        row = conn.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchone()
                     except psycopg.Error as exc:
-                        self.log.errors.append(f"{model.name}: {' '.join(str(exc).split())}")
+                        self.log.errors.append(f"{name}: {' '.join(str(exc).split())}")
                         continue
                     finally:
                         self.log.slowest_seconds = max(self.log.slowest_seconds, time.perf_counter() - started)
                         self.log.reads += 1
                     if row is None:
-                        self.log.empty.append(model.name)
+                        self.log.empty.append(name)

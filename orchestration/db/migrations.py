@@ -15,6 +15,13 @@ changed, or (`--adopt`) one of the previous design standing under our name, is
 built beside the one readers read ("shadow") and swapped in by one short
 transaction. A migrate holds a session advisory lock throughout; claims take
 it shared and claim nothing meanwhile, so no change is drained half-way.
+
+Readers and writers go on meanwhile, and a migrate gives way to them: it waits
+for a lock only briefly (less than the server's deadlock_timeout) and then
+rolls back and tries again. A reader of nested views (or of a view and a
+table) may hold one relation while it waits for another the migrate holds;
+giving up before the deadlock check runs, the migrate is never the cause of a
+reader's error.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import psycopg
 
@@ -51,8 +60,9 @@ RELEASE_0_1_MIXED_SCRIPTS = {
 # The SQL API's functions hold names the previous design used too: a take-over
 # installs them in the transaction that swaps the read models in.
 SQL_API_DEFINITIONS = "sql_api"
-SWAP_LOCK_TIMEOUT = "3s"
-SWAP_ATTEMPTS = 5
+# Tries of a transaction that could not get its locks (see _giving_way).
+LOCK_ATTEMPTS = 10
+T = TypeVar("T")
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+) (ON [^;]+);", re.MULTILINE)
 
@@ -294,40 +304,40 @@ def _session_setup(conn: psycopg.Connection, strategy: str) -> None:
     conn.execute("SET LOCAL check_function_bodies = off")
 
 
+def _giving_way(conn: psycopg.Connection, what: str, transaction: Callable[[], T]) -> T:
+    """Runs transaction (which opens its own) until it gets its locks: each
+    lock is waited for only briefly, less than the server's deadlock_timeout,
+    so a reader waiting for a lock the migrate holds is never the one a
+    deadlock check cancels; the migrate rolls back and tries again instead."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            return transaction()
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if attempt == LOCK_ATTEMPTS:
+                raise ProgressError(
+                    f"could not {what}: other sessions held the tables it needs {LOCK_ATTEMPTS} times "
+                    "running; nothing was changed, run migrate again"
+                ) from None
+            time.sleep(min(2.0, 0.2 * attempt))
+    raise AssertionError("unreachable")
+
+
+def _wait_briefly_for_locks(conn: psycopg.Connection) -> None:
+    """This transaction's lock waits: half the deadlock_timeout, at most 200 ms."""
+    conn.execute(
+        "SELECT set_config('lock_timeout', greatest(1, least(200, floor(extract(epoch FROM"
+        " current_setting('deadlock_timeout')::interval) * 500)))::int || 'ms', true)"
+    )
+
+
 def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
-    changes: list[str] = []
     taking_over = plan.adopt and plan.inspection.needs_adoption
     shadows = plan.shadows
     definitions = load_definitions()
-    dropped_triggers: list[str] = []
     _build_indexes_concurrently(conn, plan.migrations)
-    with conn.transaction():
-        _session_setup(conn, plan.strategy)
-        changes += _apply_migrations(conn, plan.migrations)
-        if taking_over:
-            # Theirs go in the transaction that installs ours (the definitions below).
-            dropped_triggers = _drop_queue_triggers(conn, plan.inspection)
-            conn.execute(
-                "INSERT INTO progress_refresh_settings (key, value) VALUES (%s, now()::text)"
-                " ON CONFLICT (key) DO NOTHING",
-                [TAKEOVER_SETTING],
-            )
-            changes += [f"dropped queue trigger {t}" for t in _trigger_names(plan.inspection)]
-        for definition in definitions:
-            if not (taking_over and definition.name.endswith(SQL_API_DEFINITIONS)):
-                conn.execute(definition.sql)
-        _write_registry(conn, plan.removed_read_models)
-        changes += [f"dropped read model {name}" for name in plan.removed_read_models]
-        if not taking_over:
-            conn.execute("SELECT progress_install_definitions()")
-        if plan.strategy_switch:
-            conn.execute("SELECT progress_install_storage(%s)", [plan.strategy])
-            changes.append(f"storage strategy {plan.strategy}")
-        else:
-            conn.execute("SELECT progress_install_storage(%s, %s)", [plan.strategy, shadows])
-        changes += [f"created read model {name}" for name in plan.new_read_models if name not in shadows]
-        conn.execute("SELECT progress_install_refresh_functions(%s)", [shadows])
-        conn.execute("SELECT progress_apply_grants()")
+    changes, dropped_triggers = _giving_way(
+        conn, "install", lambda: _install(conn, plan, taking_over, shadows, definitions)
+    )
     if not shadows:
         return changes
     try:
@@ -355,6 +365,46 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     if taking_over:
         changes += _takeover_advice(plan.inspection)
     return changes
+
+
+def _install(
+    conn: psycopg.Connection, plan: Plan, taking_over: bool, shadows: list[str], definitions: list[SqlFile]
+) -> tuple[list[str], list[str]]:
+    """The install's one transaction; returns what changed and (taking over) the
+    DDL re-creating the previous design's queue triggers it dropped."""
+    changes: list[str] = []
+    dropped_triggers: list[str] = []
+    with conn.transaction():
+        _session_setup(conn, plan.strategy)
+        _wait_briefly_for_locks(conn)
+        changes += _apply_migrations(conn, plan.migrations)
+        for definition in definitions:
+            if not (taking_over and definition.name.endswith(SQL_API_DEFINITIONS)):
+                conn.execute(definition.sql)
+        _write_registry(conn, plan.removed_read_models)
+        changes += [f"dropped read model {name}" for name in plan.removed_read_models]
+        if not taking_over:
+            conn.execute("SELECT progress_install_definitions()")
+        if plan.strategy_switch:
+            conn.execute("SELECT progress_install_storage(%s)", [plan.strategy])
+            changes.append(f"storage strategy {plan.strategy}")
+        else:
+            conn.execute("SELECT progress_install_storage(%s, %s)", [plan.strategy, shadows])
+        changes += [f"created read model {name}" for name in plan.new_read_models if name not in shadows]
+        conn.execute("SELECT progress_install_refresh_functions(%s)", [shadows])
+        conn.execute("SELECT progress_apply_grants()")
+        if taking_over:
+            # Theirs go in the transaction that installs ours (the definitions
+            # above), last: a dropped trigger locks its table out to readers
+            # until the commit.
+            dropped_triggers = _drop_queue_triggers(conn, plan.inspection)
+            conn.execute(
+                "INSERT INTO progress_refresh_settings (key, value) VALUES (%s, now()::text)"
+                " ON CONFLICT (key) DO NOTHING",
+                [TAKEOVER_SETTING],
+            )
+            changes += [f"dropped queue trigger {t}" for t in _trigger_names(plan.inspection)]
+    return changes, dropped_triggers
 
 
 def _apply_migrations(conn: psycopg.Connection, pending: list[Migration]) -> list[str]:
@@ -459,42 +509,68 @@ def _registry_row(order: int, model: ReadModel) -> tuple:
 
 
 def _swap_in(
-    conn: psycopg.Connection, plan: Plan, shadows: list[str], definitions: list
+    conn: psycopg.Connection, plan: Plan, shadows: list[str], definitions: list[SqlFile]
 ) -> tuple[list[tuple[str, str | None, list[str]]], float]:
     """One short transaction: shadows in, (taking over) the SQL API and logical views
-    replaced. Readers wait at most for it; a lock it cannot get soon is retried."""
+    replaced. Readers wait at most for it; it gives way to them (_giving_way)."""
     taking_over = plan.adopt and plan.inspection.needs_adoption
-    for attempt in range(1, SWAP_ATTEMPTS + 1):
-        try:
-            with conn.transaction():
-                _session_setup(conn, plan.strategy)
-                conn.execute(f"SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'")
-                started = time.perf_counter()
-                if taking_over:
-                    for signature in plan.inspection.foreign_api:
-                        conn.execute(f"DROP FUNCTION IF EXISTS {signature}")
-                swapped = conn.execute("SELECT * FROM progress_swap_in_shadows(%s)", [shadows]).fetchall()
-                if taking_over:
-                    for definition in definitions:
-                        if definition.name.endswith(SQL_API_DEFINITIONS):
-                            conn.execute(definition.sql)
-                    conn.execute("SELECT progress_mark_populated()")
-                    conn.execute("DELETE FROM progress_refresh_settings WHERE key = %s", [TAKEOVER_SETTING])
-                conn.execute("SELECT progress_install_definitions()")
-                conn.execute("SELECT progress_install_refresh_functions()")
-                conn.execute("SELECT progress_apply_grants()")
-            swap_seconds = time.perf_counter() - started
-            with conn.transaction():
-                conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
-            return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
-        except psycopg.errors.LockNotAvailable:
-            if attempt == SWAP_ATTEMPTS:
-                raise ProgressError(
-                    f"could not swap the new read models in: readers held locks for {SWAP_LOCK_TIMEOUT} "
-                    f"{SWAP_ATTEMPTS} times; nothing was swapped, run migrate again"
-                ) from None
-            time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
+
+    def swap() -> tuple[list[tuple], float]:
+        with conn.transaction():
+            _session_setup(conn, plan.strategy)
+            _wait_briefly_for_locks(conn)
+            started = time.perf_counter()
+            if taking_over:
+                _lock_logical_views(conn)
+                for signature in plan.inspection.foreign_api:
+                    conn.execute(f"DROP FUNCTION IF EXISTS {signature}")
+            swapped = conn.execute("SELECT * FROM progress_swap_in_shadows(%s)", [shadows]).fetchall()
+            if taking_over:
+                for definition in definitions:
+                    if definition.name.endswith(SQL_API_DEFINITIONS):
+                        conn.execute(definition.sql)
+                conn.execute("SELECT progress_mark_populated()")
+                conn.execute("DELETE FROM progress_refresh_settings WHERE key = %s", [TAKEOVER_SETTING])
+            conn.execute("SELECT progress_install_definitions()")
+            conn.execute("SELECT progress_install_refresh_functions()")
+            conn.execute("SELECT progress_apply_grants()")
+        return swapped, time.perf_counter() - started
+
+    swapped, swap_seconds = _giving_way(conn, "swap the new read models in", swap)
+    with conn.transaction():
+        conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
+    return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
+
+
+def _lock_logical_views(conn: psycopg.Connection) -> None:
+    """Locks the logical views standing (the previous design's, replaced in this
+    transaction), each with what it reads, in the order a reader locks them:
+    a view before the views it reads. Replaced one by one, inner views first,
+    they would be locked the other way round, and a reader holding an outer
+    view while it waits for an inner one would hold the swap up every time."""
+    views = [
+        row[0]
+        for row in conn.execute(
+            """
+            WITH RECURSIVE logical AS (
+                SELECT to_regclass(quote_ident(logical_view)) AS oid FROM progress_read_model_definitions),
+            reads AS (  -- (outer, inner) pairs of logical views
+                SELECT DISTINCT r.ev_class AS outer_view, d.refobjid AS inner_view
+                  FROM pg_rewrite r
+                  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                                  AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
+                 WHERE r.ev_class IN (SELECT oid FROM logical) AND d.refobjid IN (SELECT oid FROM logical)),
+            depth (oid, depth) AS (
+                SELECT oid, 0 FROM logical WHERE oid IS NOT NULL
+                UNION ALL
+                SELECT r.inner_view, d.depth + 1 FROM depth d JOIN reads r ON r.outer_view = d.oid
+                 WHERE d.depth < 20)
+            SELECT oid::regclass::text FROM depth GROUP BY oid ORDER BY max(depth), 1
+            """
+        )
+    ]
+    if views:
+        conn.execute(f"LOCK TABLE {', '.join(views)} IN ACCESS EXCLUSIVE MODE")
 
 
 def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers: list[str]) -> None:

@@ -256,10 +256,54 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT left(p_stored_name, 55) || '__next' $$;
 
 -- (Re)creates every logical view in dependency order. A view whose columns
 -- changed is dropped and created again, with the views that read it.
+-- The statements that give a relation's readers their SELECT back (on the
+-- whole relation or on columns) once another relation holds its name: a
+-- read model or a logical view replaced by a take-over or a changed
+-- definition keeps its readers.
+CREATE OR REPLACE FUNCTION progress_reader_grants(p_relation regclass)
+RETURNS TABLE (grantee text, statement text) LANGUAGE sql STABLE AS $$
+    SELECT g.grantee,
+           format('GRANT SELECT%s ON %I TO %s%s', g.columns, c.relname, g.grantee,
+                  CASE WHEN g.grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+      FROM pg_class c
+     CROSS JOIN LATERAL (
+           SELECT a.grantee AS role, '' AS columns, a.is_grantable AS grantable
+             FROM aclexplode(c.relacl) a WHERE a.privilege_type = 'SELECT'
+           UNION ALL
+           SELECT a.grantee, format(' (%I)', att.attname), a.is_grantable
+             FROM pg_attribute att CROSS JOIN LATERAL aclexplode(att.attacl) a
+            WHERE att.attrelid = c.oid AND NOT att.attisdropped AND a.privilege_type = 'SELECT') AS r
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN r.role = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.role)) END AS grantee,
+                  r.columns, r.grantable) AS g
+     WHERE c.oid = p_relation AND r.role <> c.relowner
+$$;
+
+-- Runs those statements; a column the new relation lacks is passed over.
+CREATE OR REPLACE FUNCTION progress_restore_reader_grants(p_statements text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    statement text;
+BEGIN
+    FOREACH statement IN ARRAY coalesce(p_statements, '{}') LOOP
+        BEGIN
+            EXECUTE statement;
+        EXCEPTION WHEN undefined_column THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION progress_install_definitions() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
+    -- A view re-created (its columns changed, or its dependents went with
+    -- it) comes back without its grants: they are given again at the end.
+    grants text[] := ARRAY(
+        SELECT g.statement FROM progress_read_model_definitions r
+         CROSS JOIN LATERAL progress_reader_grants(to_regclass(quote_ident(r.logical_view))) AS g);
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions ORDER BY install_order LOOP
         BEGIN
@@ -269,5 +313,6 @@ BEGIN
             EXECUTE format('CREATE VIEW %I AS %s', d.logical_view, progress_definition_sql(d, 'view'));
         END;
     END LOOP;
+    PERFORM progress_restore_reader_grants(grants);
 END
 $$;

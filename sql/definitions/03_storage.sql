@@ -184,22 +184,19 @@ DECLARE
     shadow text;
     grants jsonb := '{}';
     kinds jsonb := '{}';
-    statement text;
-    grantee text;
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order DESC LOOP
         -- The generated row function returns the stored row type: regenerated after the swap.
         EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid)', 'progress_rows_' || d.logical_view);
-        SELECT grants || jsonb_build_object(d.stored_name, coalesce(jsonb_agg(DISTINCT
-                   CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
-                   FILTER (WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner), '[]')),
+        SELECT grants || jsonb_build_object(d.stored_name, coalesce(
+                   (SELECT jsonb_agg(jsonb_build_object('grantee', g.grantee, 'statement', g.statement))
+                      FROM progress_reader_grants(c.oid) AS g), '[]')),
                kinds || jsonb_build_object(d.stored_name, CASE c.relkind WHEN 'm' THEN 'materialized view'
                                                                            WHEN 'v' THEN 'view' ELSE 'table' END)
           INTO grants, kinds
-          FROM pg_class c LEFT JOIN LATERAL aclexplode(c.relacl) a ON true
-         WHERE c.oid = to_regclass(quote_ident(d.stored_name))
-         GROUP BY c.relkind;
+          FROM pg_class c
+         WHERE c.oid = to_regclass(quote_ident(d.stored_name));
         -- Renamed, not dropped: dropping a large relation holds its lock while
         -- the files go at commit. progress_drop_copies() drops it afterwards.
         PERFORM progress_rename_relation(d.stored_name, progress_previous_name(d.stored_name));
@@ -208,12 +205,12 @@ BEGIN
               ORDER BY install_order LOOP
         shadow := progress_shadow_name(d.stored_name);
         PERFORM progress_rename_relation(shadow, d.stored_name);
-        FOR grantee IN SELECT jsonb_array_elements_text(grants -> d.stored_name) LOOP
-            EXECUTE format('GRANT SELECT ON %I TO %s', d.stored_name, grantee);
-        END LOOP;
+        PERFORM progress_restore_reader_grants(ARRAY(
+            SELECT x ->> 'statement' FROM jsonb_array_elements(coalesce(grants -> d.stored_name, '[]')) AS x));
         read_model := d.stored_name;
         replaced := kinds ->> d.stored_name;
-        readers := ARRAY(SELECT jsonb_array_elements_text(coalesce(grants -> d.stored_name, '[]')));
+        readers := ARRAY(SELECT DISTINCT x ->> 'grantee'
+                           FROM jsonb_array_elements(coalesce(grants -> d.stored_name, '[]')) AS x ORDER BY 1);
         RETURN NEXT;
     END LOOP;
 END
