@@ -110,14 +110,14 @@ def migrate_command(strategy: str | None, adopt: bool, dry_run: bool) -> None:
       progress-refresh migrate --adopt
     """
     with _database(check_schema=False) as conn:
-        if dry_run:
-            plan = plan_migrate(conn, strategy, adopt)
-            for line in plan.lines():
-                click.echo(line)
-            if plan.inspection.needs_adoption and not adopt:
-                click.echo("refused without --adopt: progress-refresh migrate --adopt")
-            return
         try:
+            if dry_run:
+                plan = plan_migrate(conn, strategy, adopt)
+                if plan.inspection.needs_adoption and not adopt:
+                    raise ForeignObjectsError(plan)  # the plan would be a refusal: said as migrate says it
+                for line in plan.lines():
+                    click.echo(line)
+                return
             changes = migrate(conn, strategy=strategy, adopt=adopt)
         except ForeignObjectsError as exc:
             for line in exc.lines:

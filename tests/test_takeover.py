@@ -39,10 +39,11 @@ def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_plain_migrate_refuses_names_what_it_found_and_changes_nothing(previous_dsn: str) -> None:
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["migrate", "dry run"])
+def test_plain_migrate_refuses_names_what_it_found_and_changes_nothing(previous_dsn: str, dry_run: list[str]) -> None:
     with connect(previous_dsn) as conn:
         before = schema_of(conn)
-    result = _cli(previous_dsn, "migrate")
+    result = _cli(previous_dsn, "migrate", *dry_run)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "progress-refresh migrate --adopt" in result.stderr
@@ -146,14 +147,27 @@ def test_adopt_twice_changes_nothing_the_second_time(previous_dsn: str) -> None:
         assert migrate(conn) == []
 
 
-def test_a_partial_previous_design_is_refused_by_name(previous_dsn: str) -> None:
+def test_a_partial_previous_design_is_taken_over_and_the_rest_made(previous_dsn: str) -> None:
+    """The previous design was rolled out in steps and its fine-grained
+    materialized views given up: the take-over keeps what stands (queue,
+    grants) and makes and populates the read models that are missing."""
     with connect(previous_dsn) as conn:
+        conn.execute("DROP MATERIALIZED VIEW mv_audio_verse_coverage, mv_text_verse_coverage")
         conn.execute("DROP VIEW language_entity_best_text_version")
-        conn.execute("DROP MATERIALIZED VIEW mv_text_version_progress_summary")
-        before = schema_of(conn)
-        with pytest.raises(ProgressError, match=r"only part of the previous design.*mv_text_version_progress_summary"):
-            migrate(conn, adopt=True)
-        assert schema_of(conn) == before
+        queued = pending(conn)
+        plan = "\n".join(plan_migrate(conn, adopt=True).lines())
+        assert "note: not here mv_audio_verse_coverage: created (and populated) by ours" in plan
+        with PollingReader(previous_dsn, role=None) as reader:
+            changes = "\n".join(migrate(conn, adopt=True))
+        # (Reading the two that were not there fails until they are.)
+        assert [e for e in reader.log.errors if "does not exist" not in e] == []
+        assert "added mv_audio_verse_coverage, populated" in changes
+        assert "took over mv_audio_chapter_coverage" in changes
+        granted = conn.execute("SELECT has_table_privilege(%s, 'mv_audio_chapter_coverage', 'SELECT')", [READER_ROLE])
+        assert granted.fetchone() == (True,)
+        assert pending(conn) >= queued
+        drain(conn)
+        assert_read_models_match(conn)
 
 
 def test_someone_elses_view_on_a_read_model_is_refused(previous_dsn: str) -> None:

@@ -521,7 +521,7 @@ def _swap_in(
             _wait_briefly_for_locks(conn)
             started = time.perf_counter()
             if taking_over:
-                _lock_logical_views(conn)
+                _lock_replaced_relations(conn)
                 for signature in plan.inspection.foreign_api:
                     conn.execute(f"DROP FUNCTION IF EXISTS {signature}")
             swapped = conn.execute("SELECT * FROM progress_swap_in_shadows(%s)", [shadows]).fetchall()
@@ -542,35 +542,43 @@ def _swap_in(
     return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
 
 
-def _lock_logical_views(conn: psycopg.Connection) -> None:
-    """Locks the logical views standing (the previous design's, replaced in this
-    transaction), each with what it reads, in the order a reader locks them:
-    a view before the views it reads. Replaced one by one, inner views first,
-    they would be locked the other way round, and a reader holding an outer
-    view while it waits for an inner one would hold the swap up every time."""
-    views = [
-        row[0]
-        for row in conn.execute(
-            """
-            WITH RECURSIVE logical AS (
-                SELECT to_regclass(quote_ident(logical_view)) AS oid FROM progress_read_model_definitions),
-            reads AS (  -- (outer, inner) pairs of logical views
-                SELECT DISTINCT r.ev_class AS outer_view, d.refobjid AS inner_view
-                  FROM pg_rewrite r
-                  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                                  AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
-                 WHERE r.ev_class IN (SELECT oid FROM logical) AND d.refobjid IN (SELECT oid FROM logical)),
-            depth (oid, depth) AS (
-                SELECT oid, 0 FROM logical WHERE oid IS NOT NULL
-                UNION ALL
-                SELECT r.inner_view, d.depth + 1 FROM depth d JOIN reads r ON r.outer_view = d.oid
-                 WHERE d.depth < 20)
-            SELECT oid::regclass::text FROM depth GROUP BY oid ORDER BY max(depth), 1
-            """
-        )
-    ]
-    if views:
-        conn.execute(f"LOCK TABLE {', '.join(views)} IN ACCESS EXCLUSIVE MODE")
+def _lock_replaced_relations(conn: psycopg.Connection) -> None:
+    """Locks the relations standing under our names (the previous design's read
+    models and logical views, replaced in this transaction) in the order a
+    reader locks them: a view before what it reads. Replaced in the order of
+    the work, inner views first, they would be locked the other way round,
+    and a reader holding an outer view while it waits for an inner one would
+    hold the swap up every time. Each is locked alone (an ALTER ... OWNER to
+    its own owner changes nothing): LOCK TABLE would lock what a view reads
+    too, base tables among them, and hold up readers of the views not locked
+    yet."""
+    rows = conn.execute(
+        """
+        WITH RECURSIVE named AS (
+            SELECT c.oid, c.relkind FROM progress_read_model_definitions d
+              JOIN pg_class c ON c.oid IN (to_regclass(quote_ident(d.logical_view)),
+                                           to_regclass(quote_ident(d.stored_name)))
+             WHERE c.relkind IN ('v', 'm')),
+        reads AS (  -- (outer, inner) pairs among them
+            SELECT DISTINCT r.ev_class AS outer_relation, d.refobjid AS inner_relation
+              FROM pg_rewrite r
+              JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                              AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
+             WHERE r.ev_class IN (SELECT oid FROM named) AND d.refobjid IN (SELECT oid FROM named)),
+        depth (oid, depth) AS (
+            SELECT oid, 0 FROM named
+            UNION ALL
+            SELECT r.inner_relation, d.depth + 1 FROM depth d JOIN reads r ON r.outer_relation = d.oid
+             WHERE d.depth < 20)
+        SELECT CASE n.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
+               quote_ident(c.relname), quote_ident(pg_get_userbyid(c.relowner))
+          FROM depth JOIN named n ON n.oid = depth.oid JOIN pg_class c ON c.oid = depth.oid
+         GROUP BY n.relkind, c.relname, c.relowner
+         ORDER BY max(depth.depth), c.relname
+        """
+    ).fetchall()
+    for kind, name, owner in rows:
+        conn.execute(f"ALTER {kind} {name} OWNER TO {owner}")
 
 
 def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers: list[str]) -> None:

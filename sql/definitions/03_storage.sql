@@ -189,11 +189,12 @@ BEGIN
               ORDER BY install_order DESC LOOP
         -- The generated row function returns the stored row type: regenerated after the swap.
         EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid)', 'progress_rows_' || d.logical_view);
-        SELECT grants || jsonb_build_object(d.stored_name, coalesce(
+        -- (A read model not there yet, in a partial take-over, adds nothing.)
+        SELECT grants || coalesce(jsonb_object_agg(d.stored_name, coalesce(
                    (SELECT jsonb_agg(jsonb_build_object('grantee', g.grantee, 'statement', g.statement))
-                      FROM progress_reader_grants(c.oid) AS g), '[]')),
-               kinds || jsonb_build_object(d.stored_name, CASE c.relkind WHEN 'm' THEN 'materialized view'
-                                                                           WHEN 'v' THEN 'view' ELSE 'table' END)
+                      FROM progress_reader_grants(c.oid) AS g), '[]')), '{}'),
+               kinds || coalesce(jsonb_object_agg(d.stored_name, CASE c.relkind WHEN 'm' THEN 'materialized view'
+                                                                           WHEN 'v' THEN 'view' ELSE 'table' END), '{}')
           INTO grants, kinds
           FROM pg_class c
          WHERE c.oid = to_regclass(quote_ident(d.stored_name));
