@@ -91,6 +91,7 @@ def outside_refresh_events(
             metadata={
                 **metadata,
                 "dagster/row_count": dg.MetadataValue.int(sizes.get(model.name, {}).get("rows", 0)),
+                "table_size_bytes": dg.MetadataValue.int(sizes.get(model.name, {}).get("bytes", 0)),
             },
         )
         for model in of_kind(refreshes.kind)  # type: ignore[arg-type]

@@ -101,6 +101,7 @@ def test_a_command_line_refresh_is_reported_on_each_read_model_with_source_and_l
     assert summary["rows_written_all_levels"].value > 0
     assert summary["oldest_queued_age_seconds"].value == 0
     assert summary["dagster/row_count"].value == 1
+    assert summary["table_size_bytes"].value > 0
     assert sensor.tick().asset_events == []  # reported once
 
 
