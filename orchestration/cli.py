@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
@@ -63,9 +63,14 @@ def _progress_bar(description: str, enabled: bool) -> Iterator[Callable[[int, in
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
+def _json_value(value: Any) -> Any:
+    """Timestamps in ISO 8601 (with the T), anything else JSON lacks as its text."""
+    return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
 def _emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(data, indent=2, default=_json_value))
     else:
         render()
 
@@ -130,8 +135,22 @@ def migrate_command(strategy: str | None, adopt: bool, dry_run: bool) -> None:
 
 
 @cli.command("seed-demo")
-@click.option("--audio", "audio_versions", default=12, show_default=True, help="Audio versions to create.")
-@click.option("--text", "text_versions", default=12, show_default=True, help="Text versions to create.")
+@click.option(
+    "--audio",
+    "audio_versions",
+    default=12,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Audio versions to create.",
+)
+@click.option(
+    "--text",
+    "text_versions",
+    default=12,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Text versions to create.",
+)
 @click.option("--seed", default=7, show_default=True, help="Random seed (the demo is deterministic).")
 def seed_demo_command(audio_versions: int, text_versions: int, seed: int) -> None:
     """Load KJV structure and generated demo versions (idempotent).
@@ -440,7 +459,7 @@ def requeue_dead_letters_command() -> None:
 
     \b
     Example:
-      progress-refresh status                  # see the dead letters and their errors
+      progress-refresh status            # the dead letters and their errors
       progress-refresh requeue-dead-letters
     """
     with _database() as conn:
