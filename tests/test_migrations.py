@@ -5,6 +5,7 @@ migrate is a no-op."""
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -116,3 +117,28 @@ def test_generated_refresh_functions_match_their_checked_in_copies(db: psycopg.C
             GENERATED.mkdir(exist_ok=True)
             path.write_text(actual)
         assert actual == path.read_text(), f"{signature} changed: review it, then regenerate with {UPDATE_ENV}=1"
+
+
+def test_switching_the_storage_strategy_keeps_readers_grants(db) -> None:  # type: ignore[no-untyped-def]
+    """The read models are dropped and made anew as materialized views (and back):
+    a dashboard role's SELECT, on a whole read model or on some columns, stays."""
+    role = f"dashboard_{uuid.uuid4().hex[:8]}"
+    db.execute(f"CREATE ROLE {role}")
+    try:
+        db.execute(f"GRANT SELECT ON mv_text_chapter_coverage TO {role}")
+        db.execute(f"GRANT SELECT (audio_version_id, verse_fraction) ON mv_audio_version_progress_summary TO {role}")
+        for strategy, kind in (("matview", "m"), ("table", "r")):
+            assert "storage strategy " + strategy in migrate(db, strategy=strategy)
+            assert db.execute(
+                "SELECT relkind::text FROM pg_class WHERE relname = 'mv_text_chapter_coverage'"
+            ).fetchone() == (kind,)
+            granted = db.execute(
+                "SELECT has_table_privilege(%(r)s, 'mv_text_chapter_coverage', 'SELECT'),"
+                " has_column_privilege(%(r)s, 'mv_audio_version_progress_summary', 'verse_fraction', 'SELECT'),"
+                " has_column_privilege(%(r)s, 'mv_audio_version_progress_summary', 'total_verses', 'SELECT')",
+                {"r": role},
+            ).fetchone()
+            assert granted == (True, True, False), strategy
+    finally:
+        db.execute(f"DROP OWNED BY {role}")
+        db.execute(f"DROP ROLE {role}")

@@ -433,3 +433,21 @@ def test_a_drain_never_waits_for_a_summary_another_session_holds(db, dsn) -> Non
         holder.execute("ROLLBACK")
     assert [o.version_id for o in report.refreshed] == [version]
     assert report.failed == []
+
+
+def test_requeued_dead_letters_come_back_whole(db) -> None:
+    """An entry holding only the chapters changed since the failure is widened
+    to the whole version when its dead letter is put back."""
+    language = build_structure(db)
+    (version,) = add_text_versions(db, language, 1)
+    drain_all(db)
+    db.execute(
+        "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
+        " VALUES ('text', %s, 3, 'boom', now())",
+        [version],
+    )
+    db.execute(
+        "INSERT INTO progress_refresh_queue (kind, version_id, chapter_ids) VALUES ('text', %s, '{b-1-2}')", [version]
+    )
+    assert gateway.requeue_dead_letters(db) == [("text", version)]
+    assert db.execute("SELECT chapter_ids FROM progress_refresh_queue").fetchall() == [(None,)]

@@ -63,7 +63,7 @@ def start_embedded(keep_running: bool = False, pgdata: Path | None = None, bin_d
         forget_stopped_processes(data)
     except OSError as exc:
         raise ProgressError(
-            f"cannot keep the embedded PostgreSQL's data in {data.parent} ($PROGRESS_STATE_DIR): {exc.strerror}"
+            f"cannot keep the embedded PostgreSQL's data in {data.parent} ($PROGRESS_STATE_DIR): {exc.strerror or exc}"
         ) from None
     owner = not keep_running and _running_postmaster(data) is None
     try:

@@ -20,8 +20,8 @@ Readers and writers go on meanwhile, and a migrate gives way to them: it waits
 for a lock only briefly (less than the server's deadlock_timeout) and then
 rolls back and tries again. A reader of nested views (or of a view and a
 table) may hold one relation while it waits for another the migrate holds;
-giving up before the deadlock check runs, the migrate is never the cause of a
-reader's error.
+the migrate, waiting for the reader soon after, gives up before the reader's
+deadlock check runs, so the reader goes on rather than fail.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ DECLARE
     d progress_read_model_definitions%ROWTYPE;
     wanted "char" := CASE p_strategy WHEN 'table' THEN 'r' WHEN 'matview' THEN 'm' END;
     existing "char";
+    grants text[] := '{}';  -- the replaced ones' readers keep reading
 BEGIN
     IF wanted IS NULL THEN
         RAISE EXCEPTION 'unknown storage strategy %: expected table or matview', quote_literal(p_strategy)
@@ -89,6 +90,7 @@ BEGIN
               ORDER BY install_order DESC LOOP
         SELECT relkind INTO existing FROM pg_class WHERE oid = to_regclass(d.stored_name);
         IF existing IS NOT NULL AND existing <> wanted THEN
+            grants := grants || ARRAY(SELECT g.statement FROM progress_reader_grants(to_regclass(d.stored_name)) AS g);
             EXECUTE format('DROP FUNCTION IF EXISTS %I(uuid)', 'progress_rows_' || d.logical_view);
             EXECUTE progress_drop_relation_sql(d.stored_name) || ' CASCADE';
             DELETE FROM progress_refresh_settings WHERE key = 'populated_at';
@@ -98,6 +100,7 @@ BEGIN
         CONTINUE WHEN to_regclass(d.stored_name) IS NOT NULL OR d.stored_name = ANY (p_except);
         PERFORM progress_create_stored(d, p_strategy, d.stored_name, false);
     END LOOP;
+    PERFORM progress_restore_reader_grants(grants);
     INSERT INTO progress_refresh_settings (key, value) VALUES ('storage_strategy', p_strategy)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 END

@@ -627,26 +627,25 @@ BEGIN
 END
 $$;
 
--- (Re)creates the statement triggers of a table; idempotent.
+-- (Re)creates the statement triggers of a table; idempotent. Replaced in
+-- place rather than dropped and created: that takes a lock writers wait for
+-- but readers do not, where a dropped trigger locks its table out to readers
+-- until the migrate commits.
 CREATE OR REPLACE FUNCTION progress_install_capture(
     p_table text, p_function text, p_args text DEFAULT '', p_truncate_kinds text DEFAULT '''audio'', ''text''')
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_truncate ON %1$I;
-        CREATE TRIGGER progress_capture_truncate AFTER TRUNCATE ON %1$I
+    EXECUTE format('CREATE OR REPLACE TRIGGER progress_capture_truncate AFTER TRUNCATE ON %1$I
             FOR EACH STATEMENT EXECUTE FUNCTION progress_capture_truncate(%2$s)',
         p_table, p_truncate_kinds);
-    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_insert ON %1$I;
-        CREATE TRIGGER progress_capture_insert AFTER INSERT ON %1$I
+    EXECUTE format('CREATE OR REPLACE TRIGGER progress_capture_insert AFTER INSERT ON %1$I
             REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
         p_table, p_function, p_args);
-    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_update ON %1$I;
-        CREATE TRIGGER progress_capture_update AFTER UPDATE ON %1$I
+    EXECUTE format('CREATE OR REPLACE TRIGGER progress_capture_update AFTER UPDATE ON %1$I
             REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
         p_table, p_function, p_args);
-    EXECUTE format('DROP TRIGGER IF EXISTS progress_capture_delete ON %1$I;
-        CREATE TRIGGER progress_capture_delete AFTER DELETE ON %1$I
+    EXECUTE format('CREATE OR REPLACE TRIGGER progress_capture_delete AFTER DELETE ON %1$I
             REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %2$I(%3$s)',
         p_table, p_function, p_args);
 END

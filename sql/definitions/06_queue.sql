@@ -133,7 +133,9 @@ BEGIN
          WHERE kind = p_kind AND version_id = p_version
         RETURNING claimed_chapter_ids IS NULL INTO claimed_whole;
     END IF;
-    PERFORM progress_forgive_dead_letter(p_kind, p_version, p_refreshed_whole OR coalesce(claimed_whole, true));
+    -- (An entry gone meanwhile, taken over and settled by another worker: its
+    -- scope is not known, so a dead letter left brings the version back whole.)
+    PERFORM progress_forgive_dead_letter(p_kind, p_version, p_refreshed_whole OR coalesce(claimed_whole, false));
 END
 $$;
 

@@ -107,6 +107,12 @@ BEGIN
         -- entities, so the failure is recorded against the versions whose
         -- entities fail and the others go on.
         refreshed := '{}';
+        -- The batch's entities locked first, in the order above, so this
+        -- path too never deadlocks with another drain.
+        PERFORM pg_advisory_xact_lock(progress_version_lock_key('audio') + 2, hashtext(e::text))
+           FROM (SELECT DISTINCT e FROM unnest(audio_entities) AS e WHERE e IS NOT NULL ORDER BY e) AS x (e);
+        PERFORM pg_advisory_xact_lock(progress_version_lock_key('text') + 2, hashtext(e::text))
+           FROM (SELECT DISTINCT e FROM unnest(text_entities) AS e WHERE e IS NOT NULL ORDER BY e) AS x (e);
         FOREACH entry IN ARRAY batch LOOP
             SELECT r.error INTO failure
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, true) AS r;
@@ -159,8 +165,10 @@ BEGIN
     WITH moved AS (DELETE FROM progress_refresh_dead_letter RETURNING *)
     INSERT INTO progress_refresh_queue AS q (kind, version_id)
     SELECT m.kind, m.version_id FROM moved m ORDER BY 1, 2
+    -- A dead letter's version comes back whole (see progress_forgive_dead_letter):
+    -- an entry already there may hold only the chapters changed since.
     ON CONFLICT (kind, version_id) DO UPDATE
-       SET attempts = 0, not_before = NULL, generation = q.generation + 1
+       SET attempts = 0, not_before = NULL, generation = q.generation + 1, chapter_ids = NULL
     RETURNING q.kind, q.version_id;
 END
 $$;
