@@ -776,3 +776,44 @@ def test_a_range_whose_verse_is_deleted_in_another_bible_version_shrinks(db, del
 
     b.assert_read_models_match(db)
     assert b.verse_ids(db, "audio", v) < before
+
+
+@pytest.mark.parametrize("change", ["made live", "moved to another version"])
+def test_a_mapping_written_while_its_file_changes_is_not_lost(dsn, change):
+    """Two writers at once: one makes a file live (or moves it to another
+    version) while the other maps the file to a verse of another chapter.
+    Each trigger sees the other's row as it was: the file's change finds no
+    mapping, the mapping a file not live (or in its old version). Together
+    they still queue what the mapping reaches."""
+    with connect(dsn) as db, connect(dsn) as file_writer, connect(dsn) as mapping_writer:
+        A = b.bible(db, "A", {"GEN": [3, 3]})
+        le = b.language(db)
+        v, other = b.audio_version(db, "A", le), b.audio_version(db, "A", le)
+        if change == "made live":
+            f = b.media_file(db, v, upload_status="pending")
+            statement, params = "UPDATE media_files SET upload_status = 'completed' WHERE id = %s", [f]
+        else:
+            f = b.media_file(db, v)
+            statement, params = "UPDATE media_files SET audio_version_id = %s WHERE id = %s", [other, f]
+        b.drain(db)
+
+        file_writer.execute("BEGIN")
+        file_writer.execute(statement, params)
+        done = threading.Event()
+
+        def map_the_file() -> None:
+            with mapping_writer.transaction():
+                b.mapping(mapping_writer, f, A.verse("GEN", 2, 1))
+            done.set()
+
+        writer = threading.Thread(target=map_the_file)
+        writer.start()
+        time.sleep(0.5)  # the mapping's statement has run, seeing the file as it was
+        file_writer.execute("COMMIT")
+        writer.join(timeout=30)
+        assert done.is_set()
+
+        b.drain(db)
+        b.assert_read_models_match(db)
+        owner = other if change == "moved to another version" else v
+        assert A.verse("GEN", 2, 1) in b.verse_ids(db, "audio", owner)

@@ -262,7 +262,8 @@ BEGIN
         -- Both sides of every changed row count, each while it is live. A
         -- range whose start or end verse is gone (deleted: the foreign key
         -- cleared it in this cascade) reached chapters no one can compute
-        -- any more: its version is queued whole.
+        -- any more, and a file moved to another version may bring mappings
+        -- this statement does not see: their versions are queued whole.
         PERFORM progress_enqueue_media_files(
             array_agg(side.audio_version_id), array_agg(side.id), array_agg(side.chapter_id),
             array_agg(side.start_verse_id), array_agg(side.end_verse_id), false, array_agg(side.whole))
@@ -278,7 +279,9 @@ BEGIN
                 (n.audio_version_id, n.id, n.chapter_id, n.start_verse_id, n.end_verse_id,
                  progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
                                               n.publish_status::text, n.deleted_at),
-                 false))
+                 -- A file moved to another version: a mapping written at the
+                 -- same time queues only the version it saw the file in.
+                 o.audio_version_id IS DISTINCT FROM n.audio_version_id))
                 AS side (audio_version_id, id, chapter_id, start_verse_id, end_verse_id, live, whole)
           WHERE side.live
             AND (o.audio_version_id, o.media_type, o.is_bible_audio, o.upload_status,
@@ -344,8 +347,11 @@ BEGIN
 END
 $$;
 
--- A mapping matters while its file is live bible audio (the file's own
--- trigger covers the file changing state).
+-- A mapping queues its file's version, whether or not the file is live bible
+-- audio as this statement sees it: a writer making the file live at the same
+-- time sees it without this mapping, so its own chapters would leave the
+-- mapping's out (queueing a file that is not live costs a refresh that finds
+-- nothing to change).
 CREATE OR REPLACE FUNCTION progress_capture_media_files_verses() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -355,19 +361,19 @@ BEGIN
     END IF;
     IF TG_OP = 'INSERT' THEN
         -- One row: the bump straight away (progress_bump_queued_scope).
-        PERFORM FROM new_rows n JOIN progress_live_bible_audio_files f ON f.id = n.media_file_id
+        PERFORM FROM new_rows n JOIN media_files f ON f.id = n.media_file_id
          WHERE (SELECT count(*) FROM (SELECT FROM new_rows LIMIT 2) AS two) = 1 AND n.deleted_at IS NULL
            AND progress_bump_queued_scope('audio', f.audio_version_id, NULL, n.verse_id);
         IF FOUND THEN
             RETURN NULL;
         END IF;
         PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(n.verse_id), true)
-           FROM new_rows n JOIN progress_live_bible_audio_files f ON f.id = n.media_file_id
+           FROM new_rows n JOIN media_files f ON f.id = n.media_file_id
           WHERE n.deleted_at IS NULL
          HAVING count(*) > 0;
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM progress_enqueue_verses('audio', array_agg(f.audio_version_id), array_agg(o.verse_id))
-           FROM old_rows o JOIN progress_live_bible_audio_files f ON f.id = o.media_file_id
+           FROM old_rows o JOIN media_files f ON f.id = o.media_file_id
           WHERE o.deleted_at IS NULL
          HAVING count(*) > 0;
     ELSE
@@ -377,7 +383,7 @@ BEGIN
           CROSS JOIN LATERAL (VALUES (o.media_file_id, o.verse_id, o.deleted_at),
                                      (n.media_file_id, n.verse_id, n.deleted_at))
                 AS side (media_file_id, verse_id, deleted_at)
-           JOIN progress_live_bible_audio_files f ON f.id = side.media_file_id
+           JOIN media_files f ON f.id = side.media_file_id
           WHERE side.deleted_at IS NULL
             AND (o.media_file_id, o.verse_id, o.deleted_at)
                 IS DISTINCT FROM (n.media_file_id, n.verse_id, n.deleted_at)
