@@ -439,10 +439,17 @@ SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
-    before jsonb := progress_queue_snapshot();
+    before jsonb;
     index_ddl text[];
     ddl text;
 BEGIN
+    -- One rebuild at a time, and no SQL drain claiming meanwhile (they take
+    -- this lock shared, see progress_lock_ready): a drain batch holds rows of
+    -- several versions and a rebuild writes every version's, so the two
+    -- would lock rows in opposite orders and deadlock. Drains under way
+    -- finish first; what is queued meanwhile waits for the rebuild.
+    PERFORM pg_advisory_xact_lock(7370214001);
+    before := progress_queue_snapshot();
     -- A rebuild trusts nothing stored: the bible versions' counts, the
     -- versions with mapped files and the ranges' chapters too.
     PERFORM progress_recount_bible_versions(NULL);
