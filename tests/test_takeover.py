@@ -157,6 +157,7 @@ def test_a_partial_previous_design_is_taken_over_and_the_rest_made(previous_dsn:
         queued = pending(conn)
         plan = "\n".join(plan_migrate(conn, adopt=True).lines())
         assert "note: not here mv_audio_verse_coverage: created (and populated) by ours" in plan
+        assert "build mv_audio_verse_coverage and put it in place" in plan
         with PollingReader(previous_dsn, role=None) as reader:
             changes = "\n".join(migrate(conn, adopt=True))
         # (Reading the two that were not there fails until they are.)

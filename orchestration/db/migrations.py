@@ -195,7 +195,13 @@ class Plan:
         for name in self.new_read_models:
             if name not in shadows:
                 out.append(f"create read model {name} (empty)")
-        out += [f"build {name} beside the current one and swap it in" for name in self.shadows]
+        standing = set(self.inspection.replaced_relations) | set(self.rebuilt_read_models)
+        out += [
+            f"build {name} beside the current one and swap it in"
+            if name in standing
+            else f"build {name} and put it in place"
+            for name in self.shadows
+        ]
         out += [f"drop read model {name} (no longer defined)" for name in self.removed_read_models]
         return out
 
