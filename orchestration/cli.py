@@ -134,23 +134,20 @@ def migrate_command(strategy: str | None, adopt: bool, dry_run: bool) -> None:
         click.echo("schema is up to date")
 
 
+def _version_count_option(kind: str) -> Callable:
+    return click.option(
+        f"--{kind}",
+        f"{kind}_versions",
+        default=12,
+        show_default=True,
+        type=click.IntRange(min=0),
+        help=f"{kind.capitalize()} versions to create.",
+    )
+
+
 @cli.command("seed-demo")
-@click.option(
-    "--audio",
-    "audio_versions",
-    default=12,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Audio versions to create.",
-)
-@click.option(
-    "--text",
-    "text_versions",
-    default=12,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Text versions to create.",
-)
+@_version_count_option("audio")
+@_version_count_option("text")
 @click.option("--seed", default=7, show_default=True, help="Random seed (the demo is deterministic).")
 def seed_demo_command(audio_versions: int, text_versions: int, seed: int) -> None:
     """Load KJV structure and generated demo versions (idempotent).

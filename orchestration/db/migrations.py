@@ -310,7 +310,7 @@ def _session_setup(conn: psycopg.Connection, strategy: str) -> None:
     conn.execute("SET LOCAL check_function_bodies = off")
 
 
-def _giving_way(conn: psycopg.Connection, what: str, transaction: Callable[[], T]) -> T:
+def _giving_way(what: str, transaction: Callable[[], T]) -> T:
     """Runs transaction (which opens its own) until it gets its locks: each
     lock is waited for only briefly, less than the server's deadlock_timeout,
     so a reader waiting for a lock the migrate holds is never the one a
@@ -341,9 +341,7 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     shadows = plan.shadows
     definitions = load_definitions()
     _build_indexes_concurrently(conn, plan.migrations)
-    changes, dropped_triggers = _giving_way(
-        conn, "install", lambda: _install(conn, plan, taking_over, shadows, definitions)
-    )
+    changes, dropped_triggers = _giving_way("install", lambda: _install(conn, plan, taking_over, shadows, definitions))
     if not shadows:
         return changes
     try:
@@ -542,7 +540,7 @@ def _swap_in(
             conn.execute("SELECT progress_apply_grants()")
         return swapped, time.perf_counter() - started
 
-    swapped, swap_seconds = _giving_way(conn, "swap the new read models in", swap)
+    swapped, swap_seconds = _giving_way("swap the new read models in", swap)
     with conn.transaction():
         conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
     return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
@@ -551,40 +549,16 @@ def _swap_in(
 def _lock_replaced_relations(conn: psycopg.Connection) -> None:
     """Locks the relations standing under our names (the previous design's read
     models and logical views, replaced in this transaction) in the order a
-    reader locks them: a view before what it reads. Replaced in the order of
-    the work, inner views first, they would be locked the other way round,
-    and a reader holding an outer view while it waits for an inner one would
-    hold the swap up every time. Each is locked alone (an ALTER ... OWNER to
-    its own owner changes nothing): LOCK TABLE would lock what a view reads
-    too, base tables among them, and hold up readers of the views not locked
-    yet."""
-    rows = conn.execute(
-        """
-        WITH RECURSIVE named AS (
-            SELECT c.oid, c.relkind FROM progress_read_model_definitions d
-              JOIN pg_class c ON c.oid IN (to_regclass(quote_ident(d.logical_view)),
-                                           to_regclass(quote_ident(d.stored_name)))
-             WHERE c.relkind IN ('v', 'm')),
-        reads AS (  -- (outer, inner) pairs among them
-            SELECT DISTINCT r.ev_class AS outer_relation, d.refobjid AS inner_relation
-              FROM pg_rewrite r
-              JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                              AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
-             WHERE r.ev_class IN (SELECT oid FROM named) AND d.refobjid IN (SELECT oid FROM named)),
-        depth (oid, depth) AS (
-            SELECT oid, 0 FROM named
-            UNION ALL
-            SELECT r.inner_relation, d.depth + 1 FROM depth d JOIN reads r ON r.outer_relation = d.oid
-             WHERE d.depth < 20)
-        SELECT CASE n.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
-               quote_ident(c.relname), quote_ident(pg_get_userbyid(c.relowner))
-          FROM depth JOIN named n ON n.oid = depth.oid JOIN pg_class c ON c.oid = depth.oid
-         GROUP BY n.relkind, c.relname, c.relowner
-         ORDER BY max(depth.depth), c.relname
-        """
-    ).fetchall()
-    for kind, name, owner in rows:
-        conn.execute(f"ALTER {kind} {name} OWNER TO {owner}")
+    reader locks them (progress_replaced_relations_in_lock_order). Replaced in
+    the order of the work, inner views first, they would be locked the other
+    way round, and a reader holding an outer view while it waits for an inner
+    one would hold the swap up every time. Each is locked alone (an ALTER ...
+    OWNER to its own owner changes nothing): LOCK TABLE would lock what a view
+    reads too, base tables among them, and hold up readers of the views not
+    locked yet."""
+    rows = conn.execute("SELECT relation::text, kind, owner FROM progress_replaced_relations_in_lock_order()")
+    for relation, kind, owner in rows.fetchall():
+        conn.execute(psycopg.sql.SQL(f"ALTER {kind} {relation} OWNER TO {{}}").format(psycopg.sql.Identifier(owner)))
 
 
 def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers: list[str]) -> None:

@@ -256,6 +256,42 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT left(p_stored_name, 55) || '__next' $$;
 
 -- (Re)creates every logical view in dependency order. A view whose columns
 -- changed is dropped and created again, with the views that read it.
+-- What the views and materialized views among p_relations read, by their
+-- rewrite rules: relations (p_class pg_class) or functions (pg_proc).
+CREATE OR REPLACE FUNCTION progress_rule_reads(p_relations oid[], p_class regclass)
+RETURNS TABLE (relation oid, reads oid) LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT r.ev_class, d.refobjid
+      FROM pg_rewrite r
+      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                      AND d.refclassid = p_class AND d.refobjid <> r.ev_class
+     WHERE r.ev_class = ANY (p_relations)
+$$;
+
+-- The views and materialized views standing under read models' names (their
+-- stored names and logical views: the previous design's, replaced by a
+-- take-over) in the order a reader locks them: a view before what it reads.
+CREATE OR REPLACE FUNCTION progress_replaced_relations_in_lock_order()
+RETURNS TABLE (relation regclass, kind text, owner name) LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE named AS (
+        SELECT c.oid, c.relkind FROM progress_read_model_definitions d
+          JOIN pg_class c ON c.oid IN (to_regclass(quote_ident(d.logical_view)),
+                                       to_regclass(quote_ident(d.stored_name)))
+         WHERE c.relkind IN ('v', 'm')),
+    reads AS (
+        SELECT * FROM progress_rule_reads(ARRAY(SELECT oid FROM named), 'pg_class')
+         WHERE reads IN (SELECT oid FROM named)),
+    depth (oid, depth) AS (
+        SELECT oid, 0 FROM named
+        UNION ALL
+        SELECT r.reads, d.depth + 1 FROM depth d JOIN reads r ON r.relation = d.oid
+         WHERE d.depth < 20)
+    SELECT c.oid::regclass, CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
+           pg_get_userbyid(c.relowner)
+      FROM depth JOIN pg_class c ON c.oid = depth.oid
+     GROUP BY c.oid
+     ORDER BY max(depth.depth), c.relname
+$$;
+
 -- The statements that give a relation's readers their SELECT back (on the
 -- whole relation or on columns) once another relation holds its name: a
 -- read model or a logical view replaced by a take-over or a changed

@@ -495,11 +495,29 @@ BEGIN
 END
 $$;
 
+-- Locks language entities of a kind for a refresh of their rows keyed by
+-- entity, each once, in sorted order (advisory lock class 3 audio, 4 text),
+-- so refreshes of versions sharing an entity take turns and never deadlock;
+-- returns them in that order.
+CREATE OR REPLACE FUNCTION progress_lock_language_entities(p_kind text, p_entities uuid[]) RETURNS uuid[]
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    sorted uuid[] := ARRAY(SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e);
+    lock_class int := progress_version_lock_key(p_kind) + 2;
+    entity uuid;
+BEGIN
+    FOREACH entity IN ARRAY sorted LOOP
+        PERFORM pg_advisory_xact_lock(lock_class, hashtext(entity::text));
+    END LOOP;
+    RETURN sorted;
+END
+$$;
+
 -- Generates progress_refresh_entities_<kind>(p_entities): the rows keyed by
--- language entity (best versions) of those entities. Entities are locked in
--- sorted order (advisory lock class 3 audio, 4 text), so concurrent
--- refreshes of versions sharing an entity take turns, and the later one sees
--- the earlier's summary. Static calls: planned once per session.
+-- language entity (best versions) of those entities. The entities are locked
+-- first (progress_lock_language_entities), so concurrent refreshes of
+-- versions sharing an entity take turns, and the later one sees the
+-- earlier's summary. Static calls: planned once per session.
 CREATE OR REPLACE FUNCTION progress_install_entity_refresh(p_kind text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -513,8 +531,7 @@ BEGIN
         -- one call fewer per entity.
         body := body || format($step$
             c := ROW(%1$L, 0, 0, 0);
-            FOREACH entity IN ARRAY entities LOOP
-                PERFORM pg_advisory_xact_lock(%3$s, hashtext(entity::text));%2$s
+            FOREACH entity IN ARRAY entities LOOP%2$s
                 c.inserted := c.inserted + inserted; c.updated := c.updated + updated;
                 c.deleted := c.deleted + deleted;
             END LOOP;
@@ -522,8 +539,7 @@ BEGIN
             d.stored_name,
             progress_diff_statement(d, format('SELECT * FROM %I(entity)', 'progress_rows_' || d.logical_view),
                                     format('t.%I = entity', d.scope_column),
-                                    d.key_columns, progress_value_columns(d)),
-            progress_version_lock_key(p_kind) + 2);
+                                    d.key_columns, progress_value_columns(d)));
     END LOOP;
     -- Planned like progress_sync_<view> of a one-row level: generic, and
     -- never scanning (see progress_install_refresh_functions).
@@ -534,13 +550,13 @@ BEGIN
         SET enable_seqscan = off
         LANGUAGE plpgsql AS $body$
         DECLARE
-            entities uuid[] := ARRAY(SELECT DISTINCT e FROM unnest(p_entities) AS e WHERE e IS NOT NULL ORDER BY e);
+            entities uuid[] := progress_lock_language_entities(%3$L, p_entities);
             entity uuid;
             c progress_refresh_count;
             inserted bigint; updated bigint; deleted bigint;
         BEGIN%2$s
         END
-        $body$ $fn$, 'progress_refresh_entities_' || p_kind, body);
+        $body$ $fn$, 'progress_refresh_entities_' || p_kind, body, p_kind);
 END
 $$;
 

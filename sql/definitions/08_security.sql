@@ -25,18 +25,13 @@ LANGUAGE sql STABLE AS $$
     WITH RECURSIVE viewed (oid) AS (
         SELECT to_regclass(quote_ident(logical_view))::oid FROM progress_read_model_definitions
         UNION
-        SELECT d.refobjid
+        SELECT r.reads
           FROM viewed v
-          JOIN pg_rewrite r ON r.ev_class = v.oid
-          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                          AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid
-          JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'v')
-    SELECT DISTINCT d.refobjid::regprocedure
-      FROM viewed v
-      JOIN pg_rewrite r ON r.ev_class = v.oid
-      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
-                      AND d.refclassid = 'pg_proc'::regclass
-      JOIN pg_proc p ON p.oid = d.refobjid
+         CROSS JOIN LATERAL progress_rule_reads(ARRAY[v.oid], 'pg_class') AS r
+          JOIN pg_class c ON c.oid = r.reads AND c.relkind = 'v')
+    SELECT DISTINCT p.oid::regprocedure
+      FROM progress_rule_reads(ARRAY(SELECT oid FROM viewed), 'pg_proc') AS r
+      JOIN pg_proc p ON p.oid = r.reads
      WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'progress\_%'
 $$;
 

@@ -109,10 +109,8 @@ BEGIN
         refreshed := '{}';
         -- The batch's entities locked first, in the order above, so this
         -- path too never deadlocks with another drain.
-        PERFORM pg_advisory_xact_lock(progress_version_lock_key('audio') + 2, hashtext(e::text))
-           FROM (SELECT DISTINCT e FROM unnest(audio_entities) AS e WHERE e IS NOT NULL ORDER BY e) AS x (e);
-        PERFORM pg_advisory_xact_lock(progress_version_lock_key('text') + 2, hashtext(e::text))
-           FROM (SELECT DISTINCT e FROM unnest(text_entities) AS e WHERE e IS NOT NULL ORDER BY e) AS x (e);
+        PERFORM progress_lock_language_entities('audio', audio_entities);
+        PERFORM progress_lock_language_entities('text', text_entities);
         FOREACH entry IN ARRAY batch LOOP
             SELECT r.error INTO failure
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, true) AS r;
