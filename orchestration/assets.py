@@ -37,6 +37,10 @@ from orchestration.schemas import BASE_TABLE_COLUMNS, READ_MODEL_COLUMNS, table_
 # the number of refresh workers.
 REFRESH_POOL = "progress_refresh"
 REFRESH_STEP = "refresh_progress"
+# A run tagged so (the full_backfill job's runs) refreshes every version whatever
+# its op config says: a run config that sets only, say, workers replaces the
+# job's default config and would otherwise turn the backfill into a queue drain.
+ALL_VERSIONS_TAG = "progress/all_versions"
 BASE_TABLES_GROUP = "base_tables"
 # Versions listed in metadata (the count is always complete).
 MAX_IDS_IN_METADATA = 20
@@ -101,7 +105,9 @@ class RefreshConfig(dg.Config):
         description="Queue every version of the selected kinds, then drain in batches "
         "(resumable: a retried run continues with what is still queued).",
     )
-    max_versions: int | None = Field(default=None, description="Refresh at most this many queued versions in this run.")
+    max_versions: int | None = Field(
+        default=None, ge=1, description="Refresh at most this many queued versions in this run."
+    )
     keep_draining: bool = Field(
         default=False,
         description="Keep claiming changes that arrive while the run drains, until the queue has had nothing "
@@ -141,6 +147,9 @@ def _resuming(context: dg.AssetExecutionContext) -> bool:
     """A retry or re-execution of a run that stopped while this step was running: the
     step's versions were queued then, and what is done has left the queue since.
     (A step that never started in the earlier runs queues its versions as usual.)"""
+    if context.retry_number > 0:
+        # This run's earlier attempt of the step started (the retry policy's retry).
+        return True
     step_key = context.get_step_execution_context().step.key
     parent_id = context.run.parent_run_id
     while parent_id:
@@ -209,6 +218,13 @@ def run_refresh(
     policy = replace(RefreshPolicy.from_env(conn), source=f"dagster:{context.run.run_id}")
     totals: dict[str, int]
     before: dict[str, list[gateway.VersionSummary]]
+    all_versions = config.all_versions or context.run.tags.get(ALL_VERSIONS_TAG) == "true"
+    if config.versions and all_versions:
+        raise dg.Failure(
+            description="a run refreshes named versions or all versions, not both: "
+            "name versions in a refresh_queued_versions run, without all_versions",
+            allow_retries=False,
+        )
     if config.versions:
         named = _named_versions(context, kinds, config.versions)
         mode = "named"
@@ -221,7 +237,7 @@ def run_refresh(
         except ProgressError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
     else:
-        if config.all_versions:
+        if all_versions:
             mode = "all"
             if _resuming(context):
                 totals = {kind: int(gateway.queue_state(conn, kind)["depth"]) for kind in kinds}

@@ -21,10 +21,11 @@ from typing import Any
 import dagster as dg
 
 from orchestration import settings
-from orchestration.assets import REFRESH_STEP, read_model_assets
+from orchestration.assets import ALL_VERSIONS_TAG, REFRESH_STEP, read_model_assets
+from orchestration.checks import Staleness, queue_staleness
 from orchestration.db import gateway
 from orchestration.errors import ProgressError
-from orchestration.read_models import READ_MODELS
+from orchestration.read_models import KINDS, READ_MODELS
 from orchestration.resources import PostgresResource
 
 # Run tags: dagster.yaml limits runs with this tag to one at a time.
@@ -53,6 +54,9 @@ DEFAULT_SENSOR_MAX_AGE_SECONDS = settings.SENSOR_MAX_AGE_SECONDS.default
 # About how long a requested run takes to claim its first version: a sensor tick
 # (up to 5 s), the dequeue (1 s) and the run's start-up (5-7 s on a small machine).
 HANDOVER_LEAD_SECONDS = 10.0
+
+# The sensor reports the queue_not_stale verdict when it changes, and at least this often.
+STALENESS_REPORT_SECONDS = 15 * 60
 
 # The sensor's runs keep draining what arrives while they run (RefreshConfig.keep_draining).
 KEEP_DRAINING: dict[str, Any] = {"ops": {REFRESH_STEP: {"config": {"keep_draining": True}}}}
@@ -125,7 +129,7 @@ full_backfill = dg.define_asset_job(
     description="Why: a safety net for anything change capture could miss (a trigger disabled during "
     "a bulk load, a restored backup). Queues every version and drains the queue in batches, logging "
     "n/total; a killed or failed run, when retried, continues with what is still queued.",
-    tags=REFRESH_TAGS,
+    tags={**REFRESH_TAGS, ALL_VERSIONS_TAG: "true"},
     op_retry_policy=REFRESH_RETRY_POLICY,
     executor_def=REFRESH_EXECUTOR,
 )
@@ -202,34 +206,63 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     so one run absorbs a burst or a stream of writes: it drains everything queued and keeps
     draining what arrives, and no other starts while one is pending. Depth and age
     thresholds can make the sensor wait to batch more; by default it does not wait."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
     pending = pending_refresh_run(tick_instance(context), handing_over=True)
-    if pending is not None:
-        return dg.SkipReason(_pending_reason(pending))
     with postgres.connect() as conn:
+        verdicts = [queue_staleness(conn, kind) for kind in KINDS]
         state = gateway.queue_state(conn)
+    # queue_not_stale, reported outside any run: a run's checks follow its refresh
+    # and are skipped when it refreshed nothing, which is when the queue goes stale.
+    reported = cursor.get("stale", {})
+    events = [v.evaluation() for v in verdicts if _worth_reporting(v, reported.get(v.kind))]
+    now = time.time()
+    for v in verdicts:
+        if _worth_reporting(v, reported.get(v.kind)):
+            reported[v.kind] = {"passed": v.passed, "at": now}
+    cursor["stale"] = reported
+    if pending is not None:
+        return _sensor_result(cursor, events, skip=_pending_reason(pending))
     ready, age = int(state["ready"]), float(state["oldest_ready_age_seconds"])
     depth = int(state["depth"])
     min_depth, max_age = sensor_thresholds()
     if ready == 0:
-        waiting = f" ({depth} in backoff or being refreshed)" if depth else ""
-        return dg.SkipReason(f"queue depth 0 ready{waiting}, oldest age 0s: nothing to refresh")
+        waiting = (
+            f" ({depth} in backoff or being refreshed, oldest queued {float(state['oldest_age_seconds']):.0f}s ago)"
+            if depth
+            else ""
+        )
+        return _sensor_result(cursor, events, skip=f"queue depth 0 ready{waiting}: nothing to refresh")
     if ready < min_depth and age < max_age:
-        return dg.SkipReason(
-            f"queue depth {ready} ready < {min_depth} and oldest age {age:.0f}s < "
-            f"{max_age:.0f}s: waiting to batch more changes"
+        return _sensor_result(
+            cursor,
+            events,
+            skip=f"queue depth {ready} ready < {min_depth} and oldest age {age:.0f}s < "
+            f"{max_age:.0f}s: waiting to batch more changes",
         )
     why = f"depth {ready} >= {min_depth}" if ready >= min_depth else f"oldest age {age:.0f}s >= {max_age:.0f}s"
-    cursor = json.loads(context.cursor) if context.cursor else {}
     requests = int(cursor.get("requests", 0)) + 1
     oldest = state["oldest_enqueued_at"]
-    context.update_cursor(json.dumps({"requests": requests}))
+    cursor["requests"] = requests
     context.log.info(f"requesting a refresh: {why}")
-    return dg.RunRequest(
+    request = dg.RunRequest(
         # Unique per request (a re-evaluated tick re-uses it, so no duplicate run).
         run_key=f"refresh-{requests}-{oldest.timestamp():.6f}",
         run_config=KEEP_DRAINING,
         tags={"progress/trigger": why},
     )
+    return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor), asset_events=events)
+
+
+def _worth_reporting(verdict: Staleness, last: dict[str, Any] | None) -> bool:
+    """A verdict is reported when it changes, and again every STALENESS_REPORT_SECONDS
+    (a check run by hand in between may have left another status showing)."""
+    if last is None or last.get("passed") != verdict.passed:
+        return True
+    return time.time() - float(last.get("at", 0)) >= STALENESS_REPORT_SECONDS
+
+
+def _sensor_result(cursor: dict[str, Any], events: list[dg.AssetCheckEvaluation], skip: str) -> dg.SensorResult:
+    return dg.SensorResult(skip_reason=skip, cursor=json.dumps(cursor), asset_events=events)
 
 
 @dg.schedule(

@@ -159,38 +159,77 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
     return check_read_models
 
 
+@dataclass(frozen=True)
+class Staleness:
+    """The queue_not_stale verdict for one kind, as the check and the sensor report it."""
+
+    kind: str
+    passed: bool
+    description: str | None
+    metadata: dict[str, dg.MetadataValue]
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey(summary_of(self.kind).name)
+
+    def evaluation(self) -> dg.AssetCheckEvaluation:
+        """The verdict as a check evaluation outside any run (what a sensor reports)."""
+        return dg.AssetCheckEvaluation(
+            asset_key=self.asset_key,
+            check_name=QUEUE_NOT_STALE,
+            passed=self.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=self.description,
+            metadata=self.metadata,
+        )
+
+
+def summary_of(kind: str) -> ReadModel:
+    return next(m for m in of_kind(kind) if m.level == "summary")  # type: ignore[arg-type]
+
+
+def queue_staleness(conn: psycopg.Connection, kind: str) -> Staleness:
+    """Whether the oldest queued change of a kind is younger than the stale limit."""
+    limit = stale_after_seconds()
+    state = gateway.queue_state(conn, kind)
+    depth, age = int(state["depth"]), float(state["oldest_age_seconds"])
+    passed = depth == 0 or age < limit
+    return Staleness(
+        kind,
+        passed,
+        None if passed else f"oldest queued {kind} change is {age:.0f}s old (limit {limit:.0f}s), {depth} queued",
+        {
+            "queue_depth": dg.MetadataValue.int(depth),
+            "ready": dg.MetadataValue.int(int(state["ready"])),
+            "oldest_age_seconds": dg.MetadataValue.float(round(age, 1)),
+            "limit_seconds": dg.MetadataValue.float(limit),
+        },
+    )
+
+
 def build_staleness_check(kind: str) -> dg.AssetChecksDefinition:
-    summary = next(m for m in of_kind(kind) if m.level == "summary")  # type: ignore[arg-type]
+    summary = summary_of(kind)
 
     @dg.asset_check(
         asset=summary.name,
         name=QUEUE_NOT_STALE,
         blocking=False,
         description=f"The oldest queued {kind} change is younger than ${STALE_SECONDS_ENV} "
-        f"(default {DEFAULT_STALE_SECONDS:.0f}s): otherwise {summary.name} is showing old progress.",
+        f"(default {DEFAULT_STALE_SECONDS:.0f}s): otherwise {summary.name} is showing old progress. "
+        "refresh_queue_sensor reports it too, outside any run, whenever its verdict changes.",
     )
     def queue_not_stale(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> dg.AssetCheckResult:
         """Why: the sensor and schedules should drain the queue within minutes. An old entry
         means refreshes stopped (daemon down, versions failing) and users see stale progress."""
-        limit = stale_after_seconds()
         with postgres.connect() as conn:
-            state = gateway.queue_state(conn, kind)
-        depth, age = int(state["depth"]), float(state["oldest_age_seconds"])
-        passed = depth == 0 or age < limit
-        if not passed:
-            context.log.error(f"{kind} queue is stale: {depth} queued, oldest {age:.0f}s old (limit {limit:.0f}s)")
+            verdict = queue_staleness(conn, kind)
+        if not verdict.passed:
+            context.log.error(f"{kind} queue is stale: {verdict.description}")
         return dg.AssetCheckResult(
-            passed=passed,
+            passed=verdict.passed,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=None
-            if passed
-            else f"oldest queued {kind} change is {age:.0f}s old (limit {limit:.0f}s), {depth} queued",
-            metadata={
-                "queue_depth": dg.MetadataValue.int(depth),
-                "ready": dg.MetadataValue.int(int(state["ready"])),
-                "oldest_age_seconds": dg.MetadataValue.float(round(age, 1)),
-                "limit_seconds": dg.MetadataValue.float(limit),
-            },
+            description=verdict.description,
+            metadata=verdict.metadata,
         )
 
     return queue_not_stale

@@ -369,6 +369,77 @@ def test_retried_backfill_resumes_instead_of_requeueing(db, dsn, monkeypatch):
     assert_read_models_equal_views(db)
 
 
+def test_full_backfill_rebuilds_everything_whatever_op_config_it_is_given(db, dsn):
+    """Any op config replaces the job's default config: a backfill run given only
+    a worker count must still rebuild every version, not drain the queue."""
+    versions = seed(db, audio_versions=2)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [versions["audio"][0]])
+
+    result = run_job(dsn, "full_backfill", {"ops": {"refresh_progress": {"config": {"workers": 1}}}})
+
+    assert result.success
+    assert materializations(result)["mv_audio_verse_coverage"]["mode"].value == "all"
+    assert_read_models_equal_views(db)
+
+
+def test_a_run_asked_for_named_and_all_versions_at_once_fails_saying_so(db, dsn):
+    versions = seed(db)
+    config = {"ops": {"refresh_progress": {"config": {"versions": [f"audio:{versions['audio'][0]}"]}}}}
+
+    result = run_job(dsn, "full_backfill", config, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "named versions or all versions, not both" in failure.step_failure_data.error.message
+
+
+def test_max_versions_below_one_fails_the_run_naming_it(db, dsn):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    config = {"ops": {"refresh_progress": {"config": {"max_versions": 0}}}}
+
+    result = run_job(dsn, "refresh_queued_versions", config, raise_on_error=False)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "max_versions" in failure.step_failure_data.error.message
+    assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 2
+
+
+def test_a_backfill_step_retried_in_the_same_run_resumes_instead_of_requeueing(db, dsn, monkeypatch):
+    """The step's retry policy retries it in the same run after, say, a lost
+    connection: what the first attempt refreshed has left the queue and stays done."""
+    versions = seed(db, audio_versions=3)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    monkeypatch.setenv("PROGRESS_REFRESH_WORKERS", "1")
+    monkeypatch.setenv("PROGRESS_BATCH_SIZE", "1")
+    real = gateway.refresh_claimed
+    calls = []
+
+    def lost_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gateway, "refresh_claimed", lost_on_the_third)
+
+    result = run_job(dsn, "full_backfill")
+
+    assert result.success
+    logs = run_logs(result)
+    for kind in ("audio", "text"):
+        assert sum(f"{kind}: queued all" in m for m in logs) == 1, logs
+        assert any(f"{kind}: resuming a backfill" in m for m in logs), logs
+    # Four text and audio versions in all, one attempt lost: at most one refreshed twice.
+    assert len(calls) <= 4 + 1 + 1, len(calls)
+    assert_read_models_equal_views(db)
+
+
 MULTIPROCESS_RUN_CONFIG = Path(__file__).parents[1] / "docs" / "examples" / "multiprocess_run_config.yaml"
 
 

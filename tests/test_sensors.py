@@ -220,3 +220,57 @@ def test_sensor_evaluates_in_a_context_without_an_instance(db, dsn):
     queue_versions(db, 1)
     with dg.build_sensor_context(resources=resources) as context:
         assert len(refresh_queue_sensor.evaluate_tick(context).run_requests) == 1
+
+
+def stale_verdicts(result) -> dict[str, bool]:
+    return {
+        e.asset_key.to_user_string(): e.passed
+        for e in result.asset_events
+        if isinstance(e, dg.AssetCheckEvaluation) and e.check_name == "queue_not_stale"
+    }
+
+
+def test_the_sensor_reports_a_stale_queue_when_no_run_would_check_it(db, dsn):
+    """An entry in retry backoff for two hours: no run starts, so no run's checks
+    run either; the sensor itself reports queue_not_stale failing, once."""
+    queue_versions(db, 1)
+    db.execute(
+        "UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 hours',"
+        " not_before = now() + interval '1 hour'"
+    )
+
+    first = evaluate(dsn)
+
+    assert not first.run_requests
+    assert re.search(r"1 in backoff or being refreshed, oldest queued 72\d\ds ago", first.skip_message), (
+        first.skip_message
+    )
+    assert stale_verdicts(first) == {
+        "mv_audio_version_progress_summary": False,
+        "mv_text_version_progress_summary": True,
+    }
+    failing = next(e for e in first.asset_events if not e.passed)
+    assert "oldest queued audio change is 72" in failing.description
+
+    again = evaluate(dsn, cursor=first.cursor)
+    assert stale_verdicts(again) == {}  # unchanged: not reported again
+
+    db.execute("DELETE FROM progress_refresh_queue")
+    drained = evaluate(dsn, cursor=again.cursor)
+    assert stale_verdicts(drained) == {"mv_audio_version_progress_summary": True}
+
+
+def test_the_sensors_staleness_reports_reach_the_instance(db, dsn):
+    """What the daemon does with them: recorded as the check's latest evaluation."""
+    queue_versions(db, 1)
+    db.execute(
+        "UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 hours',"
+        " not_before = now() + interval '1 hour'"
+    )
+    with dg.instance_for_test() as instance:
+        result = evaluate(dsn, instance)
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+        key = dg.AssetCheckKey(dg.AssetKey("mv_audio_version_progress_summary"), "queue_not_stale")
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+        assert latest.evaluation.passed is False
