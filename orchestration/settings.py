@@ -15,6 +15,7 @@ the Python drains of one process.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,15 +39,24 @@ def _positive_int(text: str) -> int:
     return number
 
 
-def _non_negative_float(text: str) -> float:
+def _finite_float(text: str) -> float:
+    """A number of seconds: "nan" and "inf" parse as floats but compare false (or
+    true) with everything, so a threshold set to them would silently never (or always) hold."""
     number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(text)
+    return number
+
+
+def _non_negative_float(text: str) -> float:
+    number = _finite_float(text)
     if number < 0:
         raise ValueError(text)
     return number
 
 
 def _positive_float(text: str) -> float:
-    number = float(text)
+    number = _finite_float(text)
     if number <= 0:
         raise ValueError(text)
     return number

@@ -78,7 +78,12 @@ def test_config_names_the_source_of_each_value(dsn: str) -> None:
 
 @pytest.mark.parametrize(
     "command, variable, value",
-    [("refresh", "PROGRESS_BATCH_SIZE", "zero"), ("config", "PROGRESS_SENSOR_MAX_AGE_SECONDS", "-1")],
+    [
+        ("refresh", "PROGRESS_BATCH_SIZE", "zero"),
+        ("config", "PROGRESS_SENSOR_MAX_AGE_SECONDS", "-1"),
+        ("config", "PROGRESS_SENSOR_MAX_AGE_SECONDS", "nan"),
+        ("config", "PROGRESS_QUEUE_STALE_SECONDS", "inf"),
+    ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(dsn: str, command: str, variable: str, value: str) -> None:
     environment = dict(os.environ, PROGRESS_DATABASE_URL=dsn, **{variable: value})
