@@ -289,6 +289,7 @@ def _status(conn: psycopg.Connection, dsn: str) -> dict[str, Any]:
         "populated_at": gateway.last_populated(conn),
         "queue": queue,
         "claims": gateway.claims(conn),
+        "retrying": gateway.retrying(conn),
         "lag_last_hour": {
             kind: dataclasses.asdict(gateway.refresh_lag(conn, kind, within_seconds=STATUS_LAG_WINDOW_SECONDS))
             for kind in KINDS
@@ -360,6 +361,21 @@ def _render_status(status: dict[str, Any]) -> None:
         console.print(_lag_line(kind, kind_lag), highlight=False)
     for line in _claim_lines(status["claims"]):
         console.print(line, highlight=False, soft_wrap=True)
+    if status["retrying"]:
+        retry = Table(title="retrying (failed, waiting out their backoff)")
+        retry.add_column("version", no_wrap=True)
+        retry.add_column("tries", justify="right")
+        retry.add_column("next try", no_wrap=True)
+        retry.add_column("last error", overflow="fold")
+        for r in status["retrying"]:
+            next_try = r["next_try_at"]
+            retry.add_row(
+                f"{r['kind']}:{r['version_id']}",
+                str(r["attempts"]),
+                "now" if next_try is None else f"{next_try.astimezone(UTC):%H:%M:%S} UTC",
+                str(r["last_error"] or ""),
+            )
+        console.print(retry)
     if status["dead_letters"]:
         dead = Table(title="dead letters")
         dead.add_column("version", no_wrap=True)
@@ -391,7 +407,8 @@ def _lag_line(kind: str, lag: dict[str, Any]) -> str:
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_command(as_json: bool) -> None:
-    """The database, last refresh, lag, queue, claims and their holders, dead letters and read-model sizes.
+    """The database, last refresh, lag, queue, claims and their holders, versions retrying (with their
+    last error), dead letters and read-model sizes.
 
     Lag is the age of the oldest change not yet refreshed (0 when nothing is
     queued); populated is when every read model was last complete (a rebuild,

@@ -209,6 +209,25 @@ def test_status_names_the_database_masked_and_shows_lag(db, dsn: str) -> None:
     assert re.search(r"^lag +1[01][0-9]s \(oldest queued change\)", shown, re.MULTILINE), shown
 
 
+def test_status_shows_why_a_retrying_version_failed_and_when_it_is_tried_again(db, dsn: str) -> None:
+    text_versions_with_a_verse(db, 1)
+    version = db.execute("SELECT version_id FROM progress_refresh_queue").fetchone()[0]
+    db.execute(
+        "UPDATE progress_refresh_queue SET attempts = 2, last_error = 'canceling statement due to lock timeout',"
+        " not_before = now() + interval '40 seconds'"
+    )
+
+    status = json.loads(run_cli("status", "--json", dsn=dsn).stdout)
+    shown = run_cli("status", dsn=dsn, env={"COLUMNS": "120"}).stdout
+
+    [entry] = status["retrying"]
+    assert (entry["kind"], entry["version_id"], entry["attempts"]) == ("text", str(version), 2)
+    assert entry["last_error"] == "canceling statement due to lock timeout"
+    assert entry["next_try_at"] is not None
+    assert "retrying" in shown and f"text:{version}" in shown, shown
+    assert "canceling statement due to lock timeout" in shown, shown
+
+
 def test_status_json_reports_populated_after_drains_without_a_rebuild(db, dsn: str) -> None:
     text_versions_with_a_verse(db, 2)
     assert json.loads(run_cli("status", "--json", dsn=dsn).stdout)["populated_at"] is None
@@ -228,6 +247,10 @@ def test_status_fits_80_columns(db, dsn: str, monkeypatch) -> None:
     db.execute(
         "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
         " VALUES ('audio', gen_random_uuid(), 3, repeat('a long error message ', 12), now())"
+    )
+    db.execute(
+        "UPDATE progress_refresh_queue SET attempts = 1, last_error = repeat('a long lock timeout ', 10),"
+        " not_before = now() + interval '30 seconds'"
     )
     for text in (
         run_cli("status", dsn=dsn, env={"COLUMNS": "80"}).stdout,

@@ -59,6 +59,17 @@ def test_plain_migrate_refuses_names_what_it_found_and_changes_nothing(previous_
         assert schema_of(conn) == before
 
 
+@pytest.mark.parametrize("command", [["status"], ["refresh"], ["enqueue", f"audio:{uuid.uuid4()}"]])
+def test_other_commands_on_the_previous_design_point_to_the_take_over(previous_dsn: str, command: list[str]) -> None:
+    result = _cli(previous_dsn, *command)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: the database holds the previous design, not yet taken over: run "
+        "`progress-refresh migrate --adopt --dry-run`, then `progress-refresh migrate --adopt`"
+    ]
+
+
 def test_dry_run_prints_the_take_over_plan_and_changes_nothing(previous_dsn: str) -> None:
     with connect(previous_dsn) as conn:
         before = schema_of(conn)

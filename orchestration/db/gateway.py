@@ -238,6 +238,12 @@ def claims(conn: psycopg.Connection, kind: str | None = None) -> list[dict[str, 
         return list(cur.execute("SELECT * FROM progress_claims(%s)", [kind]))
 
 
+def retrying(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """Entries that failed and wait out their backoff: attempts, last error, next try."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return list(cur.execute("SELECT * FROM progress_retrying(%s)", [limit]))
+
+
 def dead_letters(conn: psycopg.Connection, limit: int = 20) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return list(

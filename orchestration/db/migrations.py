@@ -146,6 +146,11 @@ def check_schema_current(conn: psycopg.Connection) -> None:
     """Refuses a database this release has not migrated, or one a newer release has."""
     applied = applied_versions(conn)
     if not applied:
+        if inspect(conn).needs_adoption:
+            raise ProgressError(
+                "the database holds the previous design, not yet taken over: "
+                "run `progress-refresh migrate --adopt --dry-run`, then `progress-refresh migrate --adopt`"
+            )
         raise ProgressError("the database is not migrated yet: run `progress-refresh migrate`")
     pending = _check_history(applied, load_migrations())
     if pending or len(_current(applied)) < len(applied):

@@ -30,6 +30,21 @@ LANGUAGE sql STABLE AS $$
       FROM q
 $$;
 
+-- Entries whose last refresh failed and that wait out their backoff, for
+-- `progress-refresh status`: how often they failed, why the last time, and
+-- when the next try may start (NULL: now). Soonest first.
+CREATE OR REPLACE FUNCTION progress_retrying(p_limit int DEFAULT 20)
+RETURNS TABLE (kind text, version_id uuid, attempts int, last_error text, next_try_at timestamptz,
+               enqueued_at timestamptz)
+SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql STABLE AS $$
+    SELECT q.kind, q.version_id, q.attempts, q.last_error, q.not_before, q.enqueued_at
+      FROM progress_refresh_queue q
+     WHERE q.attempts > 0
+     ORDER BY q.not_before NULLS FIRST, q.enqueued_at
+     LIMIT p_limit
+$$;
+
 -- Claimed entries, for `progress-refresh status`: who holds each (the
 -- worker's name and its server session), whether that session is alive
 -- (NULL: not checked, see claim_holder_check), and when another worker may
