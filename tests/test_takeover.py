@@ -149,6 +149,50 @@ def test_changes_committed_during_the_take_over_are_captured(previous_dsn: str) 
         assert_read_models_match(conn)
 
 
+def test_an_apps_own_trigger_that_queues_keeps_working_for_the_role_granted_it(previous_dsn: str) -> None:
+    """An app table of their own queues through enqueue_progress_refresh() from a
+    trigger, as a role granted EXECUTE on it by name: after the take-over that
+    role's writes still succeed and still queue; the plan names the trigger."""
+    role = "previous_design_notes_app"
+    with connect(previous_dsn) as conn:
+        conn.execute(
+            f"""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role}; END IF;
+            END $$;
+            CREATE TABLE version_notes (id serial PRIMARY KEY, audio_version_id uuid, note text);
+            CREATE FUNCTION queue_noted_version() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN PERFORM enqueue_progress_refresh('audio', NEW.audio_version_id); RETURN NEW; END $f$;
+            CREATE TRIGGER version_notes_queue AFTER INSERT ON version_notes
+                FOR EACH ROW EXECUTE FUNCTION queue_noted_version();
+            GRANT USAGE ON SCHEMA public TO {role};
+            GRANT INSERT ON version_notes TO {role};
+            GRANT USAGE ON SEQUENCE version_notes_id_seq TO {role};
+            GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO {role};
+            """
+        )
+        version = conn.execute("SELECT id FROM audio_versions LIMIT 1").fetchone()[0]
+        plan = "\n".join(plan_migrate(conn, adopt=True).lines())
+        assert "trigger calling the SQL API version_notes_queue on version_notes: left alone" in plan, plan
+        changes = "\n".join(migrate(conn, adopt=True))
+        assert f"kept EXECUTE on enqueue_progress_refresh() for {role}" in changes, changes
+        drain(conn)
+        with conn.transaction():
+            conn.execute(f"SET LOCAL ROLE {role}")
+            conn.execute("INSERT INTO version_notes (audio_version_id, note) VALUES (%s, 'after')", [version])
+        assert ("audio", str(version)) in pending(conn)
+        # A later migrate keeps it too.
+        migrate(conn)
+        granted = conn.execute(
+            "SELECT has_function_privilege(%s, 'enqueue_progress_refresh(text, uuid)', 'EXECUTE')", [role]
+        ).fetchone()
+        assert granted == (True,)
+        cannot_drain = conn.execute(
+            "SELECT has_function_privilege(%s, 'drain_progress_refresh_queue()', 'EXECUTE')", [role]
+        ).fetchone()
+        assert cannot_drain == (False,)
+
+
 def test_adopt_twice_changes_nothing_the_second_time(previous_dsn: str) -> None:
     with connect(previous_dsn) as conn:
         migrate(conn, adopt=True)

@@ -268,3 +268,46 @@ def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
             )
         else:
             result.findings.append(Finding("other trigger", f"{trigger} on {table}", "left alone", blocking=False))
+    _inspect_other_queue_triggers(conn, result)
+
+
+# Roles the product takes every grant from (08_security.sql): a Supabase API role
+# keeps no EXECUTE on the SQL API, whatever the previous design gave it.
+PUBLIC_ROLES = ("PUBLIC", "anon", "authenticated")
+ENQUEUE_FUNCTION = "enqueue_progress_refresh"
+
+
+def _inspect_other_queue_triggers(conn: psycopg.Connection, result: Inspection) -> None:
+    """Triggers of the apps' own tables (not base tables) that queue through
+    enqueue_progress_refresh(): they stay, and keep working for the roles kept
+    on it (kept_enqueue_callers); others must be granted EXECUTE."""
+    if result.ours:
+        return
+    rows = conn.execute(
+        """
+        SELECT c.relname, t.tgname
+          FROM pg_trigger t
+          JOIN pg_class c ON c.oid = t.tgrelid
+          JOIN pg_proc p ON p.oid = t.tgfoid
+         WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
+           AND c.relname <> ALL (%s) AND c.relname <> 'progress_refresh_queue'
+           AND p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+         ORDER BY 1, 2
+        """,
+        [list(BASE_TABLES)],
+    ).fetchall()
+    kept = kept_enqueue_callers(result)
+    for table, trigger in rows:
+        action = (
+            f"left alone; it queues through {ENQUEUE_FUNCTION}(), which "
+            + (f"{', '.join(kept)} may still call" if kept else "only progress_refresher members may call")
+            + f": grant EXECUTE on it to the roles that write {table}"
+        )
+        result.findings.append(Finding("trigger calling the SQL API", f"{trigger} on {table}", action, blocking=False))
+
+
+def kept_enqueue_callers(result: Inspection) -> list[str]:
+    """Roles granted EXECUTE on the previous design's enqueue_progress_refresh by
+    name: a take-over keeps it for them (queueing refreshes nothing; apps' own
+    triggers may call it as they write). PUBLIC and the Supabase API roles are not kept."""
+    return [r for r in result.api_callers.get(ENQUEUE_FUNCTION, []) if r not in PUBLIC_ROLES]

@@ -36,7 +36,7 @@ from typing import TypeVar
 import psycopg
 
 from orchestration.db.base_schema import base_tables_present
-from orchestration.db.inspection import TAKEOVER_SETTING, Inspection, inspect
+from orchestration.db.inspection import TAKEOVER_SETTING, Inspection, inspect, kept_enqueue_callers
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS, ReadModel
 from orchestration.sql_files import sql_files
@@ -543,6 +543,13 @@ def _swap_in(
             conn.execute("SELECT progress_install_definitions()")
             conn.execute("SELECT progress_install_refresh_functions()")
             conn.execute("SELECT progress_apply_grants()")
+            if taking_over:
+                for role in kept_enqueue_callers(plan.inspection):
+                    conn.execute(
+                        psycopg.sql.SQL("GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO {}").format(
+                            psycopg.sql.Identifier(role)
+                        )
+                    )
         return swapped, time.perf_counter() - started
 
     swapped, swap_seconds = _giving_way("swap the new read models in", swap)
@@ -580,7 +587,17 @@ def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers
 
 def _takeover_advice(inspection: Inspection) -> list[str]:
     lines = [f"kept {inspection.pending_entries} pending queue entries (drain them now: progress-refresh refresh)"]
-    callers = sorted({role for roles in inspection.api_callers.values() for role in roles})
+    kept = kept_enqueue_callers(inspection)
+    if kept:
+        lines.append(f"kept EXECUTE on enqueue_progress_refresh() for {', '.join(kept)} (queueing refreshes nothing)")
+    callers = sorted(
+        {
+            role
+            for function, roles in inspection.api_callers.items()
+            for role in roles
+            if not (function == "enqueue_progress_refresh" and role in kept)
+        }
+    )
     if callers:
         lines.append(
             f"roles that could run the old SQL API no longer can: {', '.join(callers)}. Grant "
