@@ -14,7 +14,7 @@ import pytest
 
 from orchestration.assets import base_table_specs, read_model_assets
 from orchestration.automation import jobs, schedules, sensors
-from orchestration.checks import MATCHES_LOGICAL_VIEW, all_checks
+from orchestration.checks import MATCHES_LOGICAL_VIEW, REFRESHED_MATCH_LOGICAL_VIEW, all_checks
 from orchestration.db import gateway
 from orchestration.read_models import READ_MODELS
 from orchestration.resources import PostgresResource
@@ -158,8 +158,10 @@ def test_refresh_job_makes_read_models_equal_their_logical_views(db, dsn):
     assert metadata["mv_text_verse_coverage"]["rows_inserted"].value == 10
     checks = check_results(result)
     assert len(checks) == 12 and all(c.passed for c in checks.values()), checks
-    # After a refresh, a check compares the versions that refresh wrote.
-    audio_check = checks[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"]
+    # After a refresh, a check compares the versions that refresh wrote; the
+    # whole-table check is not run (it computes every logical view).
+    assert not any(key.endswith(f":{MATCHES_LOGICAL_VIEW}") for key in checks), checks
+    audio_check = checks[f"mv_audio_verse_coverage:{REFRESHED_MATCH_LOGICAL_VIEW}"]
     assert audio_check.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
     assert [v["version"] for v in audio_check.metadata["versions_sampled"].value] == ["audio 0"]
 
@@ -297,6 +299,62 @@ def test_corrupted_read_model_fails_its_check_visibly(db, dsn):
     assert broken.severity == dg.AssetCheckSeverity.ERROR
     assert broken.metadata["mismatching_rows"].value == 2  # the stored row and the view's row
     assert all(c.passed for key, c in checks.items() if key != f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}")
+
+
+def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching(db, dsn):
+    """The whole-table check keeps its failure until a whole-table comparison
+    passes: a refresh run compares (and reports) only what it refreshed."""
+    versions = seed(db, audio_versions=2)
+    broken_version, other = versions["audio"]
+    publish_chapter(db, broken_version, 1)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_job(dsn, "refresh_queued_versions", instance=instance).success
+    db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [broken_version])
+    whole = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), MATCHES_LOGICAL_VIEW)
+    standalone = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.checks(whole),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not check_results(standalone)[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"].passed
+
+    publish_chapter(db, other, 2)
+    result = run_job(dsn, "refresh_queued_versions", instance=instance)
+
+    assert result.success
+    refreshed = check_results(result)[f"mv_audio_verse_coverage:{REFRESHED_MATCH_LOGICAL_VIEW}"]
+    assert refreshed.passed
+    assert refreshed.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([whole])[whole]
+    assert latest.evaluation.passed is False
+
+
+def test_the_refreshed_versions_check_on_its_own_compares_the_latest_refresh(db, dsn):
+    versions = seed(db)
+    key = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), REFRESHED_MATCH_LOGICAL_VIEW)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run_check():
+        result = dg.materialize(
+            [*base_table_specs, *read_model_assets, *all_checks],
+            selection=dg.AssetSelection.checks(key),
+            resources={"postgres": PostgresResource(database_url=dsn)},
+            instance=instance,
+            raise_on_error=False,
+        )
+        return check_results(result)[key.to_user_string()]
+
+    nothing_yet = run_check()
+    assert nothing_yet.passed
+    assert nothing_yet.metadata["scope"].value == "no refresh recorded yet: nothing compared"
+    publish_chapter(db, versions["audio"][0], 1)
+    assert run_job(dsn, "refresh_queued_versions", instance=instance).success
+    db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [versions["audio"][0]])
+    caught = run_check()
+    assert not caught.passed
+    assert caught.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
 
 
 def test_queued_versions_are_left_out_of_the_equality_check(db, dsn):
