@@ -166,6 +166,7 @@ def _equality_result(
     name: str,
     sample: Sample | None,
 ) -> dg.AssetCheckResult:
+    result: dict[str, Any]
     if sample is not None and not sample.versions:
         result = {"mismatching_rows": 0, "scopes_compared": "0", "scopes_left_out": 0}
     else:
