@@ -70,6 +70,13 @@ class DemoCounts:
     mappings: int
     verse_texts: int
 
+    def __str__(self) -> str:
+        return (
+            f"{self.languages:,} languages, {self.audio_versions:,} audio and {self.text_versions:,} text "
+            f"versions, {self.media_files:,} media files, {self.mappings:,} verse mappings, "
+            f"{self.verse_texts:,} verse texts"
+        )
+
 
 # Row shapes, field names = column names, so each COPY's column list comes from here.
 class LanguageRow(NamedTuple):

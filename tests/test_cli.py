@@ -46,6 +46,52 @@ def test_unreachable_server_is_one_line_without_password() -> None:
     assert "s3cret-pw" not in result.stderr
 
 
+@pytest.fixture
+def listening_socket():
+    """A local port that answers like a web server, or never (not accepted)."""
+    import socket
+    import threading
+
+    def serve(listener: socket.socket, answer: bytes | None) -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return
+            with peer:
+                peer.recv(1024)
+                peer.sendall(answer)
+
+    listeners = []
+
+    def open_one(answer: bytes | None) -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listeners.append(listener)
+        if answer is not None:
+            threading.Thread(target=serve, args=(listener, answer), daemon=True).start()
+        return listener.getsockname()[1]
+
+    yield open_one
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.mark.parametrize("sslmode", ["prefer", "disable"])
+def test_a_server_that_is_not_postgresql_is_named_as_such(listening_socket, sslmode: str) -> None:
+    port = listening_socket(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    result = run_cli("status", dsn=f"postgresql://someone:s3cret-pw@127.0.0.1:{port}/db?sslmode={sslmode}")
+    assert_one_line_error(result, "cannot reach PostgreSQL", "is not PostgreSQL (is the port right?)")
+    assert "s3cret-pw" not in result.stderr
+
+
+def test_the_urls_connect_timeout_is_the_one_waited_for_and_said(listening_socket) -> None:
+    port = listening_socket(None)
+    result = run_cli("status", dsn=f"postgresql://someone@127.0.0.1:{port}/db?connect_timeout=2")
+    assert_one_line_error(result, "cannot reach PostgreSQL", "no answer within 2s")
+
+
 def test_unmigrated_database_says_to_migrate(empty_dsn: str) -> None:
     assert_one_line_error(run_cli("status", dsn=empty_dsn), "progress-refresh migrate")
 
@@ -276,3 +322,14 @@ def test_an_unusable_state_folder_is_one_line(tmp_path) -> None:
     blocker.write_text("")
     result = run_cli("status", env={"PROGRESS_STATE_DIR": str(blocker / "state")})
     assert_one_line_error(result, str(blocker / "state"), "PROGRESS_STATE_DIR")
+
+
+def test_seed_demo_says_what_it_loaded_in_words(dsn: str) -> None:
+    result = run_cli("seed-demo", "--audio", "1", "--text", "1", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("demo data:")]
+    assert re.fullmatch(
+        r"demo data: [\d,]+ languages, 1 audio and 1 text versions, [\d,]+ media files, "
+        r"[\d,]+ verse mappings, [\d,]+ verse texts",
+        line,
+    ), line

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from orchestration.db.dsn import (
     KEYWORD_QUOTING_HINT,
@@ -45,10 +46,23 @@ _UNREACHABLE = (
     ("name or service not known", "the host name is not known"),
     ("connection refused", "connection refused (is the server running, are host and port right?)"),
     ("no such file or directory", "no server socket there (is the server running?)"),
-    ("timeout", f"no answer within {CONNECT_TIMEOUT_SECONDS}s"),
-    ("timed out", f"no answer within {CONNECT_TIMEOUT_SECONDS}s"),
+    ("timeout", "no answer within {timeout}s"),
+    ("timed out", "no answer within {timeout}s"),
     ("network is unreachable", "the network is unreachable"),
+    ("invalid response to ssl negotiation", "what answers there is not PostgreSQL (is the port right?)"),
+    ("server closed the connection unexpectedly", "the server closed the connection (is the port right?)"),
+    ("received invalid response", "what answers there is not PostgreSQL (is the port right?)"),
+    ("expected authentication request", "what answers there is not PostgreSQL (is the port right?)"),
 )
+
+
+def connect_timeout(dsn: str) -> int:
+    """The URL's connect_timeout when it sets a positive one, else CONNECT_TIMEOUT_SECONDS."""
+    try:
+        given = str(conninfo_to_dict(dsn).get("connect_timeout") or "")
+    except (psycopg.Error, ValueError):
+        return CONNECT_TIMEOUT_SECONDS
+    return int(given) if given.isdigit() and int(given) > 0 else CONNECT_TIMEOUT_SECONDS
 
 
 def _first(lowered: str, table: tuple[tuple[str, str], ...]) -> str | None:
@@ -75,7 +89,7 @@ def describe_connection_error(exc: BaseException, dsn: str) -> str:
         return f"authentication failed for {where}: the user does not exist{hint}"
     reason = _first(lowered, _UNREACHABLE)
     if reason is not None:
-        return f"cannot reach PostgreSQL at {where}: {reason}{hint}"
+        return f"cannot reach PostgreSQL at {where}: {reason.format(timeout=connect_timeout(dsn))}{hint}"
     code = f" (SQLSTATE {exc.sqlstate})" if isinstance(exc, psycopg.Error) and exc.sqlstate else ""
     return f"cannot connect to PostgreSQL at {where}: {type(exc).__name__}{code}{hint}"
 
@@ -86,7 +100,7 @@ def connect(dsn: str, *, application_name: str = "progress-refresh") -> psycopg.
         return psycopg.connect(
             dsn,
             autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            connect_timeout=connect_timeout(dsn),
             application_name=application_name,
         )
     except (psycopg.Error, ValueError) as exc:
