@@ -46,6 +46,24 @@ def test_unreachable_server_is_one_line_without_password() -> None:
     assert "s3cret-pw" not in result.stderr
 
 
+def test_migrate_names_a_base_column_of_another_type_and_installs_nothing(empty_dsn: str) -> None:
+    from pathlib import Path
+
+    base_tables = Path(__file__).parents[1] / "sql" / "migrations" / "001_base_tables.sql"
+    with connect(empty_dsn) as conn:
+        conn.execute(base_tables.read_text())
+        conn.execute("ALTER TABLE chapters ALTER COLUMN total_verses TYPE text")
+        conn.execute("ALTER TABLE verses ALTER COLUMN global_order TYPE text")
+    for args in (("migrate",), ("migrate", "--dry-run")):
+        result = run_cli(*args, dsn=empty_dsn)
+        assert_one_line_error(
+            result, "chapters.total_verses is text, not an integer", "verses.global_order is text, not an integer"
+        )
+    with connect(empty_dsn) as conn:
+        installed = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'progress%'").fetchone()
+    assert installed == (0,)
+
+
 @pytest.fixture
 def listening_socket():
     """A local port that answers like a web server, or never (not accepted)."""
