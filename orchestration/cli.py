@@ -127,6 +127,8 @@ def migrate_command(strategy: str | None, adopt: bool, dry_run: bool) -> None:
         except ForeignObjectsError as exc:
             for line in exc.lines:
                 click.echo(f"found: {line}", err=True)
+            for line in exc.notes:
+                click.echo(f"note: {line}", err=True)
             raise
     for line in changes:
         click.echo(line)

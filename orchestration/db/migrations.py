@@ -285,7 +285,9 @@ class ForeignObjectsError(ProgressError):
     """The previous design (or someone's objects) stands under our names: nothing was changed."""
 
     def __init__(self, plan: Plan) -> None:
+        # What --adopt would change, then what it would leave alone (notes).
         self.lines = [f.line() for f in plan.inspection.findings if f.blocking]
+        self.notes = [f.line() for f in plan.inspection.findings if not f.blocking]
         super().__init__(
             "the database holds objects of the previous design under this product's names; nothing was "
             "changed. Take it over with: progress-refresh migrate --adopt"
