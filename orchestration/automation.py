@@ -25,7 +25,7 @@ from orchestration.assets import ALL_VERSIONS_TAG, REFRESH_STEP, read_model_asse
 from orchestration.checks import (
     MATCHES_LOGICAL_VIEW,
     QUEUE_NOT_STALE,
-    REFRESHED_MATCH_LOGICAL_VIEW,
+    REFRESHED_VERSIONS_MATCH,
     Staleness,
     check_keys,
     queue_staleness,
@@ -124,7 +124,7 @@ IN_PROCESS: dict[str, Any] = (
 refresh_queued_versions = dg.define_asset_job(
     name="refresh_queued_versions",
     # The refreshed versions compared, not every table: a run stays cheap.
-    selection=read_models_with_checks(REFRESHED_MATCH_LOGICAL_VIEW, QUEUE_NOT_STALE),
+    selection=read_models_with_checks(REFRESHED_VERSIONS_MATCH, QUEUE_NOT_STALE),
     description="Why: apps change recordings and texts continuously; this refreshes only the versions "
     "those changes queued (with parallel workers, oldest change first), then checks the refreshed versions "
     "against the logical views. Run config may name versions or ask for all instead.",

@@ -8,7 +8,7 @@ so a change committed meanwhile (queued in the writer's own transaction) can
 never look like a wrong read model. Two checks per read model, so a passing
 status never stands for rows nobody compared: matches_logical_view compares
 the whole table (run on its own, and after a full backfill);
-refreshed_versions_match_logical_view compares the versions the latest refresh
+refreshed_versions_match compares the versions the latest refresh
 wrote (a sample; after the refresh, in the same run), cheap whatever the size.
 """
 
@@ -28,7 +28,7 @@ from orchestration.read_models import KINDS, READ_MODELS, ReadModel, of_kind
 from orchestration.resources import PostgresResource
 
 MATCHES_LOGICAL_VIEW = "matches_logical_view"
-REFRESHED_MATCH_LOGICAL_VIEW = "refreshed_versions_match_logical_view"
+REFRESHED_VERSIONS_MATCH = "refreshed_versions_match"
 QUEUE_NOT_STALE = "queue_not_stale"
 STALE_SECONDS_ENV = settings.QUEUE_STALE_SECONDS.env
 DEFAULT_STALE_SECONDS = settings.QUEUE_STALE_SECONDS.default
@@ -117,7 +117,7 @@ def equality_check_specs(kind: str) -> list[dg.AssetCheckSpec]:
         )
         specs.append(
             dg.AssetCheckSpec(
-                name=REFRESHED_MATCH_LOGICAL_VIEW,
+                name=REFRESHED_VERSIONS_MATCH,
                 asset=model.name,
                 blocking=False,
                 description=f"The versions the latest refresh of {model.name} wrote (up to "
@@ -150,10 +150,10 @@ def build_equality_checks(kind: str) -> dg.AssetChecksDefinition:
         compute the same rows live. Any difference is a refresh bug users would read."""
         with postgres.connect() as conn:
             for model in models:
-                for name in (MATCHES_LOGICAL_VIEW, REFRESHED_MATCH_LOGICAL_VIEW):
+                for name in (MATCHES_LOGICAL_VIEW, REFRESHED_VERSIONS_MATCH):
                     if dg.AssetCheckKey(dg.AssetKey(model.name), name) not in context.selected_asset_check_keys:
                         continue
-                    sample = refreshed_sample(context, model) if name == REFRESHED_MATCH_LOGICAL_VIEW else None
+                    sample = refreshed_sample(context, model) if name == REFRESHED_VERSIONS_MATCH else None
                     yield _equality_result(context, conn, model, name, sample)
 
     return check_read_models

@@ -14,7 +14,7 @@ import pytest
 
 from orchestration.assets import base_table_specs, read_model_assets
 from orchestration.automation import jobs, schedules, sensors
-from orchestration.checks import MATCHES_LOGICAL_VIEW, REFRESHED_MATCH_LOGICAL_VIEW, all_checks
+from orchestration.checks import MATCHES_LOGICAL_VIEW, REFRESHED_VERSIONS_MATCH, all_checks
 from orchestration.db import gateway
 from orchestration.read_models import READ_MODELS
 from orchestration.resources import PostgresResource
@@ -161,7 +161,7 @@ def test_refresh_job_makes_read_models_equal_their_logical_views(db, dsn):
     # After a refresh, a check compares the versions that refresh wrote; the
     # whole-table check is not run (it computes every logical view).
     assert not any(key.endswith(f":{MATCHES_LOGICAL_VIEW}") for key in checks), checks
-    audio_check = checks[f"mv_audio_verse_coverage:{REFRESHED_MATCH_LOGICAL_VIEW}"]
+    audio_check = checks[f"mv_audio_verse_coverage:{REFRESHED_VERSIONS_MATCH}"]
     assert audio_check.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
     assert [v["version"] for v in audio_check.metadata["versions_sampled"].value] == ["audio 0"]
 
@@ -324,7 +324,7 @@ def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching
     result = run_job(dsn, "refresh_queued_versions", instance=instance)
 
     assert result.success
-    refreshed = check_results(result)[f"mv_audio_verse_coverage:{REFRESHED_MATCH_LOGICAL_VIEW}"]
+    refreshed = check_results(result)[f"mv_audio_verse_coverage:{REFRESHED_VERSIONS_MATCH}"]
     assert refreshed.passed
     assert refreshed.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([whole])[whole]
@@ -333,7 +333,7 @@ def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching
 
 def test_the_refreshed_versions_check_on_its_own_compares_the_latest_refresh(db, dsn):
     versions = seed(db)
-    key = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), REFRESHED_MATCH_LOGICAL_VIEW)
+    key = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), REFRESHED_VERSIONS_MATCH)
     instance = dg.DagsterInstance.ephemeral()
 
     def run_check():

@@ -159,9 +159,7 @@ def test_sensor():
 def test_checks(graph):
     checks = {key.to_user_string() for key in graph.asset_check_keys}
     expected = {
-        f"{name}:{check}"
-        for name in READ_MODEL_NAMES
-        for check in ("matches_logical_view", "refreshed_versions_match_logical_view")
+        f"{name}:{check}" for name in READ_MODEL_NAMES for check in ("matches_logical_view", "refreshed_versions_match")
     } | {
         "mv_audio_version_progress_summary:queue_not_stale",
         "mv_text_version_progress_summary:queue_not_stale",
