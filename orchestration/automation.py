@@ -222,14 +222,15 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     draining what arrives, and no other starts while one is pending. Depth and age
     thresholds can make the sensor wait to batch more; by default it does not wait."""
     cursor = json.loads(context.cursor) if context.cursor else {}
-    pending = pending_refresh_run(tick_instance(context), handing_over=True)
+    instance = tick_instance(context)
+    pending = pending_refresh_run(instance, handing_over=True)
     with postgres.connect() as conn:
         verdicts = [queue_staleness(conn, kind) for kind in KINDS]
         state = gateway.queue_state(conn)
     # queue_not_stale, reported outside any run: a run's checks follow its refresh
     # and are skipped when it refreshed nothing, which is when the queue goes stale.
     reported = cursor.get("stale", {})
-    events = [v.evaluation() for v in verdicts if _worth_reporting(v, reported.get(v.kind))]
+    events = [v.evaluation(instance) for v in verdicts if _worth_reporting(v, reported.get(v.kind))]
     now = time.time()
     for v in verdicts:
         if _worth_reporting(v, reported.get(v.kind)):

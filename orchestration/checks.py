@@ -20,6 +20,9 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from orchestration import settings
 from orchestration.assets import version_labels
@@ -211,8 +214,10 @@ class Staleness:
     def asset_key(self) -> dg.AssetKey:
         return dg.AssetKey(summary_of(self.kind).name)
 
-    def evaluation(self) -> dg.AssetCheckEvaluation:
-        """The verdict as a check evaluation outside any run (what a sensor reports)."""
+    def evaluation(self, instance: dg.DagsterInstance | None) -> dg.AssetCheckEvaluation:
+        """The verdict as a check evaluation outside any run (what a sensor reports),
+        aimed at the summary's latest materialization: the UI shows a check's status
+        for that one, and an evaluation aimed at none as "not evaluated"."""
         return dg.AssetCheckEvaluation(
             asset_key=self.asset_key,
             check_name=QUEUE_NOT_STALE,
@@ -220,7 +225,20 @@ class Staleness:
             severity=dg.AssetCheckSeverity.ERROR,
             description=self.description,
             metadata=self.metadata,
+            target_materialization_data=latest_materialization(instance, self.asset_key),
         )
+
+
+def latest_materialization(
+    instance: dg.DagsterInstance | None, key: dg.AssetKey
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    records = instance.get_asset_records([key]) if instance is not None else []
+    latest = records[0].asset_entry.last_materialization_record if records else None
+    if latest is None:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
+    )
 
 
 def summary_of(kind: str) -> ReadModel:

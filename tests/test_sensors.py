@@ -267,10 +267,15 @@ def test_the_sensors_staleness_reports_reach_the_instance(db, dsn):
         "UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 hours',"
         " not_before = now() + interval '1 hour'"
     )
+    summary = dg.AssetKey("mv_audio_version_progress_summary")
     with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(summary))
+        materialized = instance.get_asset_records([summary])[0].asset_entry.last_materialization_record
         result = evaluate(dsn, instance)
         for event in result.asset_events:
             instance.report_runless_asset_event(event)
-        key = dg.AssetCheckKey(dg.AssetKey("mv_audio_version_progress_summary"), "queue_not_stale")
+        key = dg.AssetCheckKey(summary, "queue_not_stale")
         latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
         assert latest.evaluation.passed is False
+        # Aimed at the latest materialization: the UI shows it as that one's status.
+        assert latest.evaluation.target_materialization_data.storage_id == materialized.storage_id
