@@ -229,12 +229,13 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
         state = gateway.queue_state(conn)
     # queue_not_stale, reported outside any run: a run's checks follow its refresh
     # and are skipped when it refreshed nothing, which is when the queue goes stale.
+    # Not while a refresh run is pending: its own check reports at its end, aimed
+    # at the materialization it makes, which a report now would aim before.
     reported = cursor.get("stale", {})
-    events = [v.evaluation(instance) for v in verdicts if _worth_reporting(v, reported.get(v.kind))]
-    now = time.time()
-    for v in verdicts:
-        if _worth_reporting(v, reported.get(v.kind)):
-            reported[v.kind] = {"passed": v.passed, "at": now}
+    due = [v for v in verdicts if pending is None and _worth_reporting(v, reported.get(v.kind))]
+    events = [v.evaluation(instance) for v in due]
+    for v in due:
+        reported[v.kind] = {"passed": v.passed, "at": time.time()}
     cursor["stale"] = reported
     if pending is not None:
         return _sensor_result(cursor, events, skip=_pending_reason(pending))

@@ -279,3 +279,20 @@ def test_the_sensors_staleness_reports_reach_the_instance(db, dsn):
         assert latest.evaluation.passed is False
         # Aimed at the latest materialization: the UI shows it as that one's status.
         assert latest.evaluation.target_materialization_data.storage_id == materialized.storage_id
+
+
+def test_the_sensor_leaves_the_staleness_verdict_to_a_pending_run(db, dsn):
+    """A refresh run reports queue_not_stale at its end, aimed at the materialization
+    it makes; a report from the sensor meanwhile would aim at the one before."""
+    queue_versions(db, 1)
+    db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 hours'")
+    with dg.instance_for_test() as instance:
+        add_run(instance, refresh_queued_versions.name, dg.DagsterRunStatus.STARTED)
+        during = evaluate(dsn, instance)
+        assert "already started" in during.skip_message
+        assert stale_verdicts(during) == {}
+        after = evaluate(dsn, cursor=during.cursor)  # the run is over (a fresh instance)
+        assert stale_verdicts(after) == {
+            "mv_audio_version_progress_summary": False,
+            "mv_text_version_progress_summary": True,
+        }
