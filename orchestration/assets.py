@@ -41,6 +41,9 @@ REFRESH_STEP = "refresh_progress"
 # its op config says: a run config that sets only, say, workers replaces the
 # job's default config and would otherwise turn the backfill into a queue drain.
 ALL_VERSIONS_TAG = "progress/all_versions"
+# Set by a backfill once it has queued every version of a kind ("<run id>:audio,text"):
+# a retry of the step, or a re-execution of the run, resumes those kinds.
+BACKFILL_QUEUED_TAG = "progress/backfill_queued"
 BASE_TABLES_GROUP = "base_tables"
 # Versions listed in metadata (the count is always complete).
 MAX_IDS_IN_METADATA = 20
@@ -143,24 +146,30 @@ def version_labels(conn: psycopg.Connection, kind: str, versions: Sequence[uuid.
     ]
 
 
-def _resuming(context: dg.AssetExecutionContext) -> bool:
-    """A retry or re-execution of a run that stopped while this step was running: the
-    step's versions were queued then, and what is done has left the queue since.
-    (A step that never started in the earlier runs queues its versions as usual.)"""
-    if context.retry_number > 0:
-        # This run's earlier attempt of the step started (the retry policy's retry).
-        return True
-    step_key = context.get_step_execution_context().step.key
-    parent_id = context.run.parent_run_id
-    while parent_id:
-        parent = context.instance.get_run_by_id(parent_id)
-        if parent is None or parent.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
-            return False
-        started = context.instance.get_records_for_run(parent_id, of_type=dg.DagsterEventType.STEP_START)
-        if any(record.event_log_entry.step_key == step_key for record in started.records):
-            return True
-        parent_id = parent.parent_run_id
-    return False
+def _queued_by_this_backfill(context: dg.AssetExecutionContext) -> set[str]:
+    """The kinds whose every version this backfill has queued already: in this run
+    (the step retried by its retry policy) or in the failed or canceled runs it
+    re-executes. What is done has left the queue since, so those resume; a kind
+    whose queueing never happened (an attempt lost before it) is queued now."""
+    run_id: str | None = context.run.run_id
+    while run_id:
+        run = context.instance.get_run_by_id(run_id)
+        if run is None or (
+            run_id != context.run.run_id
+            and run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+        ):
+            break
+        # A re-execution inherits its parent's tags: only the run a tag names queued.
+        queued_by, _, kinds = run.tags.get(BACKFILL_QUEUED_TAG, "").partition(":")
+        if queued_by == run_id:
+            return {kind for kind in kinds.split(",") if kind}
+        run_id = run.parent_run_id
+    return set()
+
+
+def _record_queued(context: dg.AssetExecutionContext, kinds: set[str]) -> None:
+    run_id = context.run.run_id
+    context.instance.add_run_tags(run_id, {BACKFILL_QUEUED_TAG: f"{run_id}:{','.join(sorted(kinds))}"})
 
 
 def _progress_logger(context: dg.AssetExecutionContext, total: int, every: int):
@@ -239,13 +248,16 @@ def run_refresh(
     else:
         if all_versions:
             mode = "all"
-            if _resuming(context):
-                totals = {kind: int(gateway.queue_state(conn, kind)["depth"]) for kind in kinds}
-                for kind in kinds:
+            queued = _queued_by_this_backfill(context)
+            totals = {}
+            for kind in kinds:
+                if kind in queued:
+                    totals[kind] = int(gateway.queue_state(conn, kind)["depth"])
                     context.log.info(f"{kind}: resuming a backfill, {totals[kind]} version(s) still queued")
-            else:
-                totals = {kind: gateway.enqueue_all_versions(conn, kind) for kind in kinds}
-                for kind in kinds:
+                else:
+                    totals[kind] = gateway.enqueue_all_versions(conn, kind)
+                    queued.add(kind)
+                    _record_queued(context, queued)
                     context.log.info(f"{kind}: queued all {totals[kind]} version(s) for a backfill")
         else:
             mode = "queued"

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import dagster as dg
+import psycopg
 
 from orchestration import settings
 from orchestration.assets import ALL_VERSIONS_TAG, REFRESH_STEP, read_model_assets
@@ -224,21 +225,21 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
     cursor = json.loads(context.cursor) if context.cursor else {}
     instance = tick_instance(context)
     pending = pending_refresh_run(instance, handing_over=True)
-    with postgres.connect() as conn:
-        verdicts = [queue_staleness(conn, kind) for kind in KINDS]
-        state = gateway.queue_state(conn)
-    # queue_not_stale, reported outside any run: a run's checks follow its refresh
-    # and are skipped when it refreshed nothing, which is when the queue goes stale.
-    # Not while a refresh run is pending: its own check reports at its end, aimed
-    # at the materialization it makes, which a report now would aim before.
-    reported = cursor.get("stale", {})
-    due = [v for v in verdicts if pending is None and _worth_reporting(v, reported.get(v.kind))]
-    events = [v.evaluation(instance) for v in due]
-    for v in due:
-        reported[v.kind] = {"passed": v.passed, "at": time.time()}
-    cursor["stale"] = reported
     if pending is not None:
+        # Only a stale verdict is worth a report now: a pending run's own check
+        # reports at its end, aimed at the materialization it makes (a passing
+        # report now would aim at the one before and hide it), but a run stuck
+        # in the queue never ends, and a stuck queue must still show.
+        events: list[dg.AssetCheckEvaluation] = []
+        try:
+            with postgres.connect() as conn:
+                events = _staleness_events(context, conn, cursor, instance, stale_only=True)
+        except (ProgressError, psycopg.Error) as exc:  # the database away: the pending run will tell
+            context.log.warning(f"queue_not_stale not reported: {exc}")
         return _sensor_result(cursor, events, skip=_pending_reason(pending))
+    with postgres.connect() as conn:
+        state = gateway.queue_state(conn)
+        events = _staleness_events(context, conn, cursor, instance, stale_only=False)
     ready, age = int(state["ready"]), float(state["oldest_ready_age_seconds"])
     depth = int(state["depth"])
     min_depth, max_age = sensor_thresholds()
@@ -268,6 +269,29 @@ def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: Postgres
         tags={"progress/trigger": why},
     )
     return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor), asset_events=events)
+
+
+def _staleness_events(
+    context: dg.SensorEvaluationContext,
+    conn: psycopg.Connection,
+    cursor: dict[str, Any],
+    instance: dg.DagsterInstance | None,
+    stale_only: bool,
+) -> list[dg.AssetCheckEvaluation]:
+    """queue_not_stale, reported outside any run when its verdict changed (and
+    recorded in the cursor): a run's checks follow its refresh and are skipped
+    when it refreshed nothing, which is when the queue goes stale. A failure to
+    tell (a bad setting) is logged and never stops the sensor's own work."""
+    try:
+        verdicts = [queue_staleness(conn, kind) for kind in KINDS]
+    except ProgressError as exc:
+        context.log.warning(f"queue_not_stale not reported: {exc}")
+        return []
+    reported = cursor.setdefault("stale", {})
+    due = [v for v in verdicts if (not stale_only or not v.passed) and _worth_reporting(v, reported.get(v.kind))]
+    for v in due:
+        reported[v.kind] = {"passed": v.passed, "at": time.time()}
+    return [v.evaluation(instance) for v in due]
 
 
 def _worth_reporting(verdict: Staleness, last: dict[str, Any] | None) -> bool:

@@ -498,6 +498,34 @@ def test_a_backfill_step_retried_in_the_same_run_resumes_instead_of_requeueing(d
     assert_read_models_equal_views(db)
 
 
+def test_a_backfill_step_lost_before_it_queued_queues_everything_on_its_retry(db, dsn, monkeypatch):
+    """An attempt that failed before it queued the versions (a lost connection)
+    left nothing to resume: the retry queues every version, and repairs drift."""
+    versions = seed(db, audio_versions=2)
+    for version in versions["audio"]:
+        publish_chapter(db, version, 1)
+    assert run_job(dsn, "refresh_queued_versions").success
+    db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [versions["audio"][0]])
+    real = gateway.enqueue_all_versions
+    calls = []
+
+    def lost_the_first_time(conn, kind):
+        calls.append(kind)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(conn, kind)
+
+    monkeypatch.setattr(gateway, "enqueue_all_versions", lost_the_first_time)
+
+    result = run_job(dsn, "full_backfill")
+
+    assert result.success
+    logs = run_logs(result)
+    assert not any("resuming a backfill" in m for m in logs), logs
+    assert sum("audio: queued all 2 version(s)" in m for m in logs) == 1, logs
+    assert_read_models_equal_views(db)
+
+
 MULTIPROCESS_RUN_CONFIG = Path(__file__).parents[1] / "docs" / "examples" / "multiprocess_run_config.yaml"
 
 

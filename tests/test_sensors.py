@@ -281,18 +281,33 @@ def test_the_sensors_staleness_reports_reach_the_instance(db, dsn):
         assert latest.evaluation.target_materialization_data.storage_id == materialized.storage_id
 
 
-def test_the_sensor_leaves_the_staleness_verdict_to_a_pending_run(db, dsn):
+def test_behind_a_pending_run_the_sensor_reports_only_a_stale_queue(db, dsn):
     """A refresh run reports queue_not_stale at its end, aimed at the materialization
-    it makes; a report from the sensor meanwhile would aim at the one before."""
+    it makes; a passing report from the sensor meanwhile would aim at the one
+    before. A stale verdict is reported all the same: a run stuck in the run queue
+    never ends, and a stuck queue must show."""
     queue_versions(db, 1)
     db.execute("UPDATE progress_refresh_queue SET enqueued_at = now() - interval '2 hours'")
     with dg.instance_for_test() as instance:
-        add_run(instance, refresh_queued_versions.name, dg.DagsterRunStatus.STARTED)
+        add_run(instance, refresh_queued_versions.name, dg.DagsterRunStatus.QUEUED)
         during = evaluate(dsn, instance)
-        assert "already started" in during.skip_message
-        assert stale_verdicts(during) == {}
-        after = evaluate(dsn, cursor=during.cursor)  # the run is over (a fresh instance)
-        assert stale_verdicts(after) == {
-            "mv_audio_version_progress_summary": False,
-            "mv_text_version_progress_summary": True,
-        }
+        assert "already queued" in during.skip_message
+        assert stale_verdicts(during) == {"mv_audio_version_progress_summary": False}
+    after = evaluate(dsn, cursor=during.cursor)  # no run pending any more
+    assert stale_verdicts(after) == {"mv_text_version_progress_summary": True}
+
+
+def test_a_bad_stale_setting_never_stops_the_sensor_requesting_runs(db, dsn, monkeypatch):
+    queue_versions(db, 1)
+    monkeypatch.setenv("PROGRESS_QUEUE_STALE_SECONDS", "15 min")
+    result = evaluate(dsn)
+    assert len(result.run_requests) == 1
+    assert stale_verdicts(result) == {}
+
+
+def test_behind_a_pending_run_an_unreachable_database_is_a_plain_skip():
+    with dg.instance_for_test() as instance:
+        add_run(instance, refresh_queued_versions.name, dg.DagsterRunStatus.STARTED)
+        result = evaluate("postgresql://nobody@127.0.0.1:1/nowhere", instance)
+    assert "already started" in result.skip_message
+    assert stale_verdicts(result) == {}
