@@ -351,3 +351,15 @@ def test_seed_demo_says_what_it_loaded_in_words(dsn: str) -> None:
         r"[\d,]+ verse mappings, [\d,]+ verse texts",
         line,
     ), line
+
+
+def test_a_package_upgraded_without_migrate_says_to_migrate(dsn: str) -> None:
+    """A release may change functions and views without a migration: commands
+    refuse a database whose definitions are another release's, and migrate mends it."""
+    with connect(dsn) as conn:
+        conn.execute("UPDATE progress_refresh_settings SET value = 'an older one' WHERE key = 'definitions_digest'")
+    assert_one_line_error(
+        run_cli("status", dsn=dsn), "SQL functions and views are another release's", "progress-refresh migrate"
+    )
+    assert run_cli("migrate", dsn=dsn).returncode == 0
+    assert run_cli("status", dsn=dsn).returncode == 0

@@ -100,6 +100,21 @@ def load_definitions() -> list[SqlFile]:
     return [SqlFile(path.stem, path.read_text(encoding="utf-8")) for path in sql_files("definitions")]
 
 
+# The definitions (functions, views, triggers) this release installs change
+# without a migration: migrate records their digest, and commands refuse a
+# database whose digest is another release's (a package upgraded, migrate not run).
+DEFINITIONS_DIGEST_SETTING = "definitions_digest"
+
+
+def definitions_digest() -> str:
+    """A digest of this release's repeatable definitions and read-model files."""
+    digest = hashlib.sha256()
+    for kind in ("definitions", "read_models"):
+        for path in sql_files(kind):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def latest_version() -> int:
     return max(migration.version for migration in load_migrations())
 
@@ -155,6 +170,13 @@ def check_schema_current(conn: psycopg.Connection) -> None:
     pending = _check_history(applied, load_migrations())
     if pending or len(_current(applied)) < len(applied):
         raise ProgressError("the database schema is older than this release: run `progress-refresh migrate`")
+    installed = conn.execute(
+        "SELECT value FROM progress_refresh_settings WHERE key = %s", [DEFINITIONS_DIGEST_SETTING]
+    ).fetchone()
+    if installed is None or installed[0] != definitions_digest():
+        raise ProgressError(
+            "the database's SQL functions and views are another release's: run `progress-refresh migrate`"
+        )
 
 
 def _normalized(body: str) -> str:
@@ -404,6 +426,11 @@ def _install(
         changes += [f"created read model {name}" for name in plan.new_read_models if name not in shadows]
         conn.execute("SELECT progress_install_refresh_functions(%s)", [shadows])
         conn.execute("SELECT progress_apply_grants()")
+        conn.execute(
+            "INSERT INTO progress_refresh_settings (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            [DEFINITIONS_DIGEST_SETTING, definitions_digest()],
+        )
         if taking_over:
             # Theirs go in the transaction that installs ours (the definitions
             # above), last: a dropped trigger locks its table out to readers
