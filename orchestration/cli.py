@@ -374,7 +374,9 @@ def _render_status(status: dict[str, Any]) -> None:
             retry.add_row(
                 f"{r['kind']}:{r['version_id']}",
                 str(r["attempts"]),
-                "now" if next_try is None else f"{next_try.astimezone(UTC):%H:%M:%S} UTC",
+                "now"
+                if next_try is None or next_try <= datetime.now(UTC)
+                else f"{next_try.astimezone(UTC):%H:%M:%S} UTC",
                 str(r["last_error"] or ""),
             )
         console.print(retry)

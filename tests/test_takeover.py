@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 
 from bench.previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
@@ -182,6 +183,17 @@ def test_an_apps_own_trigger_that_queues_keeps_working_for_the_role_granted_it(p
             conn.execute(f"SET LOCAL ROLE {role}")
             conn.execute("INSERT INTO version_notes (audio_version_id, note) VALUES (%s, 'after')", [version])
         assert ("audio", str(version)) in pending(conn)
+        # A version already gone (or none) is nothing to queue: the app's write goes on.
+        gone = uuid.uuid4()
+        with conn.transaction():
+            conn.execute(f"SET LOCAL ROLE {role}")
+            conn.execute(
+                "INSERT INTO version_notes (audio_version_id, note) VALUES (%s, 'gone'), (NULL, 'none')", [gone]
+            )
+        assert ("audio", str(gone)) not in pending(conn)
+        # Called directly, an unknown version is still an error.
+        with pytest.raises(psycopg.errors.NoDataFound), conn.transaction():
+            conn.execute("SELECT enqueue_progress_refresh('audio', %s)", [gone])
         # A later migrate keeps it too.
         migrate(conn)
         granted = conn.execute(

@@ -76,7 +76,8 @@ def existing_columns(conn: psycopg.Connection) -> dict[str, dict[str, str]]:
                CASE WHEN c.data_type = 'USER-DEFINED' AND t.typtype <> 'e' THEN t.typname::text
                     ELSE c.data_type END
           FROM information_schema.columns c
-          LEFT JOIN pg_type t ON t.typname = c.udt_name AND t.typnamespace::regnamespace::text = c.udt_schema
+          LEFT JOIN pg_namespace n ON n.nspname = c.udt_schema
+          LEFT JOIN pg_type t ON t.typname = c.udt_name AND t.typnamespace = n.oid
          WHERE c.table_schema = current_schema() AND c.table_name = ANY(%s)
         """,
         [list(REQUIRED_COLUMNS)],

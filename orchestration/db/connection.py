@@ -50,7 +50,10 @@ _UNREACHABLE = (
     ("timed out", "no answer within {timeout}s"),
     ("network is unreachable", "the network is unreachable"),
     ("invalid response to ssl negotiation", "what answers there is not PostgreSQL (is the port right?)"),
-    ("server closed the connection unexpectedly", "the server closed the connection (is the port right?)"),
+    (
+        "server closed the connection unexpectedly",
+        "the server closed the connection (is the port right, is the server restarting?)",
+    ),
     ("received invalid response", "what answers there is not PostgreSQL (is the port right?)"),
     ("expected authentication request", "what answers there is not PostgreSQL (is the port right?)"),
 )
@@ -62,7 +65,8 @@ def connect_timeout(dsn: str) -> int:
         given = str(conninfo_to_dict(dsn).get("connect_timeout") or "")
     except (psycopg.Error, ValueError):
         return CONNECT_TIMEOUT_SECONDS
-    return int(given) if given.isdigit() and int(given) > 0 else CONNECT_TIMEOUT_SECONDS
+    # libpq waits at least 2 s, whatever smaller value it is given.
+    return max(2, int(given)) if given.isdigit() and int(given) > 0 else CONNECT_TIMEOUT_SECONDS
 
 
 def _first(lowered: str, table: tuple[tuple[str, str], ...]) -> str | None:

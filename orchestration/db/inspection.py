@@ -72,6 +72,7 @@ class Inspection:
     replaced_relations: list[str] = field(default_factory=list)
     pending_entries: int = 0
     api_callers: dict[str, list[str]] = field(default_factory=dict)  # function -> roles that could execute it
+    kept_enqueue_callers: list[str] = field(default_factory=list)  # see kept_enqueue_callers()
 
     @property
     def needs_adoption(self) -> bool:
@@ -235,6 +236,19 @@ def _inspect_functions(conn: psycopg.Connection, result: Inspection) -> None:
         result.foreign_api.append(signature)
         result.api_callers[name] = list(callers)
         result.findings.append(Finding("SQL API function", signature, "replaced by ours (same name)"))
+    if result.api_callers.get(ENQUEUE_FUNCTION):
+        # Neither the Supabase API roles nor a role they are members of (a group).
+        kept = conn.execute(
+            """
+            SELECT r.rolname::text FROM pg_roles r
+             WHERE r.rolname = ANY (%s)
+               AND NOT EXISTS (SELECT FROM pg_roles api WHERE api.rolname = ANY (%s)
+                                  AND pg_has_role(api.oid, r.oid, 'MEMBER'))
+             ORDER BY 1
+            """,
+            [result.api_callers[ENQUEUE_FUNCTION], list(PUBLIC_ROLES)],
+        ).fetchall()
+        result.kept_enqueue_callers = [role for (role,) in kept]
 
 
 def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
@@ -309,5 +323,6 @@ def _inspect_other_queue_triggers(conn: psycopg.Connection, result: Inspection) 
 def kept_enqueue_callers(result: Inspection) -> list[str]:
     """Roles granted EXECUTE on the previous design's enqueue_progress_refresh by
     name: a take-over keeps it for them (queueing refreshes nothing; apps' own
-    triggers may call it as they write). PUBLIC and the Supabase API roles are not kept."""
-    return [r for r in result.api_callers.get(ENQUEUE_FUNCTION, []) if r not in PUBLIC_ROLES]
+    triggers may call it as they write). PUBLIC, the Supabase API roles and
+    roles those are members of are not kept."""
+    return result.kept_enqueue_callers

@@ -3,11 +3,21 @@
 -- them: a take-over of the previous design, whose functions hold these names,
 -- replaces them in the same transaction that swaps the read models in.
 
+-- Called from an app's own trigger (the previous design's enqueue only
+-- inserted a row), a version that is not there, or none, is nothing to queue:
+-- the app's write goes on. Called directly, it is an error.
 CREATE OR REPLACE FUNCTION enqueue_progress_refresh(kind text, version_id uuid) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM progress_check_version(kind, version_id);
+    BEGIN
+        PERFORM progress_check_version(kind, version_id);
+    EXCEPTION WHEN no_data_found OR null_value_not_allowed THEN
+        IF pg_trigger_depth() > 0 THEN
+            RETURN;
+        END IF;
+        RAISE;
+    END;
     PERFORM progress_enqueue_versions(kind, ARRAY[version_id]);
 END
 $$;
