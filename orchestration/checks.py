@@ -106,29 +106,29 @@ def compare(conn: psycopg.Connection, model: ReadModel, versions: list[uuid.UUID
 
 
 def equality_check_specs(kind: str) -> list[dg.AssetCheckSpec]:
-    specs = []
-    for model in of_kind(kind):  # type: ignore[arg-type]
-        specs.append(
-            dg.AssetCheckSpec(
-                name=MATCHES_LOGICAL_VIEW,
-                asset=model.name,
-                blocking=False,
-                description=f"{model.name} holds exactly the rows of its logical view {model.logical_view}, "
+    def spec(model: ReadModel, name: str, description: str) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(name=name, asset=model.name, blocking=False, description=description)
+
+    return [
+        spec_made
+        for model in of_kind(kind)  # type: ignore[arg-type]
+        for spec_made in (
+            spec(
+                model,
+                MATCHES_LOGICAL_VIEW,
+                f"{model.name} holds exactly the rows of its logical view {model.logical_view}, "
                 "whole table (versions still queued are left out: they are expected to lag). "
                 "Computes every logical view: run on its own, and after full_backfill.",
-            )
-        )
-        specs.append(
-            dg.AssetCheckSpec(
-                name=REFRESHED_VERSIONS_MATCH,
-                asset=model.name,
-                blocking=False,
-                description=f"The versions the latest refresh of {model.name} wrote (up to "
+            ),
+            spec(
+                model,
+                REFRESHED_VERSIONS_MATCH,
+                f"The versions the latest refresh of {model.name} wrote (up to "
                 f"{CHECK_SAMPLE_VERSIONS} of them) hold exactly the rows of {model.logical_view}. "
                 "Runs after refresh_queued_versions refreshes, in the same run.",
-            )
+            ),
         )
-    return specs
+    ]
 
 
 def check_keys(name: str) -> list[dg.AssetCheckKey]:

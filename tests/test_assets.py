@@ -125,6 +125,12 @@ def run_job(dsn: str, name: str, run_config: dict | None = None, **kwargs) -> dg
 _instances: dict[str, dg.DagsterInstance] = {}
 
 
+def step_failure(result: dg.ExecuteInProcessResult) -> str:
+    """The message of the run's (first) failed step."""
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return failure.step_failure_data.error.message
+
+
 def run_logs(result: dg.ExecuteInProcessResult) -> list[str]:
     """What context.log wrote during the run (user messages, not only Dagster events)."""
     return [entry.user_message for entry in _instances[result.run_id].all_logs(result.run_id)]
@@ -219,8 +225,7 @@ def test_unknown_named_version_fails_the_run_with_one_clear_line(dsn):
     op_config = {"config": {"versions": [f"audio:{uuid.uuid4()}"]}}
     result = run_job(dsn, "refresh_queued_versions", {"ops": {"refresh_progress": op_config}}, raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "unknown audio version" in failure.step_failure_data.error.message
+    assert "unknown audio version" in step_failure(result)
 
 
 def test_full_backfill_rebuilds_every_version_and_logs_progress(db, dsn):
@@ -277,8 +282,7 @@ def test_run_fails_when_every_version_failed(db, dsn, monkeypatch):
         holder.execute("SELECT pg_advisory_lock(1, hashtext(%s))", [str(versions["audio"][0])])
         result = run_job(dsn, "refresh_queued_versions", raise_on_error=False)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "every audio version of this run failed" in failure.step_failure_data.error.message
+    assert "every audio version of this run failed" in step_failure(result)
 
 
 def test_corrupted_read_model_fails_its_check_visibly(db, dsn):
@@ -301,6 +305,18 @@ def test_corrupted_read_model_fails_its_check_visibly(db, dsn):
     assert all(c.passed for key, c in checks.items() if key != f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}")
 
 
+def run_check_alone(dsn: str, key: dg.AssetCheckKey, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+    """One check run on its own (as from the UI), in the given instance."""
+    result = dg.materialize(
+        [*base_table_specs, *read_model_assets, *all_checks],
+        selection=dg.AssetSelection.checks(key),
+        resources={"postgres": PostgresResource(database_url=dsn)},
+        instance=instance,
+        raise_on_error=False,
+    )
+    return check_results(result)[key.to_user_string()]
+
+
 def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching(db, dsn):
     """The whole-table check keeps its failure until a whole-table comparison
     passes: a refresh run compares (and reports) only what it refreshed."""
@@ -311,14 +327,7 @@ def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching
     assert run_job(dsn, "refresh_queued_versions", instance=instance).success
     db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [broken_version])
     whole = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), MATCHES_LOGICAL_VIEW)
-    standalone = dg.materialize(
-        [*base_table_specs, *read_model_assets, *all_checks],
-        selection=dg.AssetSelection.checks(whole),
-        resources={"postgres": PostgresResource(database_url=dsn)},
-        instance=instance,
-        raise_on_error=False,
-    )
-    assert not check_results(standalone)[f"mv_audio_verse_coverage:{MATCHES_LOGICAL_VIEW}"].passed
+    assert not run_check_alone(dsn, whole, instance).passed
 
     publish_chapter(db, other, 2)
     result = run_job(dsn, "refresh_queued_versions", instance=instance)
@@ -336,23 +345,13 @@ def test_the_refreshed_versions_check_on_its_own_compares_the_latest_refresh(db,
     key = dg.AssetCheckKey(dg.AssetKey("mv_audio_verse_coverage"), REFRESHED_VERSIONS_MATCH)
     instance = dg.DagsterInstance.ephemeral()
 
-    def run_check():
-        result = dg.materialize(
-            [*base_table_specs, *read_model_assets, *all_checks],
-            selection=dg.AssetSelection.checks(key),
-            resources={"postgres": PostgresResource(database_url=dsn)},
-            instance=instance,
-            raise_on_error=False,
-        )
-        return check_results(result)[key.to_user_string()]
-
-    nothing_yet = run_check()
+    nothing_yet = run_check_alone(dsn, key, instance)
     assert nothing_yet.passed
     assert nothing_yet.metadata["scope"].value == "no refresh recorded yet: nothing compared"
     publish_chapter(db, versions["audio"][0], 1)
     assert run_job(dsn, "refresh_queued_versions", instance=instance).success
     db.execute("DELETE FROM mv_audio_verse_coverage WHERE audio_version_id = %s", [versions["audio"][0]])
-    caught = run_check()
+    caught = run_check_alone(dsn, key, instance)
     assert not caught.passed
     assert caught.metadata["scope"].value == "1 of 1 refreshed version(s) sampled"
 
@@ -450,8 +449,7 @@ def test_a_run_asked_for_named_and_all_versions_at_once_fails_saying_so(db, dsn)
     result = run_job(dsn, "full_backfill", config, raise_on_error=False)
 
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "named versions or all versions, not both" in failure.step_failure_data.error.message
+    assert "named versions or all versions, not both" in step_failure(result)
 
 
 def test_max_versions_below_one_fails_the_run_naming_it(db, dsn):
@@ -462,8 +460,7 @@ def test_max_versions_below_one_fails_the_run_naming_it(db, dsn):
     result = run_job(dsn, "refresh_queued_versions", config, raise_on_error=False)
 
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "max_versions" in failure.step_failure_data.error.message
+    assert "max_versions" in step_failure(result)
     assert db.execute("SELECT count(*) FROM progress_refresh_queue").fetchone()[0] == 2
 
 
