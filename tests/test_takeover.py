@@ -6,6 +6,7 @@ second time."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -274,11 +275,18 @@ def test_a_take_over_that_cannot_swap_leaves_the_previous_design_working(previou
     with connect(previous_dsn) as conn, connect(previous_dsn) as long_reader:
         queued = pending(conn)
         # A report that never ends holds its read lock: the swap cannot get in.
+        long_reader.execute("SET application_name = 'long report'")
         long_reader.execute("BEGIN")
         long_reader.execute("SELECT count(*) FROM mv_text_book_coverage")
-        with pytest.raises(ProgressError, match="could not swap"):
+        reader_pid = long_reader.info.backend_pid
+        with pytest.raises(ProgressError, match="could not swap") as refused:
             migrate(conn, adopt=True)
         long_reader.execute("ROLLBACK")
+        # Who is in the way, so the operator knows whom to wait for.
+        assert re.search(
+            rf"pid {reader_pid} \(long report, idle in transaction for \d+ s\) on [a-z_, ]*mv_text_book_coverage",
+            str(refused.value),
+        ), refused.value
 
         triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
         assert {"note_media_file_change", "note_media_file_verse_change", "note_verse_text_change"} <= triggers

@@ -339,7 +339,7 @@ def _session_setup(conn: psycopg.Connection, strategy: str) -> None:
     conn.execute("SET LOCAL check_function_bodies = off")
 
 
-def _giving_way(what: str, transaction: Callable[[], T]) -> T:
+def _giving_way(conn: psycopg.Connection, what: str, transaction: Callable[[], T]) -> T:
     """Runs transaction (which opens its own) until it gets its locks: each
     lock is waited for only briefly, less than the server's deadlock_timeout,
     so a reader waiting for a lock the migrate holds is never the one a
@@ -351,10 +351,40 @@ def _giving_way(what: str, transaction: Callable[[], T]) -> T:
             if attempt == LOCK_ATTEMPTS:
                 raise ProgressError(
                     f"could not {what}: other sessions held the tables it needs {LOCK_ATTEMPTS} times "
-                    "running; nothing was changed, run migrate again"
+                    f"running{_lock_holders(conn)}; nothing was changed, run migrate again"
                 ) from None
             time.sleep(min(2.0, 0.2 * attempt))
     raise AssertionError("unreachable")
+
+
+def _lock_holders(conn: psycopg.Connection, shown: int = 3) -> str:
+    """The sessions in a transaction that hold locks on this schema's tables and
+    views, the longest first (who to wait for, or to end): ", e.g. pid 123 (app,
+    idle in transaction for 45 s) on mv_x". Empty when it cannot tell."""
+    try:
+        rows = conn.execute(
+            """
+            SELECT a.pid, coalesce(nullif(a.application_name, ''), a.usename::text, 'unknown'),
+                   coalesce(a.state, 'unknown'), extract(epoch FROM now() - a.xact_start)::bigint,
+                   string_agg(DISTINCT c.relname::text, ', ')
+              FROM pg_locks l
+              JOIN pg_class c ON c.oid = l.relation AND c.relnamespace = current_schema()::regnamespace
+                             AND c.relkind IN ('r', 'v', 'm', 'p')
+              JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.granted AND l.locktype = 'relation' AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+             GROUP BY a.pid, a.application_name, a.usename, a.state, a.xact_start
+             ORDER BY a.xact_start
+             LIMIT %s
+            """,
+            [shown],
+        ).fetchall()
+    except psycopg.Error:
+        return ""
+    if not rows:
+        return ""
+    return ", e.g. " + "; ".join(
+        f"pid {pid} ({app}, {state} for {seconds} s) on {relations}" for pid, app, state, seconds, relations in rows
+    )
 
 
 def _wait_briefly_for_locks(conn: psycopg.Connection) -> None:
@@ -370,7 +400,9 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     shadows = plan.shadows
     definitions = load_definitions()
     _build_indexes_concurrently(conn, plan.migrations)
-    changes, dropped_triggers = _giving_way("install", lambda: _install(conn, plan, taking_over, shadows, definitions))
+    changes, dropped_triggers = _giving_way(
+        conn, "install", lambda: _install(conn, plan, taking_over, shadows, definitions)
+    )
     if not shadows:
         return changes
     try:
@@ -581,7 +613,7 @@ def _swap_in(
                     )
         return swapped, time.perf_counter() - started
 
-    swapped, swap_seconds = _giving_way("swap the new read models in", swap)
+    swapped, swap_seconds = _giving_way(conn, "swap the new read models in", swap)
     with conn.transaction():
         conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
     return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
