@@ -431,6 +431,16 @@ def build_refresh_asset() -> dg.AssetsDefinition:
                     facts[kind] = run_facts(conn, kind, run, source)
                 else:
                     context.log.info(f"{kind}: no version refreshed, so no {kind} read model materialises in this run")
+        unselected = [
+            m.name for m in READ_MODELS if m.kind in facts and dg.AssetKey(m.name) not in context.selected_asset_keys
+        ]
+        if unselected:
+            # A version's levels are refreshed together (one transaction): a subset
+            # cannot leave some out, and Dagster records only what was selected.
+            context.log.warning(
+                "refreshed every level of the versions above; not selected, so not recorded as "
+                f"materialized: {', '.join(unselected)}"
+            )
         for model in READ_MODELS:
             if dg.AssetKey(model.name) in context.selected_asset_keys and model.kind in facts:
                 yield dg.MaterializeResult(

@@ -317,6 +317,29 @@ def run_check_alone(dsn: str, key: dg.AssetCheckKey, instance: dg.DagsterInstanc
     return check_results(result)[key.to_user_string()]
 
 
+def test_a_run_of_one_read_model_says_which_levels_it_refreshed_unrecorded(db, dsn):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [*base_table_specs, *read_model_assets],
+        selection=["mv_audio_verse_coverage"],
+        resources={"postgres": PostgresResource(database_url=dsn)},
+        instance=instance,
+    )
+
+    assert set(materializations(result)) == {"mv_audio_verse_coverage"}
+    warnings = [record.user_message for record in instance.all_logs(result.run_id)]
+    assert any(
+        "not selected, so not recorded as materialized: mv_audio_chapter_coverage, mv_audio_book_coverage" in m
+        for m in warnings
+    ), warnings
+    for model in READ_MODELS:
+        if model.kind == "audio":  # (the text version stays queued: its kind was not selected)
+            assert gateway.mismatches(db, model.name, model.logical_view) == 0, model.name
+
+
 def test_a_refresh_of_other_versions_never_reports_a_corrupted_table_as_matching(db, dsn):
     """The whole-table check keeps its failure until a whole-table comparison
     passes: a refresh run compares (and reports) only what it refreshed."""
