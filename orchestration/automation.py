@@ -215,7 +215,8 @@ def _pending_reason(record: dg.RunRecord) -> str:
     description="Starts one refresh_queued_versions run, which keeps draining while changes arrive, when "
     f"the queue has enough ready versions (${SENSOR_MIN_DEPTH_ENV}, default {DEFAULT_SENSOR_MIN_DEPTH}) or "
     f"its oldest ready entry is old enough (${SENSOR_MAX_AGE_ENV}, default "
-    f"{DEFAULT_SENSOR_MAX_AGE_SECONDS:.0f}s), and none is pending.",
+    f"{DEFAULT_SENSOR_MAX_AGE_SECONDS:.0f}s), and none is pending. Reports the queue_not_stale checks "
+    "whenever their verdict changes.",
 )
 def refresh_queue_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     """Why: freshness should follow changes, not a blind cron. A run costs seconds to start,

@@ -20,6 +20,9 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+
+# Not exported at dagster's top level (1.13): the materialization an evaluation
+# reported outside a run is aimed at, which the UI needs to show it as current.
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
