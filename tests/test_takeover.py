@@ -172,11 +172,19 @@ def test_an_apps_own_trigger_that_queues_keeps_working_for_the_role_granted_it(p
             GRANT INSERT ON version_notes TO {role};
             GRANT USAGE ON SEQUENCE version_notes_id_seq TO {role};
             GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO {role};
+            CREATE FUNCTION queue_through_helper(v uuid) RETURNS void LANGUAGE plpgsql AS $f$
+            BEGIN PERFORM enqueue_progress_refresh('audio', v); END $f$;
+            CREATE TABLE version_ratings (audio_version_id uuid, stars int);
+            CREATE FUNCTION queue_rated_version() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN PERFORM queue_through_helper(NEW.audio_version_id); RETURN NEW; END $f$;
+            CREATE TRIGGER version_ratings_queue AFTER INSERT ON version_ratings
+                FOR EACH ROW EXECUTE FUNCTION queue_rated_version();
             """
         )
         version = conn.execute("SELECT id FROM audio_versions LIMIT 1").fetchone()[0]
         plan = "\n".join(plan_migrate(conn, adopt=True).lines())
         assert "trigger calling the SQL API version_notes_queue on version_notes: left alone" in plan, plan
+        assert "trigger calling the SQL API version_ratings_queue on version_ratings: left alone" in plan, plan
         changes = "\n".join(migrate(conn, adopt=True))
         assert f"kept EXECUTE on enqueue_progress_refresh() for {role}" in changes, changes
         drain(conn)

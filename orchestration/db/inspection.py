@@ -297,15 +297,23 @@ def _inspect_other_queue_triggers(conn: psycopg.Connection, result: Inspection) 
     on it (kept_enqueue_callers); others must be granted EXECUTE."""
     if result.ours:
         return
+    # Directly, or through a function of theirs that calls it (one level, as
+    # _inspect_triggers finds queue writers).
     rows = conn.execute(
         """
+        WITH callers AS (
+            SELECT p.proname FROM pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace
+               AND p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+               AND NOT starts_with(p.proname, 'progress_') AND p.proname <> 'enqueue_progress_refresh')
         SELECT c.relname, t.tgname
           FROM pg_trigger t
           JOIN pg_class c ON c.oid = t.tgrelid
           JOIN pg_proc p ON p.oid = t.tgfoid
          WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
            AND c.relname <> ALL (%s) AND c.relname <> 'progress_refresh_queue'
-           AND p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+           AND (p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+                OR EXISTS (SELECT FROM callers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\(')))
          ORDER BY 1, 2
         """,
         [list(BASE_TABLES)],
