@@ -38,8 +38,8 @@ from orchestration.schemas import BASE_TABLE_COLUMNS, READ_MODEL_COLUMNS, table_
 REFRESH_POOL = "progress_refresh"
 REFRESH_STEP = "refresh_progress"
 # A run tagged so (the full_backfill job's runs) refreshes every version whatever
-# its op config says: a run config that sets only, say, workers replaces the
-# job's default config and would otherwise turn the backfill into a queue drain.
+# its op config says: a job's default op config is replaced by any a run gives
+# (say, only workers), so it could not carry "all versions" itself.
 ALL_VERSIONS_TAG = "progress/all_versions"
 # Set by a backfill once it has queued every version of a kind ("<run id>:audio,text"):
 # a retry of the step, or a re-execution of the run, resumes those kinds.

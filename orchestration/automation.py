@@ -22,7 +22,7 @@ import dagster as dg
 import psycopg
 
 from orchestration import settings
-from orchestration.assets import ALL_VERSIONS_TAG, REFRESH_STEP, read_model_assets
+from orchestration.assets import ALL_VERSIONS_TAG, REFRESH_STEP
 from orchestration.checks import (
     MATCHES_LOGICAL_VIEW,
     QUEUE_NOT_STALE,
@@ -138,10 +138,7 @@ refresh_queued_versions = dg.define_asset_job(
 full_backfill = dg.define_asset_job(
     name="full_backfill",
     selection=read_models_with_checks(MATCHES_LOGICAL_VIEW, QUEUE_NOT_STALE),
-    config={
-        **IN_PROCESS,
-        "ops": {asset.node_def.name: {"config": {"all_versions": True}} for asset in read_model_assets},
-    },
+    config=IN_PROCESS,
     description="Why: a safety net for anything change capture could miss (a trigger disabled during "
     "a bulk load, a restored backup). Queues every version and drains the queue in batches, logging "
     "n/total; a killed or failed run, when retried, continues with what is still queued.",

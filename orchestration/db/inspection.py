@@ -72,7 +72,11 @@ class Inspection:
     replaced_relations: list[str] = field(default_factory=list)
     pending_entries: int = 0
     api_callers: dict[str, list[str]] = field(default_factory=dict)  # function -> roles that could execute it
-    kept_enqueue_callers: list[str] = field(default_factory=list)  # see kept_enqueue_callers()
+    # Roles granted EXECUTE on the previous design's enqueue_progress_refresh by
+    # name: a take-over keeps it for them (queueing refreshes nothing; apps' own
+    # triggers may call it as they write). PUBLIC, the Supabase API roles and
+    # roles those are members of are not kept.
+    kept_enqueue_callers: list[str] = field(default_factory=list)
 
     @property
     def needs_adoption(self) -> bool:
@@ -251,86 +255,59 @@ def _inspect_functions(conn: psycopg.Connection, result: Inspection) -> None:
         result.kept_enqueue_callers = [role for (role,) in kept]
 
 
-def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
-    # A trigger writes the queue when its function does, or calls a function that does.
-    rows = conn.execute(
-        """
-        WITH writers AS (
-            SELECT p.proname FROM pg_proc p
-             WHERE p.pronamespace = current_schema()::regnamespace
-               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
-               AND NOT starts_with(p.proname, 'progress_'))
-        SELECT c.relname, t.tgname, p.oid::regprocedure::text,
-               p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
-               OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
-          FROM pg_trigger t
-          JOIN pg_class c ON c.oid = t.tgrelid
-          JOIN pg_proc p ON p.oid = t.tgfoid
-         WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
-           AND c.relname = ANY (%s)
-         ORDER BY 1, 2
-        """,
-        [list(BASE_TABLES)],
-    ).fetchall()
-    for table, trigger, function, writes_queue in rows:
-        if trigger in OWN_TRIGGERS and function.startswith("progress_capture_"):
-            continue
-        if writes_queue:
-            result.queue_triggers.append((table, trigger, function))
-            result.findings.append(
-                Finding("queue trigger", f"{trigger} on {table} ({function})", "dropped; ours capture its changes")
-            )
-        else:
-            result.findings.append(Finding("other trigger", f"{trigger} on {table}", "left alone", blocking=False))
-    _inspect_other_queue_triggers(conn, result)
-
-
 # Roles the product takes every grant from (08_security.sql): a Supabase API role
 # keeps no EXECUTE on the SQL API, whatever the previous design gave it.
 PUBLIC_ROLES = ("PUBLIC", "anon", "authenticated")
 ENQUEUE_FUNCTION = "enqueue_progress_refresh"
 
 
-def _inspect_other_queue_triggers(conn: psycopg.Connection, result: Inspection) -> None:
-    """Triggers of the apps' own tables (not base tables) that queue through
-    enqueue_progress_refresh(): they stay, and keep working for the roles kept
-    on it (kept_enqueue_callers); others must be granted EXECUTE."""
-    if result.ours:
-        return
-    # Directly, or through a function of theirs that calls it (one level, as
-    # _inspect_triggers finds queue writers).
+def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
+    """A base table's trigger writes the queue when its function does, or calls a
+    function that does: dropped. Another table's trigger that queues through
+    enqueue_progress_refresh() (directly or through such a function) stays, and
+    keeps working for the roles kept on it (Inspection.kept_enqueue_callers)."""
     rows = conn.execute(
         """
-        WITH callers AS (
-            SELECT p.proname FROM pg_proc p
+        WITH writers AS (
+            SELECT p.proname, p.prosrc ~* '\\menqueue_progress_refresh\\s*\\(' AS enqueues
+              FROM pg_proc p
              WHERE p.pronamespace = current_schema()::regnamespace
-               AND p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
-               AND NOT starts_with(p.proname, 'progress_') AND p.proname <> 'enqueue_progress_refresh')
-        SELECT c.relname, t.tgname
+               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               AND NOT starts_with(p.proname, 'progress_'))
+        SELECT c.relname, t.tgname, p.oid::regprocedure::text, c.relname = ANY (%s),
+               p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+               OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\(')),
+               p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+               OR EXISTS (SELECT FROM writers w WHERE w.enqueues AND p.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
           FROM pg_trigger t
           JOIN pg_class c ON c.oid = t.tgrelid
           JOIN pg_proc p ON p.oid = t.tgfoid
          WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace
-           AND c.relname <> ALL (%s) AND c.relname <> 'progress_refresh_queue'
-           AND (p.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
-                OR EXISTS (SELECT FROM callers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\(')))
+           AND c.relname <> 'progress_refresh_queue'
          ORDER BY 1, 2
         """,
         [list(BASE_TABLES)],
     ).fetchall()
-    kept = kept_enqueue_callers(result)
-    for table, trigger in rows:
-        action = (
-            f"left alone; it queues through {ENQUEUE_FUNCTION}(), which "
-            + (f"{', '.join(kept)} may still call" if kept else "only progress_refresher members may call")
-            + f": grant EXECUTE on it to the roles that write {table}"
-        )
-        result.findings.append(Finding("trigger calling the SQL API", f"{trigger} on {table}", action, blocking=False))
+    for table, trigger, function, base_table, writes_queue, enqueues in rows:
+        if not base_table:
+            if enqueues and not result.ours:
+                result.findings.append(_apps_enqueue_trigger(result, table, trigger))
+        elif trigger in OWN_TRIGGERS and function.startswith("progress_capture_"):
+            continue
+        elif writes_queue:
+            result.queue_triggers.append((table, trigger, function))
+            result.findings.append(
+                Finding("queue trigger", f"{trigger} on {table} ({function})", "dropped; ours capture its changes")
+            )
+        else:
+            result.findings.append(Finding("other trigger", f"{trigger} on {table}", "left alone", blocking=False))
 
 
-def kept_enqueue_callers(result: Inspection) -> list[str]:
-    """Roles granted EXECUTE on the previous design's enqueue_progress_refresh by
-    name: a take-over keeps it for them (queueing refreshes nothing; apps' own
-    triggers may call it as they write). PUBLIC, the Supabase API roles and
-    roles those are members of are not kept."""
-    return result.kept_enqueue_callers
+def _apps_enqueue_trigger(result: Inspection, table: str, trigger: str) -> Finding:
+    kept = result.kept_enqueue_callers
+    action = (
+        f"left alone; it queues through {ENQUEUE_FUNCTION}(), which "
+        + (f"{', '.join(kept)} may still call" if kept else "only progress_refresher members may call")
+        + f": grant EXECUTE on it to the roles that write {table}"
+    )
+    return Finding("trigger calling the SQL API", f"{trigger} on {table}", action, blocking=False)

@@ -36,7 +36,7 @@ from typing import TypeVar
 import psycopg
 
 from orchestration.db.base_schema import base_tables_present
-from orchestration.db.inspection import TAKEOVER_SETTING, Inspection, inspect, kept_enqueue_callers
+from orchestration.db.inspection import ENQUEUE_FUNCTION, TAKEOVER_SETTING, Inspection, inspect
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS, ReadModel
 from orchestration.sql_files import sql_files
@@ -605,10 +605,10 @@ def _swap_in(
             conn.execute("SELECT progress_install_refresh_functions()")
             conn.execute("SELECT progress_apply_grants()")
             if taking_over:
-                for role in kept_enqueue_callers(plan.inspection):
+                for role in plan.inspection.kept_enqueue_callers:
                     conn.execute(
-                        psycopg.sql.SQL("GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO {}").format(
-                            psycopg.sql.Identifier(role)
+                        psycopg.sql.SQL("GRANT EXECUTE ON FUNCTION {}(text, uuid) TO {}").format(
+                            psycopg.sql.Identifier(ENQUEUE_FUNCTION), psycopg.sql.Identifier(role)
                         )
                     )
         return swapped, time.perf_counter() - started
@@ -648,15 +648,15 @@ def _undo_shadows(conn: psycopg.Connection, shadows: list[str], restore_triggers
 
 def _takeover_advice(inspection: Inspection) -> list[str]:
     lines = [f"kept {inspection.pending_entries} pending queue entries (drain them now: progress-refresh refresh)"]
-    kept = kept_enqueue_callers(inspection)
+    kept = inspection.kept_enqueue_callers
     if kept:
-        lines.append(f"kept EXECUTE on enqueue_progress_refresh() for {', '.join(kept)} (queueing refreshes nothing)")
+        lines.append(f"kept EXECUTE on {ENQUEUE_FUNCTION}() for {', '.join(kept)} (queueing refreshes nothing)")
     callers = sorted(
         {
             role
             for function, roles in inspection.api_callers.items()
             for role in roles
-            if not (function == "enqueue_progress_refresh" and role in kept)
+            if not (function == ENQUEUE_FUNCTION and role in kept)
         }
     )
     if callers:
