@@ -301,8 +301,32 @@ def test_corrupted_read_model_fails_its_check_visibly(db, dsn):
     broken = checks[f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}"]
     assert not broken.passed
     assert broken.severity == dg.AssetCheckSeverity.ERROR
-    assert broken.metadata["mismatching_rows"].value == 2  # the stored row and the view's row
+    assert broken.metadata["mismatching_rows"].value == 1  # one chapter row, changed
     assert all(c.passed for key, c in checks.items() if key != f"mv_audio_chapter_coverage:{MATCHES_LOGICAL_VIEW}")
+
+
+def test_mismatching_rows_counts_each_wrong_row_once(db):
+    versions = seed(db)
+    publish_chapter(db, versions["audio"][0], 1)
+    publish_chapter(db, versions["audio"][0], 2)
+    db.execute("SELECT drain_progress_refresh_queue()")
+    assert gateway.mismatches(db, "mv_audio_chapter_coverage", "audio_chapter_coverage") == 0
+
+    version = versions["audio"][0]
+    keys = {"v": version, **{f"c{n}": chapter_id("kjv", "Gen", n) for n in (1, 2, 3)}}
+    # One row changed, one missing, one extra.
+    db.execute(
+        "UPDATE mv_audio_chapter_coverage SET covered_verses = covered_verses - 1"
+        " WHERE audio_version_id = %(v)s AND chapter_id = %(c1)s",
+        keys,
+    )
+    db.execute("DELETE FROM mv_audio_chapter_coverage WHERE audio_version_id = %(v)s AND chapter_id = %(c2)s", keys)
+    db.execute("INSERT INTO mv_audio_chapter_coverage VALUES (%(v)s, %(c3)s, 1, 10, true, false)", keys)
+    assert gateway.mismatches(db, "mv_audio_chapter_coverage", "audio_chapter_coverage") == 3
+    assert (
+        gateway.mismatches(db, "mv_audio_chapter_coverage", "audio_chapter_coverage", "audio_version_id", [version])
+        == 3
+    )
 
 
 def run_check_alone(dsn: str, key: dg.AssetCheckKey, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:

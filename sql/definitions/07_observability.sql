@@ -63,10 +63,12 @@ LANGUAGE sql STABLE AS $$
      ORDER BY h.claimed_by, h.claimed_at, h.kind, h.version_id
 $$;
 
--- Rows in which a read model and its logical view differ, both directions:
--- for the given scopes (versions or language entities), or for the whole
--- read model less the excluded scopes. Scopes are compared one at a time
--- with an equality, which the planner pushes into every level of the view.
+-- Rows in which a read model and its logical view differ: for the given
+-- scopes (versions or language entities), or for the whole read model less
+-- the excluded scopes. A row counts once whether it is missing, extra or
+-- different (its key is counted, not the stored row and the view's row).
+-- Scopes are compared one at a time with an equality, which the planner
+-- pushes into every level of the view.
 DROP FUNCTION IF EXISTS progress_count_mismatches(text, text, text, uuid[]);
 CREATE OR REPLACE FUNCTION progress_count_mismatches(
     p_read_model text, p_logical_view text, p_scope_column text DEFAULT NULL,
@@ -75,16 +77,19 @@ RETURNS bigint
 SECURITY DEFINER SET search_path FROM CURRENT SET jit = off
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    compare text := 'SELECT count(*) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)
+    compare text := 'SELECT count(DISTINCT (%4$s)) FROM ((SELECT * FROM %1$I WHERE %3$s EXCEPT ALL SELECT * FROM %2$I WHERE %3$s)
                                           UNION ALL
                                           (SELECT * FROM %2$I WHERE %3$s EXCEPT ALL SELECT * FROM %1$I WHERE %3$s)) d';
+    -- (Every read model has a key; a table not listed counts whole rows.)
+    key text := coalesce((SELECT progress_column_list(d.key_columns) FROM progress_read_model_definitions d
+                           WHERE d.stored_name = p_read_model), 'd');
     scope uuid;
     differing bigint := 0;
     part bigint;
 BEGIN
     IF p_scopes IS NOT NULL THEN
         FOREACH scope IN ARRAY p_scopes LOOP
-            EXECUTE format(compare, p_read_model, p_logical_view, format('%I = $1', p_scope_column))
+            EXECUTE format(compare, p_read_model, p_logical_view, format('%I = $1', p_scope_column), key)
                INTO part USING scope;
             differing := differing + part;
         END LOOP;
@@ -92,7 +97,7 @@ BEGIN
     END IF;
     EXECUTE format(compare, p_read_model, p_logical_view,
                    CASE WHEN p_exclude IS NULL OR p_scope_column IS NULL THEN 'true'
-                        ELSE format('%I <> ALL ($1)', p_scope_column) END)
+                        ELSE format('%I <> ALL ($1)', p_scope_column) END, key)
        INTO differing USING p_exclude;
     RETURN differing;
 END
