@@ -296,6 +296,39 @@ def test_with_the_holder_check_off_a_vanished_session_s_claim_waits_for_its_leas
     assert [c.version_id for c in gateway.claim_batch(db, "next-worker", 100, LEASE_SECONDS)] == [version]
 
 
+@pytest.mark.parametrize("settled_by", ["refresh of the version", "drain after the lease"])
+def test_a_worker_settling_late_leaves_a_change_queued_after_its_entry_was_settled(db, dsn, settled_by) -> None:
+    """A worker's claim is settled by someone else (a one-version refresh, or a
+    drain once its lease ran out), a later change queues the version anew (its
+    generation starting at 1 again), and only then does the worker settle: the
+    new change must stay queued, and a failure recorded late must not count
+    against it."""
+    (version,) = queue_text_versions(db, 1)  # bible A: GEN 1 and 2, three verses each
+    b.drain(db)
+    b.verse_texts(db, version, ["A-GEN-2-1"])
+    [claim] = gateway.claim_batch(db, "late-worker", 10, LEASE_SECONDS)
+    with connect(dsn) as worker:
+        worker.execute("SELECT * FROM progress_refresh_claimed(%s, %s, %s)", [claim.kind, version, "late-worker"])
+    if settled_by == "refresh of the version":
+        db.execute("SELECT * FROM refresh_progress_version('text', %s)", [version])
+    else:
+        db.execute("UPDATE progress_refresh_queue SET lease_until = now() - interval '1 s'")
+        b.drain(db)
+    assert b.queued(db) == set()
+
+    b.verse_texts(db, version, ["A-GEN-2-2"])  # queued anew
+    with connect(dsn) as worker:
+        worker.execute(
+            "SELECT progress_finish(%s, %s, %s, p_worker => %s)", [claim.kind, version, claim.generation, "late-worker"]
+        )
+        gateway.record_failure(worker, claim.kind, version, "late error", "late-worker")
+
+    assert b.queued(db) == {("text", version)}
+    assert db.execute("SELECT attempts, last_error FROM progress_refresh_queue").fetchone() == (0, None)
+    b.drain(db)
+    b.assert_read_models_match(db)
+
+
 def test_a_restarted_worker_never_takes_an_old_claim_for_its_own() -> None:
     assert worker_name() != worker_name()
 

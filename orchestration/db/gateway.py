@@ -119,7 +119,7 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
             raise  # not this version's fault: its claim is taken over with the rest
         # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
         outcome.error = " ".join(str(exc).split())
-        record_failure(conn, claim.kind, claim.version_id, outcome.error)
+        record_failure(conn, claim.kind, claim.version_id, outcome.error, worker)
         return outcome
     if not rows:
         outcome.skipped = True
@@ -133,13 +133,19 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
         # Killed between the two transactions, the entry stays claimed until the
         # next claim takes it over; refreshed again, it changes nothing.
         with conn.transaction():
-            conn.execute("SELECT progress_finish(%s, %s, %s)", [claim.kind, claim.version_id, claim.generation])
+            conn.execute(
+                "SELECT progress_finish(%s, %s, %s, p_worker => %s)",
+                [claim.kind, claim.version_id, claim.generation, worker],
+            )
     return outcome
 
 
-def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str) -> None:
+def record_failure(
+    conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str | None = None
+) -> None:
+    """One more failed attempt, recorded against the worker's claim (any entry of the version without one)."""
     with conn.transaction():
-        conn.execute("SELECT progress_record_failure(%s, %s, %s)", [kind, version_id, error])
+        conn.execute("SELECT progress_record_failure(%s, %s, %s, %s)", [kind, version_id, error, worker])
 
 
 def _unknown_version(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, exc: psycopg.Error) -> ProgressError:

@@ -114,10 +114,17 @@ $$;
 -- Done: the entry leaves the queue unless a change arrived since the claim;
 -- then it is released, aged from the claim (all older changes were seen).
 -- p_refreshed_whole: the whole version was refreshed, not the claim's scope
--- (claimed_chapter_ids).
+-- (claimed_chapter_ids). p_worker: the claim's holder. A worker settles only
+-- its own claim: after its lease ran out the entry may have been settled by
+-- another refresh and queued anew by a later change, with a generation that
+-- starts again at 1, or claimed by another worker; neither is its to remove
+-- or release. (Without p_worker, the caller holds the entry's row lock:
+-- refresh_progress_version.)
 DROP FUNCTION IF EXISTS progress_finish(text, uuid, bigint);
+DROP FUNCTION IF EXISTS progress_finish(text, uuid, bigint, boolean);
 CREATE OR REPLACE FUNCTION progress_finish(
-    p_kind text, p_version uuid, p_generation bigint, p_refreshed_whole boolean DEFAULT false)
+    p_kind text, p_version uuid, p_generation bigint, p_refreshed_whole boolean DEFAULT false,
+    p_worker text DEFAULT NULL)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -125,12 +132,13 @@ DECLARE
 BEGIN
     DELETE FROM progress_refresh_queue
      WHERE kind = p_kind AND version_id = p_version AND generation = p_generation
+       AND (p_worker IS NULL OR claimed_by = p_worker)
     RETURNING claimed_chapter_ids IS NULL INTO claimed_whole;
     IF NOT FOUND THEN
         UPDATE progress_refresh_queue
            SET claimed_by = NULL, lease_until = NULL, holder_pid = NULL, holder_backend_start = NULL,
                enqueued_at = coalesce(claimed_at, enqueued_at), claimed_at = NULL
-         WHERE kind = p_kind AND version_id = p_version
+         WHERE kind = p_kind AND version_id = p_version AND (p_worker IS NULL OR claimed_by = p_worker)
         RETURNING claimed_chapter_ids IS NULL INTO claimed_whole;
     END IF;
     -- (An entry gone meanwhile, taken over and settled by another worker: its
@@ -140,8 +148,10 @@ END
 $$;
 
 -- Failed: one more attempt counted, the error kept, an exponential backoff;
--- past the attempt limit the entry moves to the dead letter table.
-CREATE OR REPLACE FUNCTION progress_record_failure(p_kind text, p_version uuid, p_error text)
+-- past the attempt limit the entry moves to the dead letter table. With
+-- p_worker, only that worker's claim (see progress_finish).
+DROP FUNCTION IF EXISTS progress_record_failure(text, uuid, text);
+CREATE OR REPLACE FUNCTION progress_record_failure(p_kind text, p_version uuid, p_error text, p_worker text DEFAULT NULL)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT SET plan_cache_mode = force_generic_plan
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -152,7 +162,7 @@ BEGIN
            claimed_at = NULL, holder_pid = NULL, holder_backend_start = NULL,
            not_before = now() + make_interval(
                secs => progress_setting('retry_backoff_seconds')::numeric * 2 ^ attempts)
-     WHERE kind = p_kind AND version_id = p_version
+     WHERE kind = p_kind AND version_id = p_version AND (p_worker IS NULL OR claimed_by = p_worker)
     RETURNING * INTO entry;
     IF FOUND AND entry.attempts >= progress_setting('max_attempts')::int THEN
         DELETE FROM progress_refresh_queue WHERE id = entry.id;
@@ -387,13 +397,20 @@ END
 $$;
 
 -- After a rebuild every queued change older than the rebuild is reflected:
--- entries whose generation did not move meanwhile leave the queue.
+-- entries whose generation did not move meanwhile leave the queue. An entry
+-- another transaction holds (a writer queuing a change, a drain) is skipped,
+-- never waited for: that writer may be waiting for the rows the rebuild
+-- wrote (a deadlock); it stays queued and is refreshed again, which is only
+-- work.
 CREATE OR REPLACE FUNCTION progress_settle_after_rebuild(p_before jsonb) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
-    DELETE FROM progress_refresh_queue q
-     USING jsonb_to_recordset(p_before) AS b (id bigint, generation bigint)
-     WHERE q.id = b.id AND q.generation = b.generation AND q.lease_until IS NULL;
+    DELETE FROM progress_refresh_queue
+     WHERE id IN (SELECT q.id FROM progress_refresh_queue q
+                    JOIN jsonb_to_recordset(p_before) AS b (id bigint, generation bigint)
+                      ON q.id = b.id AND q.generation = b.generation
+                   WHERE q.lease_until IS NULL
+                     FOR UPDATE OF q SKIP LOCKED);
     DELETE FROM progress_refresh_dead_letter;
 $$;
 
