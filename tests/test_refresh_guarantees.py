@@ -627,6 +627,45 @@ def test_a_concurrent_rebuild_never_waits_for_a_writer_s_queue_entry(db, dsn):
     assert b.verse_ids(db, "text", version) == set(A.chapter_verses("GEN", 1)[:2])
 
 
+@pytest.mark.parametrize("leaves", ["moved to another language", "soft-deleted"])
+def test_a_version_leaving_its_language_while_its_best_version_is_refreshed_is_not_left_best(db, dsn, leaves):
+    """A drain refreshing language entity E's best version reads version V as
+    E's member; meanwhile V leaves E and another drain refreshes V, which finds
+    E only through the best-version row the first drain has not committed yet.
+    V must not stay E's best version."""
+    A = b.bible(db, "A", {"GEN": [3]})
+    first, second = b.language(db), b.language(db)
+    best, other = b.text_version(db, "A", first), b.text_version(db, "A", first)
+    b.verse_texts(db, best, A.chapter_verses("GEN", 1)[:2])
+    b.verse_texts(db, other, A.chapter_verses("GEN", 1)[:1])
+    b.drain(db)
+    assert b.best(db, "text", first) == best
+    # The first drain pauses after writing the entity's best version (now `other`).
+    db.execute(f"""
+        CREATE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+        CREATE TRIGGER test_pause AFTER UPDATE ON language_entity_best_text_version
+            FOR EACH ROW WHEN (NEW.language_entity_id = '{first}') EXECUTE FUNCTION test_pause();""")
+    db.execute("UPDATE verse_texts SET deleted_at = now() WHERE text_version_id = %s", [best])
+    with connect(dsn) as first_drain, connect(dsn) as writer, connect(dsn) as second_drain:
+        drain_thread = threading.Thread(target=b.drain, args=(first_drain,))
+        drain_thread.start()
+        deadline = time.monotonic() + 30
+        while not db.execute("SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchall():
+            assert time.monotonic() < deadline, "the first drain never reached the entity"
+            time.sleep(0.02)
+        if leaves == "soft-deleted":
+            writer.execute("UPDATE text_versions SET deleted_at = now() WHERE id = %s", [other])
+        else:
+            writer.execute("UPDATE text_versions SET language_entity_id = %s WHERE id = %s", [second, other])
+        b.drain(second_drain)
+        drain_thread.join()
+    db.execute("DROP TRIGGER test_pause ON language_entity_best_text_version")
+    b.drain(db)
+    assert b.best(db, "text", first) == best  # its only member left, texts or not
+    b.assert_read_models_match(db)
+
+
 def test_rebuild_after_a_load_without_triggers_lets_chapter_changes_see_mapped_files(db):
     """Rows written while the capture triggers were off (a bulk load), then a
     full rebuild: a later change to one chapter still counts the verses a

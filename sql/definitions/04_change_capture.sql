@@ -429,6 +429,13 @@ END
 $$;
 
 -- Shared by audio_versions and text_versions: TG_ARGV[0] is the kind.
+--
+-- A version leaving a language entity (moved, deleted, soft-deleted) also
+-- waits for any refresh of that entity's best version under way: such a
+-- refresh may have read the version as a member, and the drain of this change
+-- finds the entity only through the best-version row that refresh writes
+-- (the version no longer names it), so it must be committed first. The queue
+-- entry is taken before the entity, as a drain takes them.
 CREATE OR REPLACE FUNCTION progress_capture_versions() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
@@ -437,6 +444,7 @@ BEGIN
         PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT n.id FROM new_rows n));
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT o.id FROM old_rows o));
+        PERFORM progress_lock_language_entities(TG_ARGV[0], ARRAY(SELECT o.language_entity_id FROM old_rows o));
     ELSE
         PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(
             SELECT affected.version_id
@@ -444,6 +452,14 @@ BEGIN
               FULL JOIN new_rows n ON n.id = o.id
              CROSS JOIN LATERAL (VALUES (o.id), (n.id)) AS affected (version_id)
              WHERE (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
+                   IS DISTINCT FROM
+                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
+        PERFORM progress_lock_language_entities(TG_ARGV[0], ARRAY(
+            SELECT o.language_entity_id
+              FROM old_rows o
+              LEFT JOIN new_rows n ON n.id = o.id
+             WHERE n.id IS NULL
+                OR (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
                    IS DISTINCT FROM
                    (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
     END IF;
