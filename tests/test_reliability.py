@@ -284,6 +284,48 @@ def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
     assert total_mismatches(db) == 0
 
 
+def sql_drain(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]]:
+    """The SQL API's drain until a call returns nothing; the versions it refreshed."""
+    refreshed = []
+    while batch := conn.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall():
+        refreshed += batch
+    return refreshed
+
+
+def test_a_version_slower_than_the_statement_timeout_holds_up_no_other(db) -> None:
+    """SQL drains under a statement_timeout (pg_cron, an API call): a version
+    whose refresh outlasts it is recorded as failed each time, retried with
+    backoff and dead-lettered, and the versions queued behind it are refreshed
+    meanwhile; none of it leaves a drain call failing for good."""
+    language = build_structure(db)
+    versions = add_text_versions(db, language, 4)
+    slow = versions[0]
+    db.execute("UPDATE progress_refresh_settings SET value = '1' WHERE key = 'retry_backoff_seconds'")
+    db.execute(f"""
+        CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.text_version_id = '{slow}' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$;
+        CREATE TRIGGER test_slow BEFORE INSERT ON mv_text_version_progress_summary
+            FOR EACH ROW EXECUTE FUNCTION test_slow();""")
+    for version in versions:  # the slow one queued first
+        add_texts(db, version, VERSES[:2])
+    db.execute("SET statement_timeout = '300ms'")
+
+    assert db.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall() == []  # the slow one, cancelled
+    attempts, error = db.execute(
+        "SELECT attempts, last_error FROM progress_refresh_queue WHERE version_id = %s", [slow]
+    ).fetchone()
+    assert (attempts, "statement timeout" in error) == (1, True)
+    assert {v for _, v in sql_drain(db)} == set(versions[1:])  # the slow one backs off meanwhile
+    deadline = time.monotonic() + 30
+    while gateway.queue_state(db)["depth"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        sql_drain(db)
+    db.execute("RESET statement_timeout")
+    assert db.execute("SELECT version_id, attempts FROM progress_refresh_dead_letter").fetchall() == [(slow, 3)]
+    assert gateway.queue_state(db)["depth"] == 0
+    assert total_mismatches(db, versions[1:]) == 0
+
+
 def test_requeue_dead_letters_puts_them_back(db) -> None:
     language = build_structure(db)
     (version,) = add_text_versions(db, language, 1)

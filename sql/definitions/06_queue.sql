@@ -233,7 +233,11 @@ $$;
 
 -- Refreshes a version the caller holds (claimed, or locked by the SQL drain)
 -- and logs it. A failure rolls back this version only and is recorded
--- (error); the caller goes on with the rest.
+-- (error); the caller goes on with the rest. A cancel (the caller's
+-- statement_timeout, as pg_cron jobs and API calls set) is recorded the same
+-- way, and `cancelled` tells the caller to stop: otherwise a version slower
+-- than the timeout would cancel every drain before anything is recorded, and
+-- hold up the versions behind it for good.
 --
 -- Without language entities (the caller refreshes them once for its batch),
 -- a chapter-scoped refresh goes straight to the chapter refresh, the
@@ -243,12 +247,14 @@ $$;
 -- (progress_refresh_claimed). Each function call on this path costs about as
 -- much as a level's work, so the kind is switched here rather than through
 -- progress_refresh_version_levels, which does the same for the other paths.
+DROP FUNCTION IF EXISTS progress_refresh_held(text, uuid, text[], timestamptz, boolean);
 CREATE OR REPLACE FUNCTION progress_refresh_held(
     p_kind text, p_version uuid, p_chapters text[], p_first_enqueued_at timestamptz, p_with_entities boolean,
-    OUT done progress_refresh_count[], OUT error text)
+    OUT done progress_refresh_count[], OUT error text, OUT cancelled boolean)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
+    cancelled := false;
     BEGIN
         IF p_with_entities OR p_chapters IS NULL THEN
             done := ARRAY(SELECT c FROM progress_refresh_version(p_kind, p_version, p_with_entities, p_chapters) AS c);
@@ -259,8 +265,9 @@ BEGIN
             PERFORM progress_lock_version(p_kind, p_version);
             done := ARRAY(SELECT c FROM progress_refresh_chapters_text(p_version, p_chapters) AS c);
         END IF;
-    EXCEPTION WHEN OTHERS THEN
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
         error := SQLERRM;
+        cancelled := SQLSTATE = '57014';  -- query_canceled: OTHERS leaves it out
         PERFORM progress_record_failure(p_kind, p_version, error);
         RETURN;
     END;

@@ -72,6 +72,7 @@ DECLARE
     entry progress_refresh_queue;
     refreshed progress_refresh_queue[] := '{}';
     failure text;
+    cancelled boolean;
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
 BEGIN
@@ -97,8 +98,9 @@ BEGIN
                 text_entities := text_entities
                     || progress_affected_language_entities('text', ARRAY[entry.version_id]);
             END IF;
-            SELECT r.error INTO failure
+            SELECT r.error, r.cancelled INTO failure, cancelled
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, false) AS r;
+            EXIT WHEN cancelled;  -- recorded; the rest stay queued for the next call
             CONTINUE WHEN failure IS NOT NULL;  -- recorded; the rest go on
             PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
             refreshed := refreshed || entry;
@@ -122,8 +124,9 @@ BEGIN
         PERFORM progress_lock_language_entities('audio', audio_entities);
         PERFORM progress_lock_language_entities('text', text_entities);
         FOREACH entry IN ARRAY batch LOOP
-            SELECT r.error INTO failure
+            SELECT r.error, r.cancelled INTO failure, cancelled
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, true) AS r;
+            EXIT WHEN cancelled;
             CONTINUE WHEN failure IS NOT NULL;
             PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
             refreshed := refreshed || entry;
