@@ -416,6 +416,25 @@ def test_summary_totals_count_rows_not_chapters_total_verses(db, kind):
     assert (s["books_complete"], s["book_fraction"]) == (1, 1)
 
 
+@pytest.mark.parametrize("kind", ["audio", "text"])
+def test_a_text_or_mapping_without_a_verse_covers_nothing(db, kind):
+    """verse_id is nullable in the base tables: such a row covers no verse, and
+    the version's other rows are refreshed as usual (its refresh never fails)."""
+    A = b.bible(db, "A", {"GEN": [2]})
+    v = new_version(db, kind, "A", b.language(db))
+    if kind == "audio":
+        f = b.media_file(db, v, verses=[A.verse("GEN", 1, 1)])
+        b.mapping(db, f, None)
+    else:
+        db.execute(
+            "INSERT INTO verse_texts (text_version_id, verse_id, verse_text) VALUES (%s, %s, 'x'), (%s, NULL, 'y')",
+            [v, A.verse("GEN", 1, 1), v],
+        )
+    refresh(db)
+    assert b.verse_ids(db, kind, v) == {A.verse("GEN", 1, 1)}
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone() == (0,)
+
+
 def test_text_rules(db):
     b.bible(db, "A", {"GEN": [2, 3], "EXO": [2]})
     b.bible(db, "B", {"GEN": [2]})
@@ -472,7 +491,17 @@ def test_best_version_ordering(db, kind):
     b.bible(db, "EMPTY", {})
     ents = {
         name: b.language(db, name)
-        for name in ["verse", "chapter", "book", "nulls", "created", "created_null", "uuid", "uuid_null_created"]
+        for name in [
+            "verse",
+            "chapter",
+            "book",
+            "nulls",
+            "created",
+            "created_null",
+            "uuid",
+            "uuid_null_created",
+            "created_infinity",
+        ]
     }
 
     def version(entity, bible, n, created_at):
@@ -508,6 +537,8 @@ def test_best_version_ordering(db, kind):
     version("uuid", "R", 0xFFFF_FFFF << 96, NEW)
     x8 = version("uuid_null_created", "R", 0x16, None)
     version("uuid_null_created", "R", 0x96, None)
+    x9 = version("created_infinity", "R", 0x97, "-infinity")  # known, if as old as can be: before NULL
+    version("created_infinity", "R", 0x07, None)
     refresh(db)
 
     middle = "chapters_with_audio" if kind == "audio" else "complete_chapters"
@@ -540,6 +571,7 @@ def test_best_version_ordering(db, kind):
         "created_null": x6,
         "uuid": x7,
         "uuid_null_created": x8,
+        "created_infinity": x9,
     }
 
 

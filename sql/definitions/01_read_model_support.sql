@@ -19,9 +19,10 @@ $$;
 
 -- The best-version rule as one sort key (sorted descending, then by id):
 -- higher fractions first with NULL last at each step, then the newest
--- created_at with NULL last. Fractions lie in [0, 1], so -1 sorts NULL last.
--- The epoch is read in UTC: the same number, from immutable functions only,
--- so the planner inlines this rather than calling it row by row.
+-- created_at with NULL last. Fractions lie in [0, 1], so -1 sorts NULL last;
+-- a created_at is ranked by whether it is known first, so NULL sorts after
+-- '-infinity' too. The epoch is read in UTC: the same number, from immutable
+-- functions only, so the planner inlines this rather than calling it row by row.
 CREATE OR REPLACE FUNCTION progress_version_rank(
     p_verse_fraction numeric, p_chapter_fraction numeric, p_book_fraction numeric,
     p_created_at timestamptz)
@@ -29,7 +30,8 @@ RETURNS numeric[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT ARRAY[coalesce(p_verse_fraction, -1),
                  coalesce(p_chapter_fraction, -1),
                  coalesce(p_book_fraction, -1),
-                 coalesce(extract(epoch FROM p_created_at AT TIME ZONE 'UTC'), '-Infinity'::numeric)]
+                 (p_created_at IS NOT NULL)::int,
+                 coalesce(extract(epoch FROM p_created_at AT TIME ZONE 'UTC'), 0)]
 $$;
 
 -- Totals of a bible version: counted rows, not the sum of chapters.total_verses.

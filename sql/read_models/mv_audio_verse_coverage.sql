@@ -12,7 +12,7 @@ SELECT f.audio_version_id, mapped.verse_id
   -- planner from hashing every mapping of the database for one version.
  CROSS JOIN LATERAL (
         SELECT mfv.verse_id FROM media_files_verses mfv
-         WHERE mfv.media_file_id = f.id AND mfv.deleted_at IS NULL
+         WHERE mfv.media_file_id = f.id AND mfv.deleted_at IS NULL AND mfv.verse_id IS NOT NULL
         OFFSET 0) AS mapped
 UNION
 SELECT f.audio_version_id, v.id

@@ -9,4 +9,5 @@
 SELECT vt.text_version_id, vt.verse_id
   FROM verse_texts vt
   JOIN text_versions tv ON tv.id = vt.text_version_id AND tv.deleted_at IS NULL
- WHERE vt.deleted_at IS NULL
+ -- (A text with no verse covers none.)
+ WHERE vt.deleted_at IS NULL AND vt.verse_id IS NOT NULL
