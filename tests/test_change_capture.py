@@ -414,3 +414,31 @@ def test_mapped_coverage_reaches_a_version_that_never_had_mappings(db):
     b.assert_read_models_match(db)
     assert A.verses[("GEN", 2, 1)] in b.verse_ids(db, "audio", other)
     assert A.verses[("GEN", 2, 1)] not in b.verse_ids(db, "audio", chapter_only)
+
+
+@pytest.mark.parametrize(
+    "with_mappings",
+    [
+        "DELETE FROM media_files_verses WHERE media_file_id = %(file)s",
+        "UPDATE media_files_verses SET deleted_at = now() WHERE media_file_id = %(file)s",
+        "UPDATE media_files_verses SET verse_id = %(verse)s WHERE media_file_id = %(file)s",
+    ],
+)
+def test_a_file_moved_to_another_version_while_its_mappings_change_in_the_same_statement(db, with_mappings):
+    """One statement (a data-modifying WITH) moves a mapped file to another
+    version and removes or moves its mappings: the mapping's change is seen
+    with the file's new version, so the version it left is refreshed whole."""
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2]})
+    left, joined = b.audio_version(db, "A", b.language(db)), b.audio_version(db, "A", b.language(db))
+    b.media_file(db, left, chapter=A.chapter("GEN", 1))
+    mapped = b.media_file(db, left, verses=[A.verse("EXO", 1, 1)])
+    b.drain(db)
+    assert A.verse("EXO", 1, 1) in b.verse_ids(db, "audio", left)
+
+    db.execute(
+        f"WITH m AS ({with_mappings}) UPDATE media_files SET audio_version_id = %(to)s WHERE id = %(file)s",
+        {"file": mapped, "to": joined, "verse": A.verse("GEN", 2, 1)},
+    )
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verse("EXO", 1, 1) not in b.verse_ids(db, "audio", left)

@@ -275,7 +275,14 @@ BEGIN
                                               o.publish_status::text, o.deleted_at),
                  (o.start_verse_id, o.end_verse_id) IS DISTINCT FROM (n.start_verse_id, n.end_verse_id)
                  AND (o.start_verse_id IS NOT NULL AND NOT EXISTS (SELECT FROM verses v WHERE v.id = o.start_verse_id)
-                      OR o.end_verse_id IS NOT NULL AND NOT EXISTS (SELECT FROM verses v WHERE v.id = o.end_verse_id))),
+                      OR o.end_verse_id IS NOT NULL AND NOT EXISTS (SELECT FROM verses v WHERE v.id = o.end_verse_id))
+                 -- A file moved out of a version with mapped files: a mapping
+                 -- removed in the same statement (a data-modifying WITH) is
+                 -- seen with the file's new version, and is gone from the
+                 -- mappings this side's chapters are read from.
+                 OR o.audio_version_id IS DISTINCT FROM n.audio_version_id
+                    AND EXISTS (SELECT FROM progress_mapped_audio_versions p
+                                 WHERE p.audio_version_id = o.audio_version_id)),
                 (n.audio_version_id, n.id, n.chapter_id, n.start_verse_id, n.end_verse_id,
                  progress_is_live_bible_audio(n.media_type::text, n.is_bible_audio, n.upload_status::text,
                                               n.publish_status::text, n.deleted_at),
