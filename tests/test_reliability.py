@@ -243,17 +243,24 @@ def test_readers_never_see_a_summary_missing_nor_wait(db, dsn) -> None:
     assert max(seconds for _, seconds in observations) < 0.5
 
 
+def trouble_refreshing(db: psycopg.Connection, version: uuid.UUID, statement: str, backoff_seconds: float) -> None:
+    """Writing the version's summary row runs `statement` (an error, a stall);
+    failed refreshes back off for backoff_seconds (doubled per attempt)."""
+    db.execute(
+        "UPDATE progress_refresh_settings SET value = %s WHERE key = 'retry_backoff_seconds'", [str(backoff_seconds)]
+    )
+    db.execute(f"""
+        CREATE FUNCTION test_trouble() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.text_version_id = '{version}' THEN {statement}; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER test_trouble BEFORE INSERT ON mv_text_version_progress_summary
+            FOR EACH ROW EXECUTE FUNCTION test_trouble();""")
+
+
 def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
     language = build_structure(db)
     versions = add_text_versions(db, language, 3)
     poisoned = versions[1]
-    db.execute("UPDATE progress_refresh_settings SET value = '0.2' WHERE key = 'retry_backoff_seconds'")
-    db.execute(f"""
-        CREATE FUNCTION test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN IF NEW.text_version_id = '{poisoned}' THEN RAISE EXCEPTION 'poisoned version'; END IF;
-              RETURN NEW; END $$;
-        CREATE TRIGGER test_poison BEFORE INSERT ON mv_text_version_progress_summary
-            FOR EACH ROW EXECUTE FUNCTION test_poison();""")
+    trouble_refreshing(db, poisoned, "RAISE EXCEPTION 'poisoned version'", backoff_seconds=0.2)
     for version in versions:
         add_texts(db, version, VERSES[:2])
 
@@ -276,7 +283,7 @@ def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
     assert total_mismatches(db, [v for v in versions if v != poisoned]) == 0
 
     # A later change queues it again; once healthy it leaves the dead letters.
-    db.execute("DROP TRIGGER test_poison ON mv_text_version_progress_summary")
+    db.execute("DROP TRIGGER test_trouble ON mv_text_version_progress_summary")
     add_texts(db, poisoned, VERSES[2:4])
     assert gateway.queue_state(db)["depth"] == 1
     drain_queue(db)
@@ -300,12 +307,7 @@ def test_a_version_slower_than_the_statement_timeout_holds_up_no_other(db) -> No
     language = build_structure(db)
     versions = add_text_versions(db, language, 4)
     slow = versions[0]
-    db.execute("UPDATE progress_refresh_settings SET value = '1' WHERE key = 'retry_backoff_seconds'")
-    db.execute(f"""
-        CREATE FUNCTION test_slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN IF NEW.text_version_id = '{slow}' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$;
-        CREATE TRIGGER test_slow BEFORE INSERT ON mv_text_version_progress_summary
-            FOR EACH ROW EXECUTE FUNCTION test_slow();""")
+    trouble_refreshing(db, slow, "PERFORM pg_sleep(5)", backoff_seconds=1)
     for version in versions:  # the slow one queued first
         add_texts(db, version, VERSES[:2])
     db.execute("SET statement_timeout = '300ms'")
