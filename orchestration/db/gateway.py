@@ -143,7 +143,7 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
 def record_failure(
     conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str | None = None
 ) -> None:
-    """One more failed attempt, recorded against the worker's claim (any entry of the version without one)."""
+    """One more failed attempt, against the worker's claim (without a worker: the version's entry, whoever holds it)."""
     with conn.transaction():
         conn.execute("SELECT progress_record_failure(%s, %s, %s, %s)", [kind, version_id, error, worker])
 
