@@ -16,6 +16,7 @@ import uuid
 import psycopg
 import pytest
 
+import builders as b
 from orchestration.db import gateway
 from orchestration.db.connection import connect
 from orchestration.read_models import READ_MODELS
@@ -291,14 +292,6 @@ def test_poisoned_version_is_isolated_retried_and_dead_lettered(db) -> None:
     assert total_mismatches(db) == 0
 
 
-def sql_drain(conn: psycopg.Connection) -> list[tuple[str, uuid.UUID]]:
-    """The SQL API's drain until a call returns nothing; the versions it refreshed."""
-    refreshed = []
-    while batch := conn.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall():
-        refreshed += batch
-    return refreshed
-
-
 def test_a_version_slower_than_the_statement_timeout_holds_up_no_other(db) -> None:
     """SQL drains under a statement_timeout (pg_cron, an API call): a version
     whose refresh outlasts it is recorded as failed each time, retried with
@@ -317,11 +310,11 @@ def test_a_version_slower_than_the_statement_timeout_holds_up_no_other(db) -> No
         "SELECT attempts, last_error FROM progress_refresh_queue WHERE version_id = %s", [slow]
     ).fetchone()
     assert (attempts, "statement timeout" in error) == (1, True)
-    assert {v for _, v in sql_drain(db)} == set(versions[1:])  # the slow one backs off meanwhile
+    assert {v for _, v in b.drain(db)} == set(versions[1:])  # the slow one backs off meanwhile
     deadline = time.monotonic() + 30
     while gateway.queue_state(db)["depth"] and time.monotonic() < deadline:
         time.sleep(0.1)
-        sql_drain(db)
+        b.drain(db)
     db.execute("RESET statement_timeout")
     assert db.execute("SELECT version_id, attempts FROM progress_refresh_dead_letter").fetchall() == [(slow, 3)]
     assert gateway.queue_state(db)["depth"] == 0

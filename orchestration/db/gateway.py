@@ -140,10 +140,8 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
     return outcome
 
 
-def record_failure(
-    conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str | None = None
-) -> None:
-    """One more failed attempt, against the worker's claim (without a worker: the version's entry, whoever holds it)."""
+def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str) -> None:
+    """One more failed attempt, against the worker's claim."""
     with conn.transaction():
         conn.execute("SELECT progress_record_failure(%s, %s, %s, %s)", [kind, version_id, error, worker])
 

@@ -446,30 +446,32 @@ $$;
 CREATE OR REPLACE FUNCTION progress_capture_versions() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
+DECLARE
+    versions uuid[];
+    left_entities uuid[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT n.id FROM new_rows n));
+        RETURN NULL;
     ELSIF TG_OP = 'DELETE' THEN
-        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(SELECT o.id FROM old_rows o));
-        PERFORM progress_lock_language_entities(TG_ARGV[0], ARRAY(SELECT o.language_entity_id FROM old_rows o));
+        versions := ARRAY(SELECT o.id FROM old_rows o);
+        left_entities := ARRAY(SELECT o.language_entity_id FROM old_rows o);
     ELSE
-        PERFORM progress_enqueue_versions(TG_ARGV[0], ARRAY(
-            SELECT affected.version_id
+        -- Rows whose version-level columns changed (an id changed: both sides).
+        WITH changed AS (
+            SELECT o.id AS old_id, n.id AS new_id, o.language_entity_id AS old_entity
               FROM old_rows o
               FULL JOIN new_rows n ON n.id = o.id
-             CROSS JOIN LATERAL (VALUES (o.id), (n.id)) AS affected (version_id)
-             WHERE (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
-                   IS DISTINCT FROM
-                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
-        PERFORM progress_lock_language_entities(TG_ARGV[0], ARRAY(
-            SELECT o.language_entity_id
-              FROM old_rows o
-              LEFT JOIN new_rows n ON n.id = o.id
-             WHERE n.id IS NULL
+             WHERE o.id IS NULL OR n.id IS NULL
                 OR (o.deleted_at, o.bible_version_id, o.language_entity_id, o.created_at)
                    IS DISTINCT FROM
-                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at)));
+                   (n.deleted_at, n.bible_version_id, n.language_entity_id, n.created_at))
+        SELECT ARRAY(SELECT v FROM changed CROSS JOIN LATERAL (VALUES (old_id), (new_id)) AS x (v)),
+               ARRAY(SELECT old_entity FROM changed WHERE old_id IS NOT NULL)
+          INTO versions, left_entities;
     END IF;
+    PERFORM progress_enqueue_versions(TG_ARGV[0], versions);
+    PERFORM progress_lock_language_entities(TG_ARGV[0], left_entities);
     RETURN NULL;
 END
 $$;
