@@ -1,6 +1,7 @@
 """Smoke test of the benchmark (bench/): the whole pipeline (generate, clone,
-install both strategies, every measurement, report) at size S with one
-repetition, against the test server; about a minute on 2 cores."""
+install both strategies, every measurement, report) at size XS (every
+coverage style, 4 + 4 versions) with one repetition, against the test server;
+about half a minute on 2 cores."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     result = run_bench(
         "--sizes",
-        "S",
+        "XS",
         "--repeat",
         "1",
         "--lookups",
@@ -79,15 +80,15 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     assert "| measurement | baseline | ours | ours / baseline |" in result.stdout
 
     # The data was generated on each server, and the same seed made the same rows.
-    assert "bench_" in result.stderr and "_s_baseline_template on the baseline's server" in result.stderr
+    assert "bench_" in result.stderr and "_xs_baseline_template on the baseline's server" in result.stderr
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "sizes", "targets"} <= set(results)
     assert results["meta"]["baseline_server"]["server_version"] == results["meta"]["server"]["server_version"]
     assert results["meta"]["repeat"] == 1
-    size = results["sizes"]["S"]
+    size = results["sizes"]["XS"]
     assert {"audio_versions", "text_versions", "verse_texts", "read_model_rows"} <= set(size["data"])
-    assert size["data"]["audio_versions"] == 20 and size["data"]["text_versions"] == 20
+    assert size["data"]["audio_versions"] == 4 and size["data"]["text_versions"] == 4
     assert set(size["metrics"]) == METRICS
     for metric_id, metric in size["metrics"].items():
         assert {"label", "unit", "baseline", "ours", "ratio"} <= set(metric), metric_id
@@ -112,13 +113,13 @@ def test_benchmark_smoke(server_dsn: str, tmp_path: Path) -> None:
     assert all({"id", "target", "measured", "met"} <= set(t) for t in results["targets"])
 
     markdown = (tmp_path / "results.md").read_text()
-    assert "## Size S" in markdown and "## Targets" in markdown
+    assert "## Size XS" in markdown and "## Targets" in markdown
     assert "Each strategy on a server of its own" in markdown
     assert "every read model of ours equalled its logical view" in markdown
     assert (tmp_path / "refresh_vs_versions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Every database the run created is gone.
-    prefix = re.search(r"in (bench_\d+_)s_template", result.stderr)
+    prefix = re.search(r"in (bench_\d+_)xs_template", result.stderr)
     assert prefix is not None, result.stderr
     with connect(server_dsn) as admin:
         left = admin.execute(
