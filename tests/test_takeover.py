@@ -215,6 +215,49 @@ def test_an_apps_own_trigger_that_queues_keeps_working_for_the_role_granted_it(p
         assert cannot_drain == (False,)
 
 
+def test_the_api_roles_and_their_groups_lose_the_enqueue_grant_an_app_role_keeps(previous_dsn: str) -> None:
+    """Supabase's API roles (anon, authenticated) and any role they are members
+    of could call the previous design's enqueue function: after the take-over
+    none of them can (a browser key would queue refreshes at will), while an
+    app's own role granted it by name keeps it, and the advice names the
+    roles that lost it."""
+    app, group = "previous_design_queue_writer", "previous_design_api_group"
+    with connect(previous_dsn) as conn:
+        conn.execute(
+            f"""
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN; END IF;
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
+                    CREATE ROLE authenticated NOLOGIN;
+                END IF;
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{app}') THEN CREATE ROLE {app}; END IF;
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{group}') THEN CREATE ROLE {group}; END IF;
+            END $$;
+            GRANT {group} TO anon;
+            CREATE TABLE version_notes (id serial PRIMARY KEY, audio_version_id uuid);
+            CREATE FUNCTION queue_noted_version() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN PERFORM enqueue_progress_refresh('audio', NEW.audio_version_id); RETURN NEW; END $f$;
+            CREATE TRIGGER version_notes_queue AFTER INSERT ON version_notes
+                FOR EACH ROW EXECUTE FUNCTION queue_noted_version();
+            GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO anon, authenticated, {group}, {app};
+            """
+        )
+        changes = "\n".join(migrate(conn, adopt=True))
+        assert f"kept EXECUTE on enqueue_progress_refresh() for {app} " in changes, changes
+        lost = re.search(r"roles that could run the old SQL API no longer can: ([^.]*)\.", changes)
+        assert lost is not None, changes
+        assert {"anon", "authenticated", group} <= set(lost.group(1).split(", ")), lost.group(1)
+        assert app not in lost.group(1).split(", ")
+        may_enqueue = dict(
+            conn.execute(
+                "SELECT r, has_function_privilege(r, 'enqueue_progress_refresh(text, uuid)', 'EXECUTE')"
+                "  FROM unnest(%s::text[]) AS r",
+                [["anon", "authenticated", group, app]],
+            ).fetchall()
+        )
+        assert may_enqueue == {"anon": False, "authenticated": False, group: False, app: True}
+
+
 def test_adopt_twice_changes_nothing_the_second_time(previous_dsn: str) -> None:
     with connect(previous_dsn) as conn:
         migrate(conn, adopt=True)
