@@ -31,6 +31,13 @@ def previous_dsn(empty_dsn: str) -> str:
     return empty_dsn
 
 
+def ensure_roles(conn: psycopg.Connection, *names: str) -> None:
+    """Roles are the server's, not the database's: made once, kept by later tests."""
+    for name in names:
+        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", [name]).fetchone() is None:
+            conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(name)))
+
+
 def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "orchestration", *args],
@@ -158,11 +165,9 @@ def test_an_apps_own_trigger_that_queues_keeps_working_for_the_role_granted_it(p
     role's writes still succeed and still queue; the plan names the trigger."""
     role = "previous_design_notes_app"
     with connect(previous_dsn) as conn:
+        ensure_roles(conn, role)
         conn.execute(
             f"""
-            DO $$ BEGIN
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role}; END IF;
-            END $$;
             CREATE TABLE version_notes (id serial PRIMARY KEY, audio_version_id uuid, note text);
             CREATE FUNCTION queue_noted_version() RETURNS trigger LANGUAGE plpgsql AS $f$
             BEGIN PERFORM enqueue_progress_refresh('audio', NEW.audio_version_id); RETURN NEW; END $f$;
@@ -223,24 +228,10 @@ def test_the_api_roles_and_their_groups_lose_the_enqueue_grant_an_app_role_keeps
     roles that lost it."""
     app, group = "previous_design_queue_writer", "previous_design_api_group"
     with connect(previous_dsn) as conn:
+        ensure_roles(conn, "anon", "authenticated", app, group)
+        conn.execute(f"GRANT {group} TO anon")
         conn.execute(
-            f"""
-            DO $$ BEGIN
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN CREATE ROLE anon NOLOGIN; END IF;
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-                    CREATE ROLE authenticated NOLOGIN;
-                END IF;
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{app}') THEN CREATE ROLE {app}; END IF;
-                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{group}') THEN CREATE ROLE {group}; END IF;
-            END $$;
-            GRANT {group} TO anon;
-            CREATE TABLE version_notes (id serial PRIMARY KEY, audio_version_id uuid);
-            CREATE FUNCTION queue_noted_version() RETURNS trigger LANGUAGE plpgsql AS $f$
-            BEGIN PERFORM enqueue_progress_refresh('audio', NEW.audio_version_id); RETURN NEW; END $f$;
-            CREATE TRIGGER version_notes_queue AFTER INSERT ON version_notes
-                FOR EACH ROW EXECUTE FUNCTION queue_noted_version();
-            GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO anon, authenticated, {group}, {app};
-            """
+            f"GRANT EXECUTE ON FUNCTION enqueue_progress_refresh(text, uuid) TO anon, authenticated, {group}, {app}"
         )
         changes = "\n".join(migrate(conn, adopt=True))
         assert f"kept EXECUTE on enqueue_progress_refresh() for {app} " in changes, changes
