@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -110,6 +112,24 @@ def test_the_urls_connect_timeout_is_the_one_waited_for_and_said(listening_socke
     assert_one_line_error(result, "cannot reach PostgreSQL", "no answer within 2s")
 
 
+@pytest.mark.parametrize("delay", [0.1, 0.15])
+def test_ctrl_c_while_the_command_loads_is_one_line(dsn: str, delay: float) -> None:
+    # Loading the command line takes about 0.3 s: the signal lands in its imports.
+    environment = {**os.environ, "PROGRESS_DATABASE_URL": dsn}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "orchestration", "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    time.sleep(delay)
+    command.send_signal(signal.SIGINT)
+    _, stderr = command.communicate(timeout=60)
+    assert command.returncode == 130, stderr
+    assert stderr.strip() == "interrupted"
+
+
 def test_unmigrated_database_says_to_migrate(empty_dsn: str) -> None:
     assert_one_line_error(run_cli("status", dsn=empty_dsn), "progress-refresh migrate")
 
@@ -130,6 +150,18 @@ def test_migrate_names_missing_column(empty_dsn: str) -> None:
         conn.execute("ALTER TABLE verses DROP COLUMN global_order")
     result = run_cli("migrate", dsn=empty_dsn)
     assert_one_line_error(result, "verses.global_order")
+
+
+def test_a_base_column_or_table_dropped_after_migrate_is_named_before_any_refresh(db, dsn: str) -> None:
+    bible = b.bible(db, "kjv", {"GEN": [3]})
+    b.media_file(db, b.audio_version(db, "kjv"), chapter=bible.chapter("GEN", 1))
+    # CASCADE takes the product's views that read the column with it.
+    db.execute("ALTER TABLE media_files DROP COLUMN publish_status CASCADE")
+    for command in (["status"], ["refresh"], ["refresh", "--all"]):
+        assert_one_line_error(run_cli(*command, dsn=dsn), "media_files.publish_status")
+    assert db.execute("SELECT count(*) FROM progress_refresh_dead_letter").fetchone()[0] == 0
+    db.execute("DROP TABLE verse_texts CASCADE")
+    assert_one_line_error(run_cli("status", dsn=dsn), "missing: verse_texts")
 
 
 def test_migrate_installs_on_existing_base_tables_and_keeps_their_rows(empty_dsn: str) -> None:

@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import psycopg
 
-from orchestration.db.base_schema import base_tables_present
+from orchestration.db.base_schema import REQUIRED_COLUMNS, base_tables_present
 from orchestration.db.inspection import ENQUEUE_FUNCTION, TAKEOVER_SETTING, Inspection, inspect
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS, ReadModel
@@ -177,6 +177,10 @@ def check_schema_current(conn: psycopg.Connection) -> None:
         raise ProgressError(
             "the database's SQL functions and views are another release's: run `progress-refresh migrate`"
         )
+    # A base table or column dropped since the migrate (a CASCADE takes the
+    # product's views with it): named here, before a refresh fails on every version.
+    if not base_tables_present(conn):
+        raise ProgressError("the database has none of the base tables any more: " + ", ".join(REQUIRED_COLUMNS))
 
 
 def _normalized(body: str) -> str:
