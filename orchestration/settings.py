@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,22 @@ def _positive_float(text: str) -> float:
     if number <= 0:
         raise ValueError(text)
     return number
+
+
+# PostgreSQL's units for a time setting, in milliseconds (its default unit).
+_DURATION_UNITS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000, "": 1}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?")
+_MAX_MILLISECONDS = 2**31 - 1
+
+
+def _postgres_duration(text: str) -> str:
+    """A timeout as PostgreSQL reads it (5s, 500ms, 2min; a bare number is
+    milliseconds; 0 is no limit), kept as written: refused here, by its
+    variable's name, rather than by the server on the first refresh."""
+    match = _DURATION.fullmatch(text)
+    if match is None or float(match[1]) * _DURATION_UNITS[match[2] or ""] > _MAX_MILLISECONDS:
+        raise ValueError(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -158,12 +175,16 @@ LOCK_TIMEOUT = Setting(
     "PROGRESS_LOCK_TIMEOUT",
     "5s",
     "a refresh waiting longer for a lock fails that version (retried later)",
+    parse=_postgres_duration,
+    expected="a PostgreSQL duration such as 5s, 500ms or 2min (0: no limit)",
 )
 STATEMENT_TIMEOUT = Setting(
     "statement_timeout",
     "PROGRESS_STATEMENT_TIMEOUT",
     "300s",
     "a longer refresh statement fails that version",
+    parse=_postgres_duration,
+    expected="a PostgreSQL duration such as 5s, 500ms or 2min (0: no limit)",
 )
 SENSOR_INTERVAL_SECONDS = Setting(
     "sensor_interval_seconds",

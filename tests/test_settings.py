@@ -83,6 +83,10 @@ def test_config_names_the_source_of_each_value(dsn: str) -> None:
         ("config", "PROGRESS_SENSOR_MAX_AGE_SECONDS", "-1"),
         ("config", "PROGRESS_SENSOR_MAX_AGE_SECONDS", "nan"),
         ("config", "PROGRESS_QUEUE_STALE_SECONDS", "inf"),
+        ("refresh", "PROGRESS_LOCK_TIMEOUT", "forever"),
+        ("config", "PROGRESS_STATEMENT_TIMEOUT", "-5s"),
+        ("refresh", "PROGRESS_STATEMENT_TIMEOUT", "5 minutes"),
+        ("refresh", "PROGRESS_LOCK_TIMEOUT", "30d"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(dsn: str, command: str, variable: str, value: str) -> None:
@@ -94,3 +98,9 @@ def test_a_bad_value_is_one_line_naming_the_variable(dsn: str, command: str, var
 
 def _expected(variable: str) -> str:
     return next(s.expected for s in settings.SETTINGS if s.env == variable)
+
+
+@pytest.mark.parametrize("value", ["5s", "500ms", "1.5s", "2min", "250", "0", "1 h", "90us", "24d"])
+def test_a_timeout_accepted_here_is_accepted_by_postgresql(db, value: str) -> None:
+    parsed = settings.LOCK_TIMEOUT.parse(value)
+    db.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)", [parsed] * 2)
