@@ -12,6 +12,7 @@ import dataclasses
 import json
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -158,11 +159,14 @@ def seed_demo_command(audio_versions: int, text_versions: int, seed: int) -> Non
     Example:
       progress-refresh seed-demo --audio 20 --text 20
     """
-    from orchestration.demo_data import seed_demo
+    from orchestration.demo_data import demo_present, seed_demo
 
     with _database() as conn, _progress_bar("seeding demo", True) as update:
+        loaded_before = demo_present(conn)
         counts = seed_demo(conn, audio_versions=audio_versions, text_versions=text_versions, seed=seed, progress=update)
     click.echo(f"demo data: {counts}")
+    if loaded_before and (counts.audio_versions, counts.text_versions) != (audio_versions, text_versions):
+        click.echo("note: the demo was loaded before and is kept as it is (--audio and --text size a first load)")
 
 
 def _render_report(report: RefreshReport) -> None:
@@ -311,7 +315,7 @@ def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
     for (claimed_by, pid, alive), held in holders.items():
         lease_end = f"{max(c['lease_until'] for c in held):%Y-%m-%d %H:%M:%S %Z}"
         if alive is False:
-            state, when = "gone", "taken over at the next claim"
+            state, when = "gone", "ready again, taken over at the next claim"
         elif alive:
             state, when = "alive", f"kept while it works, at most until its lease ends at {lease_end}"
         else:
@@ -360,34 +364,20 @@ def _render_status(status: dict[str, Any]) -> None:
     facts.add_row("populated", _when(status["populated_at"], "not yet: run `progress-refresh refresh --rebuild safe`"))
     console.print(facts)
     for kind, kind_lag in status["lag_last_hour"].items():
-        console.print(_lag_line(kind, kind_lag), highlight=False)
+        _print_wrapped(_lag_line(kind, kind_lag), indent=2)
     for line in _claim_lines(status["claims"]):
-        console.print(line, highlight=False, soft_wrap=True)
+        _print_wrapped(line, indent=4)
     if status["retrying"]:
-        retry = Table(title="retrying (failed, waiting out their backoff)")
-        retry.add_column("version", no_wrap=True)
-        retry.add_column("tries", justify="right")
-        retry.add_column("next try", no_wrap=True)
-        retry.add_column("last error", overflow="fold")
+        console.print("retrying (failed, waiting out their backoff):")
         for r in status["retrying"]:
             next_try = r["next_try_at"]
-            retry.add_row(
-                f"{r['kind']}:{r['version_id']}",
-                str(r["attempts"]),
-                "now"
-                if next_try is None or next_try <= datetime.now(UTC)
-                else f"{next_try.astimezone(UTC):%H:%M:%S} UTC",
-                str(r["last_error"] or ""),
-            )
-        console.print(retry)
+            due = next_try is None or next_try <= datetime.now(UTC)
+            when = "now" if due else f"{next_try.astimezone(UTC):%H:%M:%S} UTC"
+            _print_failure(f"{r['kind']}:{r['version_id']}, {_tries(r['attempts'])}, next try {when}", r["last_error"])
     if status["dead_letters"]:
-        dead = Table(title="dead letters")
-        dead.add_column("version", no_wrap=True)
-        dead.add_column("tries", justify="right")
-        dead.add_column("last error", overflow="fold")
+        console.print("dead letters (queued again by a later change or `requeue-dead-letters`):")
         for d in status["dead_letters"]:
-            dead.add_row(f"{d['kind']}:{d['version_id']}", str(d["attempts"]), str(d["last_error"]))
-        console.print(dead)
+            _print_failure(f"{d['kind']}:{d['version_id']}, {_tries(d['attempts'])}", d["last_error"])
     table = Table()
     table.add_column("read model", no_wrap=True)
     table.add_column("rows", justify="right", no_wrap=True)
@@ -395,6 +385,32 @@ def _render_status(status: dict[str, Any]) -> None:
     for name, size in status["read_models"].items():
         table.add_row(name, f"{size['rows']:,}", _size(size["bytes"]))
     console.print(table)
+
+
+def _print_wrapped(text: str, indent: int) -> None:
+    """A line wrapped at the console's width between words, its continuation indented."""
+    console.print(
+        textwrap.fill(
+            text,
+            width=console.width,
+            subsequent_indent=" " * indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_failure(version: str, error: str | None) -> None:
+    """A failed version on a line of its own, its last error wrapped below it."""
+    console.print(f"  {version}", highlight=False, soft_wrap=True)
+    if error:
+        _print_wrapped(f"    last error: {error}", indent=6)
+
+
+def _tries(attempts: int) -> str:
+    return f"{attempts} {'try' if attempts == 1 else 'tries'}"
 
 
 def _lag_line(kind: str, lag: dict[str, Any]) -> str:
@@ -590,6 +606,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # no command given: the help, as --help shows it
+        click.echo(exc.ctx.get_help())
     except click.ClickException as exc:
         _fail(exc.format_message(), 2)
     except ConnectionLost as exc:

@@ -214,7 +214,7 @@ def claim_in_session(dsn: str, worker: str, keep_open: bool) -> tuple[psycopg.Co
 def run_cli(dsn: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestration", *args],
-        env=dict(os.environ, PROGRESS_DATABASE_URL=dsn),
+        env=dict(os.environ, PROGRESS_DATABASE_URL=dsn, COLUMNS="200"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -246,7 +246,8 @@ def test_status_shows_each_holder_alive_or_gone_and_when_its_claims_are_taken_ov
         "live-worker": (str(live_version), live_pid, True, "when its lease ends"),
         "gone-worker": (str(gone_version), gone_pid, False, "at the next claim"),
     }
-    assert f"claimed: 1 by gone-worker (session pid {gone_pid}, gone): taken over at the next claim" in as_text.stdout
+    gone_line = f"claimed: 1 by gone-worker (session pid {gone_pid}, gone): ready again, taken over at the next claim"
+    assert gone_line in as_text.stdout
     assert f"claimed: 1 by live-worker (session pid {live_pid}, alive): kept while it works" in as_text.stdout
     assert (state["ready"], state["claimed"]) == (1, 1)  # the sensor sees the gone holder's entry as ready
     assert taken.version_id == gone_version

@@ -37,6 +37,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], lines[0]
 
 
+def test_no_command_shows_the_help() -> None:
+    result = run_cli()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: progress-refresh")
+    assert "refresh" in result.stdout and "status" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
 def test_malformed_database_url_is_one_line() -> None:
     result = run_cli("status", dsn="this is not a url")
     assert_one_line_error(result, "invalid database URL")
@@ -339,14 +347,22 @@ def test_status_fits_80_columns(db, dsn: str, monkeypatch) -> None:
 
     from orchestration import cli
 
-    text_versions_with_a_verse(db, 1)
+    retrying, claimed = text_versions_with_a_verse(db, 2)
     db.execute(
         "INSERT INTO progress_refresh_dead_letter (kind, version_id, attempts, last_error, first_queued_at)"
         " VALUES ('audio', gen_random_uuid(), 3, repeat('a long error message ', 12), now())"
     )
     db.execute(
         "UPDATE progress_refresh_queue SET attempts = 1, last_error = repeat('a long lock timeout ', 10),"
-        " not_before = now() + interval '30 seconds'"
+        " not_before = now() + interval '30 seconds' WHERE version_id = %s",
+        [retrying],
+    )
+    # Claimed before the server started: its holder is gone.
+    db.execute(
+        "UPDATE progress_refresh_queue SET claimed_by = 'python:a-rather-long-host-name:123456:784c2a76',"
+        " claimed_at = '2000-01-01', lease_until = now() + interval '1 hour', holder_pid = 99999"
+        " WHERE version_id = %s",
+        [claimed],
     )
     for text in (
         run_cli("status", dsn=dsn, env={"COLUMNS": "80"}).stdout,
@@ -354,6 +370,10 @@ def test_status_fits_80_columns(db, dsn: str, monkeypatch) -> None:
     ):
         lines = text.splitlines()
         assert max(len(line) for line in lines) <= 80, text
+        flowing = " ".join(line.strip() for line in lines)  # wrapped between words, never inside one
+        assert "last error: a long lock timeout a long lock timeout" in flowing, text
+        assert "a long error message a long error message" in flowing, text
+        assert "by python:a-rather-long-host-name:123456:784c2a76 (session pid 99999, gone)" in flowing, text
         for name in ("language_entity_best_audio_version", "mv_audio_version_progress_summary"):
             assert any(name in line for line in lines), text  # never cut
 
@@ -383,6 +403,12 @@ def test_seed_demo_says_what_it_loaded_in_words(dsn: str) -> None:
         r"[\d,]+ verse mappings, [\d,]+ verse texts",
         line,
     ), line
+    assert "note:" not in result.stdout
+    again = run_cli("seed-demo", "--audio", "3", "--text", "1", dsn=dsn)
+    assert again.returncode == 0, again.stderr
+    assert "1 audio and 1 text versions" in again.stdout
+    assert "note: the demo was loaded before and is kept as it is" in again.stdout
+    assert "note:" not in run_cli("seed-demo", "--audio", "1", "--text", "1", dsn=dsn).stdout
 
 
 def test_a_package_upgraded_without_migrate_says_to_migrate(dsn: str) -> None:
