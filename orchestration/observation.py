@@ -78,6 +78,7 @@ def outside_refresh_events(
         "versions_refreshed": dg.MetadataValue.int(len(refreshes.version_ids)),
         "versions": dg.MetadataValue.json(labels),
         "rows_written_all_levels": dg.MetadataValue.int(refreshes.rows_written or 0),
+        "duration_seconds": _seconds(refreshes.busy_seconds),
         "first_refreshed_at": dg.MetadataValue.timestamp(refreshes.first_refreshed_at),
         "last_refreshed_at": dg.MetadataValue.timestamp(refreshes.last_refreshed_at),
         "lag_seconds_p50": _seconds(refreshes.lag_p50),
@@ -90,6 +91,11 @@ def outside_refresh_events(
             asset_key=model.name,
             metadata={
                 **metadata,
+                "rows_written": (
+                    dg.MetadataValue.int(refreshes.rows_by_read_model[model.name])
+                    if model.name in refreshes.rows_by_read_model
+                    else dg.MetadataValue.null()
+                ),
                 "dagster/row_count": dg.MetadataValue.int(sizes.get(model.name, {}).get("rows", 0)),
                 "table_size_bytes": dg.MetadataValue.int(sizes.get(model.name, {}).get("bytes", 0)),
             },

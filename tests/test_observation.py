@@ -99,6 +99,9 @@ def test_a_command_line_refresh_is_reported_on_each_read_model_with_source_and_l
     assert summary["versions"].value == [{"version": "King James text", "language": "English", "id": str(text)}]
     assert summary["lag_seconds_max"].value == pytest.approx(40, abs=3)
     assert summary["rows_written_all_levels"].value > 0
+    assert summary["rows_written"].value == 1  # its one row, inserted
+    assert reported["mv_text_verse_coverage"]["rows_written"].value == 2
+    assert 0 < summary["duration_seconds"].value < 30
     assert summary["oldest_queued_age_seconds"].value == 0
     assert summary["dagster/row_count"].value == 1
     assert summary["table_size_bytes"].value > 0
@@ -109,7 +112,18 @@ def test_a_drain_by_the_sql_api_is_reported_as_sql(db, dsn, text):
     sensor = Sensor(dsn)
     sensor.tick()
     b.drain(db)
-    assert materialized(sensor.tick())["mv_text_verse_coverage"]["source"].value == "sql"
+    reported = materialized(sensor.tick())
+    verses = reported["mv_text_verse_coverage"]
+    assert verses["source"].value == "sql"
+    assert verses["rows_written"].value == 2
+    assert 0 < verses["duration_seconds"].value < 30
+    # Refreshed once for the drain's batch, not logged per version: not known.
+    assert reported["language_entity_best_text_version"]["rows_written"].value is None
+    db.execute("UPDATE text_versions SET deleted_at = now() WHERE id = %s", [text])
+    db.execute("SELECT * FROM refresh_progress_version('text', %s)", [text])  # by name: with its language entity
+    reported = materialized(sensor.tick())
+    assert reported["language_entity_best_text_version"]["rows_written"].value == 1  # its row, deleted
+    assert reported["mv_text_version_progress_summary"]["rows_written"].value == 1
 
 
 def test_runs_of_this_instance_are_not_reported_again_but_other_instances_runs_are(dsn, text):

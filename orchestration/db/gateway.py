@@ -373,6 +373,11 @@ class LoggedRefreshes:
     lag_p50: float | None
     lag_p95: float | None
     lag_max: float | None
+    # Time spent in the refreshing transactions; None for refreshes logged before it was.
+    busy_seconds: float | None
+    # Per read model, for those every refresh logged (a drain's language-entity
+    # read models are refreshed once for its batch, not logged per version).
+    rows_by_read_model: dict[str, int]
 
 
 def refresh_log_horizon(conn: psycopg.Connection) -> int:
@@ -388,8 +393,17 @@ def refreshes_between(conn: psycopg.Connection, after: int, before: int) -> list
         "SELECT * FROM progress_refreshes_between(%s::text::xid8, %s::text::xid8)", [str(after), str(before)]
     ).fetchall()
     return [
-        LoggedRefreshes(kind, source, list(ids), int(n), None if rows_written is None else int(rows_written), *rest)
-        for kind, source, ids, n, rows_written, *rest in rows
+        LoggedRefreshes(
+            kind,
+            source,
+            list(ids),
+            int(n),
+            None if rows_written is None else int(rows_written),
+            *rest,
+            busy_seconds=busy,
+            rows_by_read_model={name: int(count) for name, count in (per_model or {}).items()},
+        )
+        for kind, source, ids, n, rows_written, *rest, busy, per_model in rows
     ]
 
 

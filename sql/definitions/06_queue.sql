@@ -184,21 +184,25 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Records a finished refresh of a version in progress_refresh_log, in the
--- refresh's own transaction (so it commits with it), with the rows it wrote
--- (p_done; NULL for a whole-view refresh). p_first_enqueued_at is the queue
--- entry's enqueued_at, read in that transaction before the entry is settled
--- (NULL: the version was not queued).
+-- refresh's own transaction (so it commits with it), with when it started and
+-- the rows it wrote, in all and per read model (p_done; NULL for a whole-view
+-- refresh). p_first_enqueued_at is the queue entry's enqueued_at, read in that
+-- transaction before the entry is settled (NULL: the version was not queued).
 DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, bigint);
 DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, bigint, timestamptz);
+DROP FUNCTION IF EXISTS progress_log_refresh(text, uuid, progress_refresh_count[], timestamptz);
 CREATE OR REPLACE FUNCTION progress_log_refresh(
-    p_kind text, p_version uuid, p_done progress_refresh_count[], p_first_enqueued_at timestamptz)
+    p_kind text, p_version uuid, p_done progress_refresh_count[], p_first_enqueued_at timestamptz,
+    p_started_at timestamptz)
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, refreshed_at, source, rows_written)
-    VALUES (p_kind, p_version, p_first_enqueued_at, clock_timestamp(), progress_refresh_source(),
-            CASE WHEN p_done IS NOT NULL
-                 THEN (SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint FROM unnest(p_done) AS c) END);
+    INSERT INTO progress_refresh_log (kind, version_id, first_enqueued_at, started_at, refreshed_at, source,
+                                      rows_written, rows_by_read_model)
+    SELECT p_kind, p_version, p_first_enqueued_at, p_started_at, clock_timestamp(), progress_refresh_source(),
+           CASE WHEN p_done IS NOT NULL THEN coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint END,
+           jsonb_object_agg(c.read_model, c.inserted + c.updated + c.deleted)
+      FROM unnest(p_done) AS c;
 END
 $$;
 
@@ -253,6 +257,8 @@ CREATE OR REPLACE FUNCTION progress_refresh_held(
     OUT done progress_refresh_count[], OUT error text, OUT cancelled boolean)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
 BEGIN
     cancelled := false;
     BEGIN
@@ -271,7 +277,7 @@ BEGIN
         PERFORM progress_record_failure(p_kind, p_version, error);
         RETURN;
     END;
-    PERFORM progress_log_refresh(p_kind, p_version, done, p_first_enqueued_at);
+    PERFORM progress_log_refresh(p_kind, p_version, done, p_first_enqueued_at, started);
 END
 $$;
 
@@ -350,14 +356,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     entries progress_refresh_queue[];
     entry progress_refresh_queue;
+    started timestamptz;
 BEGIN
     entries := ARRAY(SELECT q FROM progress_lock_ready(2147483647) AS q);
     IF cardinality(entries) = 0 THEN
         RETURN;
     END IF;
+    started := clock_timestamp();
     PERFORM progress_refresh_matviews(true);
     FOREACH entry IN ARRAY entries LOOP
-        PERFORM progress_log_refresh(entry.kind, entry.version_id, NULL, entry.enqueued_at);
+        PERFORM progress_log_refresh(entry.kind, entry.version_id, NULL, entry.enqueued_at, started);
         PERFORM progress_settle_locked(entry, true);
         kind := entry.kind;
         version_id := entry.version_id;

@@ -252,23 +252,46 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Refreshes logged by transactions in [p_from, p_to), per kind and source:
--- the versions, rows written, when, and the lag of what they made visible.
+-- the versions, rows written (in all, and per read model for the read models
+-- every one of them logged), when, the time spent refreshing (each
+-- transaction from its first refresh's start to its last one's end: a drain
+-- refreshes a batch in one transaction, and a whole-view refresh logs every
+-- version it covered with one start), and the lag of what they made visible.
+DROP FUNCTION IF EXISTS progress_refreshes_between(xid8, xid8);
 CREATE OR REPLACE FUNCTION progress_refreshes_between(p_from xid8, p_to xid8)
 RETURNS TABLE (kind text, source text, version_ids uuid[], refreshes bigint, rows_written bigint,
                first_refreshed_at timestamptz, last_refreshed_at timestamptz,
                lag_seconds_p50 double precision, lag_seconds_p95 double precision,
-               lag_seconds_max double precision)
+               lag_seconds_max double precision, busy_seconds double precision, rows_by_read_model jsonb)
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
+    WITH logged AS MATERIALIZED (
+             SELECT r.* FROM progress_refresh_log r WHERE r.xact_id >= p_from AND r.xact_id < p_to),
+         busy AS (
+             SELECT t.kind, t.source, sum(t.seconds)::double precision AS seconds
+               FROM (SELECT l.kind, l.source, extract(epoch FROM max(l.refreshed_at) - min(l.started_at)) AS seconds
+                       FROM logged l WHERE l.started_at IS NOT NULL
+                      GROUP BY l.kind, l.source, l.xact_id) t
+              GROUP BY t.kind, t.source),
+         per_model AS (
+             SELECT m.kind, m.source, jsonb_object_agg(m.read_model, m.total) AS totals
+               FROM (SELECT l.kind, l.source, e.key AS read_model, sum(e.value::bigint) AS total, count(*) AS logged
+                       FROM logged l CROSS JOIN LATERAL jsonb_each_text(l.rows_by_read_model) e
+                      GROUP BY l.kind, l.source, e.key) m
+               JOIN (SELECT l.kind, l.source, count(*) AS refreshes FROM logged l GROUP BY l.kind, l.source) g
+                 ON g.kind = m.kind AND g.source = m.source
+              WHERE m.logged = g.refreshes
+              GROUP BY m.kind, m.source)
     SELECT r.kind, r.source, array_agg(DISTINCT r.version_id), count(*), sum(r.rows_written)::bigint,
            min(r.refreshed_at), max(r.refreshed_at),
            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.refreshed_at - r.first_enqueued_at)),
            percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM r.refreshed_at - r.first_enqueued_at)),
-           max(extract(epoch FROM r.refreshed_at - r.first_enqueued_at))::double precision
-      FROM progress_refresh_log r
-     WHERE r.xact_id >= p_from AND r.xact_id < p_to
+           max(extract(epoch FROM r.refreshed_at - r.first_enqueued_at))::double precision,
+           (SELECT b.seconds FROM busy b WHERE b.kind = r.kind AND b.source = r.source),
+           (SELECT p.totals FROM per_model p WHERE p.kind = r.kind AND p.source = r.source)
+      FROM logged r
      GROUP BY r.kind, r.source
      ORDER BY r.kind, min(r.refreshed_at);
 END

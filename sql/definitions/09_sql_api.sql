@@ -32,6 +32,7 @@ DECLARE
     queued_generation bigint;
     first_enqueued_at timestamptz;
     done progress_refresh_count[];
+    started timestamptz := clock_timestamp();
 BEGIN
     PERFORM progress_check_version(kind, version_id);
     PERFORM progress_commit_refresh_lazily();
@@ -40,7 +41,7 @@ BEGIN
      WHERE q.kind = refresh_progress_version.kind AND q.version_id = refresh_progress_version.version_id
        FOR UPDATE;
     done := ARRAY(SELECT c FROM progress_refresh_version(kind, version_id) AS c);
-    PERFORM progress_log_refresh(kind, version_id, done, first_enqueued_at);
+    PERFORM progress_log_refresh(kind, version_id, done, first_enqueued_at, started);
     PERFORM progress_prune_refresh_log();
     RETURN QUERY SELECT * FROM unnest(done);
     IF queued_generation IS NOT NULL THEN
