@@ -399,11 +399,15 @@ def refreshes_between(conn: psycopg.Connection, after: int, before: int) -> list
             list(ids),
             int(n),
             None if rows_written is None else int(rows_written),
-            *rest,
-            busy_seconds=busy,
-            rows_by_read_model={name: int(count) for name, count in (per_model or {}).items()},
+            first,
+            last,
+            p50,
+            p95,
+            worst,
+            busy,
+            {name: int(count) for name, count in (per_model or {}).items()},
         )
-        for kind, source, ids, n, rows_written, *rest, busy, per_model in rows
+        for kind, source, ids, n, rows_written, first, last, p50, p95, worst, busy, per_model in rows
     ]
 
 
