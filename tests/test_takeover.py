@@ -290,6 +290,35 @@ def test_someone_elses_view_on_a_read_model_is_refused(previous_dsn: str) -> Non
         assert conn.execute("SELECT to_regclass('progress_read_model_definitions')").fetchone() == (None,)
 
 
+def test_functions_and_policies_that_a_take_over_would_drop_are_refused_by_name(previous_dsn: str) -> None:
+    """Replacing a read model takes with it what depends on it: an RPC returning
+    its rows, a computed column taking one, a row-level security policy reading
+    it (dropped, it would show the rows it hides)."""
+    with connect(previous_dsn) as conn:
+        conn.execute(
+            "CREATE FUNCTION version_progress(v uuid) RETURNS SETOF mv_audio_version_progress_summary"
+            " LANGUAGE sql STABLE AS $$ SELECT * FROM mv_audio_version_progress_summary WHERE audio_version_id = v $$"
+        )
+        conn.execute(
+            "CREATE FUNCTION percent_done(s mv_text_version_progress_summary) RETURNS numeric"
+            " LANGUAGE sql AS $$ SELECT round(100 * s.verse_fraction, 1) $$"
+        )
+        conn.execute("CREATE TABLE release_requests (id serial PRIMARY KEY, audio_version_id uuid)")
+        conn.execute("ALTER TABLE release_requests ENABLE ROW LEVEL SECURITY")
+        conn.execute(
+            "CREATE POLICY only_complete ON release_requests AS RESTRICTIVE FOR SELECT USING (EXISTS ("
+            " SELECT FROM mv_audio_version_progress_summary s"
+            " WHERE s.audio_version_id = release_requests.audio_version_id AND s.verse_fraction = 1))"
+        )
+        before = schema_of(conn)
+        with pytest.raises(ProgressError) as refused:
+            migrate(conn, adopt=True)
+        for named in ("version_progress(uuid)", "percent_done(", "policy only_complete on release_requests"):
+            assert named in str(refused.value)
+        assert schema_of(conn) == before
+        assert conn.execute("SELECT count(*) FROM pg_policy WHERE polname = 'only_complete'").fetchone() == (1,)
+
+
 def test_someone_elses_table_under_a_read_model_name_is_refused(empty_dsn: str) -> None:
     with connect(empty_dsn) as conn:
         conn.execute("CREATE TABLE mv_text_book_coverage (id int)")

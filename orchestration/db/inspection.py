@@ -113,28 +113,59 @@ def _registered(conn: psycopg.Connection, kinds: dict[str, str]) -> set[str]:
 
 
 def _outside_dependents(conn: psycopg.Connection, names: list[str], replaced_functions: list[str]) -> list[str]:
-    """Views, materialized views or (BEGIN ATOMIC) functions of someone else's built on objects we replace."""
+    """Objects of someone else's that replacing these relations would take with
+    them: views and materialized views on them, functions reading them (BEGIN
+    ATOMIC) or taking or returning their rows (a PostgREST computed column, an
+    RPC returning SETOF a read model), row-level security policies reading them
+    (dropping one would show rows it hides), triggers on them and columns of
+    their row types."""
     rows = conn.execute(
         """
+        WITH replaced AS (
+            SELECT c.oid, c.relname, c.reltype, t.typarray
+              FROM pg_class c JOIN pg_type t ON t.oid = c.reltype
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (%(names)s))
         SELECT DISTINCT dependent.relname || ' (reads ' || referenced.relname || ')'
           FROM pg_depend d
           JOIN pg_rewrite r ON r.oid = d.objid
           JOIN pg_class dependent ON dependent.oid = r.ev_class
-          JOIN pg_class referenced ON referenced.oid = d.refobjid
+          JOIN replaced referenced ON referenced.oid = d.refobjid
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND referenced.relnamespace = current_schema()::regnamespace
-           AND referenced.relname = ANY (%(names)s) AND dependent.oid <> referenced.oid
+           AND dependent.oid <> referenced.oid
            AND NOT dependent.relname = ANY (%(names)s)
         UNION
         SELECT DISTINCT p.oid::regprocedure::text || ' (reads ' || referenced.relname || ')'
           FROM pg_depend d
           JOIN pg_proc p ON p.oid = d.objid
-          JOIN pg_class referenced ON referenced.oid = d.refobjid
+          JOIN replaced referenced ON referenced.oid = d.refobjid
          WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND referenced.relnamespace = current_schema()::regnamespace
-           AND referenced.relname = ANY (%(names)s)
            AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
            AND NOT starts_with(p.proname, 'progress_')
+        UNION
+        SELECT DISTINCT p.oid::regprocedure::text || ' (takes or returns rows of ' || referenced.relname || ')'
+          FROM pg_depend d
+          JOIN pg_proc p ON p.oid = d.objid
+          JOIN replaced referenced ON d.refobjid IN (referenced.reltype, referenced.typarray)
+         WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_type'::regclass
+           AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
+           AND NOT starts_with(p.proname, 'progress_')
+        UNION
+        SELECT DISTINCT 'policy ' || pol.polname || ' on ' || pol.polrelid::regclass::text
+               || ' (reads ' || referenced.relname || ')'
+          FROM pg_depend d
+          JOIN pg_policy pol ON pol.oid = d.objid
+          JOIN replaced referenced ON referenced.oid = d.refobjid
+         WHERE d.classid = 'pg_policy'::regclass AND d.refclassid = 'pg_class'::regclass
+        UNION
+        SELECT DISTINCT 'trigger ' || t.tgname || ' on ' || referenced.relname
+          FROM pg_trigger t
+          JOIN replaced referenced ON referenced.oid = t.tgrelid
+         WHERE NOT t.tgisinternal
+        UNION
+        SELECT DISTINCT a.attrelid::regclass::text || '.' || a.attname || ' (a row of ' || referenced.relname || ')'
+          FROM pg_attribute a
+          JOIN replaced referenced ON a.atttypid IN (referenced.reltype, referenced.typarray)
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid NOT IN (SELECT oid FROM replaced)
         """,
         {"names": names, "functions": replaced_functions},
     ).fetchall()
@@ -218,7 +249,10 @@ def inspect(conn: psycopg.Connection) -> Inspection:
     result.findings += _cron_jobs(conn)
     dependents = _outside_dependents(conn, result.replaced_relations, result.foreign_api)
     if dependents:
-        result.problems.append("objects of someone else's read what would be replaced: " + ", ".join(dependents))
+        result.problems.append(
+            "objects of someone else's depend on what would be replaced and would go with it"
+            " (drop them first, and make them again on the new read models after): " + ", ".join(dependents)
+        )
     return result
 
 
