@@ -19,6 +19,7 @@ import pytest
 from bench.previous_design import APP_ROLE, READER_ROLE, PollingReader, install_previous_design, make_changes, pending
 from builders import assert_read_models_match, drain
 from orchestration.db.connection import connect
+from orchestration.db.inspection import TAKEOVER_SETTING
 from orchestration.db.migrations import ForeignObjectsError, migrate, plan_migrate
 from orchestration.errors import ProgressError
 from orchestration.read_models import READ_MODELS
@@ -317,6 +318,78 @@ def test_functions_and_policies_that_a_take_over_would_drop_are_refused_by_name(
             assert named in str(refused.value)
         assert schema_of(conn) == before
         assert conn.execute("SELECT count(*) FROM pg_policy WHERE polname = 'only_complete'").fetchone() == (1,)
+
+
+def test_a_take_over_keeps_exactly_the_readers_a_read_model_had(empty_dsn: str) -> None:
+    """Default privileges (Supabase grants every privilege on new tables to its
+    API roles) would give a new read model readers its predecessor had taken
+    away; a role that owned one keeps reading it."""
+    with connect(empty_dsn) as conn:
+        ensure_roles(conn, "anon", "dashboard_owner")
+        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon")
+    install_previous_design(empty_dsn)
+    with connect(empty_dsn) as conn:
+        conn.execute("GRANT SELECT ON mv_text_book_coverage TO anon")
+        conn.execute("REVOKE ALL ON mv_text_verse_coverage FROM anon")
+        conn.execute("ALTER MATERIALIZED VIEW mv_audio_book_coverage OWNER TO dashboard_owner")
+        changes = "\n".join(migrate(conn, adopt=True))
+
+        def privileges(role: str, relation: str) -> set[str]:
+            wanted = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]
+            return {
+                p
+                for p in wanted
+                if conn.execute("SELECT has_table_privilege(%s, %s, %s)", [role, relation, p]).fetchone()[0]
+            }
+
+        assert privileges("anon", "mv_text_verse_coverage") == set()
+        assert privileges("anon", "mv_text_book_coverage") == {"SELECT"}
+        assert "SELECT" in privileges("dashboard_owner", "mv_audio_book_coverage")
+        assert re.search(r"took over mv_audio_book_coverage \(.*dashboard_owner", changes), changes
+        conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM anon")
+
+
+def test_a_repeatable_read_reader_open_across_the_take_over_never_sees_a_read_model_empty(
+    previous_dsn: str,
+) -> None:
+    """A new read model's rows are written after an older snapshot: swapped in
+    under a REPEATABLE READ transaction that began before them, it would look
+    empty to it. The swap waits for such transactions to end."""
+    finished = threading.Event()
+    failures: list[BaseException] = []
+
+    def take_over() -> None:
+        try:
+            with connect(previous_dsn) as conn:
+                migrate(conn, adopt=True)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            finished.set()
+
+    adopter = threading.Thread(target=take_over)
+    with psycopg.connect(previous_dsn, autocommit=True) as reader:
+        adopter.start()
+        # The snapshot is taken once ours is installed, while the new read models are built.
+        until = time.monotonic() + 60
+        while not (
+            reader.execute("SELECT to_regclass('progress_refresh_settings')").fetchone() != (None,)
+            and reader.execute("SELECT 1 FROM progress_refresh_settings WHERE key = %s", [TAKEOVER_SETTING]).fetchone()
+        ):
+            assert time.monotonic() < until and not finished.is_set(), failures
+            time.sleep(0.01)
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT 1")
+        # It touches no read model meanwhile (its lock would hold the swap up anyway).
+        finished.wait(timeout=8)
+        covered = reader.execute("SELECT count(*) FROM mv_audio_verse_coverage").fetchone()[0]
+        reader.execute("COMMIT")
+    adopter.join(timeout=120)
+    assert failures == []
+    assert covered > 0
+    with connect(previous_dsn) as conn:
+        kind = conn.execute("SELECT relkind::text FROM pg_class WHERE relname = 'mv_audio_verse_coverage'").fetchone()
+        assert kind == ("r",)
 
 
 def test_someone_elses_table_under_a_read_model_name_is_refused(empty_dsn: str) -> None:

@@ -62,6 +62,8 @@ RELEASE_0_1_MIXED_SCRIPTS = {
 SQL_API_DEFINITIONS = "sql_api"
 # Tries of a transaction that could not get its locks (see _giving_way).
 LOCK_ATTEMPTS = 10
+# How long a swap waits for transactions older than the read models it swaps in.
+SNAPSHOT_WAIT_SECONDS = 120.0
 T = TypeVar("T")
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _CREATE_INDEX = re.compile(r"^CREATE INDEX IF NOT EXISTS (\w+) (ON [^;]+);", re.MULTILINE)
@@ -417,6 +419,7 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
             _session_setup(conn, plan.strategy)
             conn.execute("SELECT progress_build_shadows(%s, %s)", [shadows, plan.strategy])
         built = time.perf_counter() - started
+        _wait_for_older_snapshots(conn)
         swapped, swap_seconds = _swap_in(conn, plan, shadows, definitions)
     except BaseException:
         _undo_shadows(conn, shadows, dropped_triggers)
@@ -580,6 +583,37 @@ def _registry_row(order: int, model: ReadModel) -> tuple:
         model.counts_sql,
         model.rows_sql,
     )
+
+
+def _wait_for_older_snapshots(conn: psycopg.Connection) -> None:
+    """Waits for the transactions whose snapshot is older than the shadows' rows
+    (a REPEATABLE READ reader, a long statement) to end: swapped in under them,
+    a new read model would look empty to them, its rows written after their
+    snapshot. Gives up after SNAPSHOT_WAIT_SECONDS, naming them (the caller
+    undoes the shadows: the read models stay as they were)."""
+    built_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + SNAPSHOT_WAIT_SECONDS
+    while True:
+        older = conn.execute(
+            """
+            SELECT pid, coalesce(nullif(usename, ''), '?'), xact_start
+              FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND backend_type = 'client backend' AND backend_xmin IS NOT NULL AND xact_start < %s
+             ORDER BY xact_start
+            """,
+            [built_at],
+        ).fetchall()
+        if not older:
+            return
+        if time.monotonic() >= deadline:
+            shown = ", ".join(f"pid {pid} ({user}, since {start:%H:%M:%S})" for pid, user, start in older[:3])
+            raise ProgressError(
+                f"{len(older)} transaction(s) older than the new read models stayed open for "
+                f"{SNAPSHOT_WAIT_SECONDS:.0f}s ({shown}): swapped in under them the read models would look "
+                "empty to them; the read models were left as they were: run migrate again once they end"
+            )
+        time.sleep(0.05)
 
 
 def _swap_in(

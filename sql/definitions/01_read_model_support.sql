@@ -297,7 +297,8 @@ $$;
 -- The statements that give a relation's readers their SELECT back (on the
 -- whole relation or on columns) once another relation holds its name: a
 -- read model or a logical view replaced by a take-over or a changed
--- definition keeps its readers.
+-- definition keeps its readers. Its owner, when another role than the one
+-- making the new relation (which will own it), is one of them: it read it.
 CREATE OR REPLACE FUNCTION progress_reader_grants(p_relation regclass)
 RETURNS TABLE (grantee text, statement text) LANGUAGE sql STABLE AS $$
     SELECT g.grantee,
@@ -306,15 +307,39 @@ RETURNS TABLE (grantee text, statement text) LANGUAGE sql STABLE AS $$
       FROM pg_class c
      CROSS JOIN LATERAL (
            SELECT a.grantee AS role, '' AS columns, a.is_grantable AS grantable
-             FROM aclexplode(c.relacl) a WHERE a.privilege_type = 'SELECT'
+             FROM aclexplode(c.relacl) a WHERE a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
            UNION ALL
            SELECT a.grantee, format(' (%I)', att.attname), a.is_grantable
              FROM pg_attribute att CROSS JOIN LATERAL aclexplode(att.attacl) a
-            WHERE att.attrelid = c.oid AND NOT att.attisdropped AND a.privilege_type = 'SELECT') AS r
+            WHERE att.attrelid = c.oid AND NOT att.attisdropped AND a.privilege_type = 'SELECT'
+              AND a.grantee <> c.relowner
+           UNION ALL
+           SELECT c.relowner, '', false
+            WHERE c.relowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)) AS r
      CROSS JOIN LATERAL (
            SELECT CASE WHEN r.role = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.role)) END AS grantee,
                   r.columns, r.grantable) AS g
-     WHERE c.oid = p_relation AND r.role <> c.relowner
+     WHERE c.oid = p_relation
+$$;
+
+-- What default privileges gave a new relation (Supabase's give its API roles
+-- every privilege on new tables), taken back before it takes a replaced
+-- relation's name: it gets that relation's readers (progress_reader_grants)
+-- and the product's roles, no others.
+CREATE OR REPLACE FUNCTION progress_revoke_default_grants(p_relation regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    grantee text;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+          FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+         WHERE c.oid = p_relation AND a.grantee <> c.relowner
+           AND pg_get_userbyid(a.grantee) NOT IN ('progress_refresher', 'progress_admin')
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', p_relation, grantee);
+    END LOOP;
+END
 $$;
 
 -- Runs those statements; a column the new relation lacks is passed over.

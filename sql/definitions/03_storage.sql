@@ -102,7 +102,8 @@ BEGIN
     END LOOP;
     PERFORM progress_restore_reader_grants(grants);
     INSERT INTO progress_refresh_settings (key, value) VALUES ('storage_strategy', p_strategy)
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+     WHERE progress_refresh_settings.value IS DISTINCT FROM EXCLUDED.value;
 END
 $$;
 
@@ -209,6 +210,9 @@ BEGIN
               ORDER BY install_order LOOP
         shadow := progress_shadow_name(d.stored_name);
         PERFORM progress_rename_relation(shadow, d.stored_name);
+        IF kinds ? d.stored_name THEN
+            PERFORM progress_revoke_default_grants(to_regclass(quote_ident(d.stored_name)));
+        END IF;
         PERFORM progress_restore_reader_grants(ARRAY(
             SELECT x ->> 'statement' FROM jsonb_array_elements(coalesce(grants -> d.stored_name, '[]')) AS x));
         read_model := d.stored_name;
