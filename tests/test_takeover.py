@@ -392,6 +392,67 @@ def test_a_repeatable_read_reader_open_across_the_take_over_never_sees_a_read_mo
         assert kind == ("r",)
 
 
+def test_what_a_take_over_does_not_keep_is_named(previous_dsn: str) -> None:
+    """Someone's column, index or comment on a replaced read model is not kept:
+    said, with an index's definition to make it again."""
+    with connect(previous_dsn) as conn:
+        conn.execute("CREATE INDEX mv_audio_verse_by_verse ON mv_audio_verse_coverage (verse_id)")
+        conn.execute("COMMENT ON MATERIALIZED VIEW mv_audio_version_progress_summary IS 'for the dashboard'")
+        conn.execute("DROP MATERIALIZED VIEW mv_text_book_coverage")
+        conn.execute(
+            "CREATE MATERIALIZED VIEW mv_text_book_coverage AS"
+            " SELECT c.*, b.name AS book_name FROM text_book_coverage c JOIN books b ON b.id = c.book_id"
+        )
+        report = "\n".join(migrate(conn, adopt=True))
+    assert (
+        "not kept from the replaced mv_audio_verse_coverage: index CREATE INDEX mv_audio_verse_by_verse"
+        " ON public.mv_audio_verse_coverage USING btree (verse_id)" in report
+    ), report
+    assert "not kept from the replaced mv_audio_version_progress_summary: its comment" in report, report
+    assert "not kept from the replaced mv_text_book_coverage: column book_name" in report, report
+    assert "not kept from the replaced mv_text_verse_coverage" not in report, report  # its key's index has a match
+
+
+def test_queue_triggers_writing_through_helpers_elsewhere_or_nested_are_dropped(previous_dsn: str) -> None:
+    """A trigger counts as the old queue's when it writes the queue through
+    helpers in another schema, or through a helper calling another."""
+    with connect(previous_dsn) as conn:
+        conn.execute("CREATE SCHEMA private")
+        conn.execute(
+            "CREATE FUNCTION private.queue_version(k text, v uuid) RETURNS void LANGUAGE sql AS $$"
+            " INSERT INTO public.progress_refresh_queue (kind, version_id) VALUES (k, v) ON CONFLICT DO NOTHING $$"
+        )
+        conn.execute(
+            "CREATE FUNCTION note_text_version() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM private.queue_version('text', NEW.id); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER note_text_version_change AFTER UPDATE ON text_versions"
+            " FOR EACH ROW EXECUTE FUNCTION note_text_version()"
+        )
+        conn.execute(
+            "CREATE FUNCTION legacy_queue_version(k text, v uuid) RETURNS void LANGUAGE sql AS $$"
+            " INSERT INTO progress_refresh_queue (kind, version_id) VALUES (k, v) ON CONFLICT DO NOTHING $$"
+        )
+        conn.execute(
+            "CREATE FUNCTION legacy_queue_audio(v uuid) RETURNS void LANGUAGE sql"
+            " AS $$ SELECT legacy_queue_version('audio', v) $$"
+        )
+        conn.execute(
+            "CREATE FUNCTION note_audio_version() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN PERFORM legacy_queue_audio(NEW.id); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER note_audio_version_change AFTER UPDATE ON audio_versions"
+            " FOR EACH ROW EXECUTE FUNCTION note_audio_version()"
+        )
+        report = "\n".join(migrate(conn, adopt=True))
+        for trigger in ("note_text_version_change on text_versions", "note_audio_version_change on audio_versions"):
+            assert f"dropped queue trigger {trigger}" in report, report
+        triggers = {row[0] for row in conn.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        assert not {"note_text_version_change", "note_audio_version_change"} & triggers
+
+
 def test_someone_elses_table_under_a_read_model_name_is_refused(empty_dsn: str) -> None:
     with connect(empty_dsn) as conn:
         conn.execute("CREATE TABLE mv_text_book_coverage (id int)")

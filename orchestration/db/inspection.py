@@ -297,17 +297,25 @@ ENQUEUE_FUNCTION = "enqueue_progress_refresh"
 
 def _inspect_triggers(conn: psycopg.Connection, result: Inspection) -> None:
     """A base table's trigger writes the queue when its function does, or calls a
-    function that does: dropped. Another table's trigger that queues through
-    enqueue_progress_refresh() (directly or through such a function) stays, and
-    keeps working for the roles kept on it (Inspection.kept_enqueue_callers)."""
+    function that does (through any number of others, in any schema): dropped.
+    Another table's trigger that queues through enqueue_progress_refresh()
+    (directly or through such functions) stays, and keeps working for the roles
+    kept on it (Inspection.kept_enqueue_callers)."""
     rows = conn.execute(
         """
-        WITH writers AS (
-            SELECT p.proname, p.prosrc ~* '\\menqueue_progress_refresh\\s*\\(' AS enqueues
-              FROM pg_proc p
-             WHERE p.pronamespace = current_schema()::regnamespace
-               AND p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
-               AND NOT starts_with(p.proname, 'progress_'))
+        WITH RECURSIVE candidates AS (
+            SELECT p.proname, p.prosrc
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT starts_with(n.nspname, 'pg_')
+               AND p.prolang NOT IN (12, 13)  -- internal and C functions: no body to read
+               AND NOT starts_with(p.proname, 'progress_')),
+        writers (proname, enqueues) AS (
+            SELECT c.proname, c.prosrc ~* '\\menqueue_progress_refresh\\s*\\('
+              FROM candidates c
+             WHERE c.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
+            UNION
+            SELECT c.proname, w.enqueues
+              FROM candidates c JOIN writers w ON c.prosrc ~* ('\\m' || w.proname || '\\s*\\('))
         SELECT c.relname, t.tgname, p.oid::regprocedure::text, c.relname = ANY (%s),
                p.prosrc ~* '(progress_refresh_queue|enqueue_progress_refresh)'
                OR EXISTS (SELECT FROM writers w WHERE p.prosrc ~* ('\\m' || w.proname || '\\s*\\(')),

@@ -424,12 +424,14 @@ def _apply(conn: psycopg.Connection, plan: Plan) -> list[str]:
     except BaseException:
         _undo_shadows(conn, shadows, dropped_triggers)
         raise
-    for name, replaced, readers in swapped:
+    for name, replaced, readers, not_kept in swapped:
         if replaced is None:
             changes.append(f"added {name}, populated")
             continue
         kept = f"; SELECT kept for {', '.join(readers)}" if readers else ""
         changes.append(f"{'took over' if taking_over else 'rebuilt'} {name} (was a {replaced}{kept})")
+        if not_kept:
+            changes.append(f"  not kept from the replaced {name}: {'; '.join(not_kept)}")
     changes.append(
         f"built {len(shadows)} read model(s) beside the old ones in {built:.1f}s; "
         f"swapped them in with one transaction of {swap_seconds * 1000:.0f} ms"
@@ -618,7 +620,7 @@ def _wait_for_older_snapshots(conn: psycopg.Connection) -> None:
 
 def _swap_in(
     conn: psycopg.Connection, plan: Plan, shadows: list[str], definitions: list[SqlFile]
-) -> tuple[list[tuple[str, str | None, list[str]]], float]:
+) -> tuple[list[tuple[str, str | None, list[str], list[str]]], float]:
     """One short transaction: shadows in, (taking over) the SQL API and logical views
     replaced. Readers wait at most for it; it gives way to them (_giving_way)."""
     taking_over = plan.adopt and plan.inspection.needs_adoption
@@ -654,7 +656,9 @@ def _swap_in(
     swapped, swap_seconds = _giving_way(conn, "swap the new read models in", swap)
     with conn.transaction():
         conn.execute("SELECT progress_drop_copies(%s, true)", [shadows])
-    return [(name, replaced, list(readers or [])) for name, replaced, readers in swapped], swap_seconds
+    return [
+        (name, replaced, list(readers or []), list(not_kept or [])) for name, replaced, readers, not_kept in swapped
+    ], swap_seconds
 
 
 def _lock_replaced_relations(conn: psycopg.Connection) -> None:

@@ -179,15 +179,20 @@ $$;
 -- materialized view, view or table) is dropped, the shadow renamed with its
 -- indexes, and every SELECT grant held on the replaced object given to the
 -- new one. Readers wait only for this transaction; a dependent object of
--- someone else's makes it fail (nothing changes). Returns what was replaced.
+-- someone else's makes it fail (nothing changes). Returns what was replaced,
+-- and what it had that the new one has not (someone's added columns, indexes
+-- other than on the key or the lookup columns, with their definitions to
+-- make them again, its comment).
+DROP FUNCTION IF EXISTS progress_swap_in_shadows(text[]);
 CREATE OR REPLACE FUNCTION progress_swap_in_shadows(p_names text[])
-RETURNS TABLE (read_model text, replaced text, readers text[])
+RETURNS TABLE (read_model text, replaced text, readers text[], not_kept text[])
 LANGUAGE plpgsql AS $$
 DECLARE
     d progress_read_model_definitions%ROWTYPE;
     shadow text;
     grants jsonb := '{}';
     kinds jsonb := '{}';
+    lost jsonb := '{}';
 BEGIN
     FOR d IN SELECT * FROM progress_read_model_definitions WHERE stored_name = ANY (p_names)
               ORDER BY install_order DESC LOOP
@@ -200,6 +205,25 @@ BEGIN
                kinds || coalesce(jsonb_object_agg(d.stored_name, CASE c.relkind WHEN 'm' THEN 'materialized view'
                                                                            WHEN 'v' THEN 'view' ELSE 'table' END), '{}')
           INTO grants, kinds
+          FROM pg_class c
+         WHERE c.oid = to_regclass(quote_ident(d.stored_name));
+        SELECT lost || coalesce(jsonb_object_agg(d.stored_name, to_jsonb(ARRAY(
+                   SELECT 'column ' || a.attname
+                     FROM pg_attribute a
+                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                      AND NOT EXISTS (SELECT FROM pg_attribute n
+                                       WHERE n.attrelid = to_regclass(quote_ident(progress_shadow_name(d.stored_name)))
+                                         AND n.attname = a.attname AND NOT n.attisdropped)
+                   UNION ALL
+                   SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+                     FROM pg_index i
+                    WHERE i.indrelid = c.oid
+                      AND NOT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k (attnum, n)
+                                      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.n)
+                              IN (d.key_columns, d.lookup_columns)
+                   UNION ALL
+                   SELECT 'its comment' WHERE obj_description(c.oid, 'pg_class') IS NOT NULL))), '{}')
+          INTO lost
           FROM pg_class c
          WHERE c.oid = to_regclass(quote_ident(d.stored_name));
         -- Renamed, not dropped: dropping a large relation holds its lock while
@@ -219,6 +243,7 @@ BEGIN
         replaced := kinds ->> d.stored_name;
         readers := ARRAY(SELECT DISTINCT x ->> 'grantee'
                            FROM jsonb_array_elements(coalesce(grants -> d.stored_name, '[]')) AS x ORDER BY 1);
+        not_kept := ARRAY(SELECT jsonb_array_elements_text(coalesce(lost -> d.stored_name, '[]')));
         RETURN NEXT;
     END LOOP;
 END
