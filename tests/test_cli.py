@@ -129,6 +129,9 @@ def test_ctrl_c_while_the_command_loads_is_one_line(dsn: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PROGRESS_DATABASE_URL": dsn},
+        # A shell's background job ignores SIGINT, and so would the command:
+        # Python installs its handler only where the signal is not ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert command.stderr is not None
     for line in command.stderr:
