@@ -134,19 +134,15 @@ def _outside_dependents(conn: psycopg.Connection, names: list[str], replaced_fun
            AND dependent.oid <> referenced.oid
            AND NOT dependent.relname = ANY (%(names)s)
         UNION
-        SELECT DISTINCT p.oid::regprocedure::text || ' (reads ' || referenced.relname || ')'
+        SELECT DISTINCT p.oid::regprocedure::text
+               || CASE WHEN d.refclassid = 'pg_class'::regclass THEN ' (reads ' ELSE ' (takes or returns rows of ' END
+               || referenced.relname || ')'
           FROM pg_depend d
           JOIN pg_proc p ON p.oid = d.objid
-          JOIN replaced referenced ON referenced.oid = d.refobjid
-         WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
-           AND NOT starts_with(p.proname, 'progress_')
-        UNION
-        SELECT DISTINCT p.oid::regprocedure::text || ' (takes or returns rows of ' || referenced.relname || ')'
-          FROM pg_depend d
-          JOIN pg_proc p ON p.oid = d.objid
-          JOIN replaced referenced ON d.refobjid IN (referenced.reltype, referenced.typarray)
-         WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_type'::regclass
+          JOIN replaced referenced
+            ON d.refclassid = 'pg_class'::regclass AND d.refobjid = referenced.oid
+            OR d.refclassid = 'pg_type'::regclass AND d.refobjid IN (referenced.reltype, referenced.typarray)
+         WHERE d.classid = 'pg_proc'::regclass
            AND NOT p.oid::regprocedure::text = ANY (%(functions)s)
            AND NOT starts_with(p.proname, 'progress_')
         UNION

@@ -294,6 +294,11 @@ RETURNS TABLE (relation regclass, kind text, owner name) LANGUAGE sql STABLE AS 
      ORDER BY max(depth.depth), c.relname
 $$;
 
+-- A role as GRANT and REVOKE name it (0 in an ACL: PUBLIC).
+CREATE OR REPLACE FUNCTION progress_grantee(p_role oid) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_role = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(p_role)) END
+$$;
+
 -- The statements that give a relation's readers their SELECT back (on the
 -- whole relation or on columns) once another relation holds its name: a
 -- read model or a logical view replaced by a take-over or a changed
@@ -316,9 +321,7 @@ RETURNS TABLE (grantee text, statement text) LANGUAGE sql STABLE AS $$
            UNION ALL
            SELECT c.relowner, '', false
             WHERE c.relowner <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)) AS r
-     CROSS JOIN LATERAL (
-           SELECT CASE WHEN r.role = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.role)) END AS grantee,
-                  r.columns, r.grantable) AS g
+     CROSS JOIN LATERAL (SELECT progress_grantee(r.role) AS grantee, r.columns, r.grantable) AS g
      WHERE c.oid = p_relation
 $$;
 
@@ -332,7 +335,7 @@ DECLARE
     grantee text;
 BEGIN
     FOR grantee IN
-        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+        SELECT DISTINCT progress_grantee(a.grantee)
           FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
          WHERE c.oid = p_relation AND a.grantee <> c.relowner
            AND pg_get_userbyid(a.grantee) NOT IN ('progress_refresher', 'progress_admin')

@@ -174,6 +174,29 @@ BEGIN
 END
 $$;
 
+-- What a relation about to be replaced has that its replacement has not:
+-- columns someone added, indexes other than on the read model's key or lookup
+-- columns (with their definitions, to make them again), its comment.
+CREATE OR REPLACE FUNCTION progress_not_kept(
+    p_old regclass, p_new regclass, d progress_read_model_definitions)
+RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(
+        SELECT 'column ' || a.attname
+          FROM pg_attribute a
+         WHERE a.attrelid = p_old AND a.attnum > 0 AND NOT a.attisdropped
+           AND NOT EXISTS (SELECT FROM pg_attribute n
+                            WHERE n.attrelid = p_new AND n.attname = a.attname AND NOT n.attisdropped)
+        UNION ALL
+        SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+          FROM pg_index i
+         WHERE i.indrelid = p_old
+           AND NOT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k (attnum, n)
+                           JOIN pg_attribute a ON a.attrelid = p_old AND a.attnum = k.attnum ORDER BY k.n)
+                   IN (d.key_columns, d.lookup_columns)
+        UNION ALL
+        SELECT 'its comment' WHERE obj_description(p_old, 'pg_class') IS NOT NULL)
+$$;
+
 -- Swaps built shadows in under their read models' names, in the caller's
 -- transaction: whatever stands under a name (ours, or another design's
 -- materialized view, view or table) is dropped, the shadow renamed with its
@@ -203,27 +226,10 @@ BEGIN
                    (SELECT jsonb_agg(jsonb_build_object('grantee', g.grantee, 'statement', g.statement))
                       FROM progress_reader_grants(c.oid) AS g), '[]')), '{}'),
                kinds || coalesce(jsonb_object_agg(d.stored_name, CASE c.relkind WHEN 'm' THEN 'materialized view'
-                                                                           WHEN 'v' THEN 'view' ELSE 'table' END), '{}')
-          INTO grants, kinds
-          FROM pg_class c
-         WHERE c.oid = to_regclass(quote_ident(d.stored_name));
-        SELECT lost || coalesce(jsonb_object_agg(d.stored_name, to_jsonb(ARRAY(
-                   SELECT 'column ' || a.attname
-                     FROM pg_attribute a
-                    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                      AND NOT EXISTS (SELECT FROM pg_attribute n
-                                       WHERE n.attrelid = to_regclass(quote_ident(progress_shadow_name(d.stored_name)))
-                                         AND n.attname = a.attname AND NOT n.attisdropped)
-                   UNION ALL
-                   SELECT 'index ' || pg_get_indexdef(i.indexrelid)
-                     FROM pg_index i
-                    WHERE i.indrelid = c.oid
-                      AND NOT ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY AS k (attnum, n)
-                                      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.n)
-                              IN (d.key_columns, d.lookup_columns)
-                   UNION ALL
-                   SELECT 'its comment' WHERE obj_description(c.oid, 'pg_class') IS NOT NULL))), '{}')
-          INTO lost
+                                                                           WHEN 'v' THEN 'view' ELSE 'table' END), '{}'),
+               lost || coalesce(jsonb_object_agg(d.stored_name, to_jsonb(progress_not_kept(
+                   c.oid, to_regclass(quote_ident(progress_shadow_name(d.stored_name))), d))), '{}')
+          INTO grants, kinds, lost
           FROM pg_class c
          WHERE c.oid = to_regclass(quote_ident(d.stored_name));
         -- Renamed, not dropped: dropping a large relation holds its lock while
