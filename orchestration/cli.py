@@ -451,7 +451,8 @@ def config_command(as_json: bool) -> None:
 
     A value comes from the environment, else the database table
     progress_refresh_settings (settings the SQL API uses too), else its default.
-    URLs are shown with their passwords masked.
+    URLs are shown with their passwords masked. When the database cannot be
+    read, the settings are still shown, and the command exits with status 2.
 
     \b
     Example:
@@ -485,6 +486,10 @@ def config_command(as_json: bool) -> None:
         console.print(table)
 
     _emit(rows, as_json, render)
+    if database is None:
+        # Shown, but not necessarily what a refresh would use: a script must not
+        # take them for the effective settings.
+        sys.exit(2)
 
 
 @cli.command("requeue-dead-letters")
