@@ -244,6 +244,70 @@ def test_a_worker_skips_what_a_running_sql_drain_holds_and_finds_nothing_left_be
     assert b.summary(db, "audio", v)["covered_verses"] == 5
 
 
+def test_a_writer_never_waits_for_a_running_sql_drain(strategy_dsn):
+    """An app queuing a change to a version a SQL drain is refreshing goes on at
+    once (a writer waiting behind a lock fails here within a second), however long
+    the drain takes: under the matview strategy a drain refreshes everything,
+    tens of seconds on a real database. Its change stays queued for the next drain."""
+    with connect(strategy_dsn) as db:
+        db.execute("SELECT refresh_progress_materialized_views_full()")
+        A, _, v = small_world(db)
+        b.media_file(db, v, chapter=A.chapter("GEN", 2))
+
+        with connect(strategy_dsn) as refresher, connect(strategy_dsn) as writer, connect(strategy_dsn) as holder:
+            holder.execute("BEGIN")
+            # A SHARE lock until rollback: the drain's refresh waits at the book level.
+            holder.execute("CREATE INDEX test_hold ON mv_audio_book_coverage (book_id)")
+            try:
+                thread, result = run_in_thread(
+                    lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
+                )
+                wait_for(db, refresher.info.backend_pid, lambda event: event[0] == "Lock")
+                writer.execute("SET lock_timeout = '1s'")
+                b.media_file(writer, v, chapter=A.chapter("EXO", 1))
+                b.media_file(writer, v, chapter=A.chapter("GEN", 2))
+                assert thread.is_alive()  # both committed while the drain was held
+            finally:
+                holder.execute("ROLLBACK")
+            assert finish(thread, result) == [("audio", v)]
+
+        assert b.queued(db) == {("audio", v)}
+        assert b.drain(db) == [("audio", v)]
+        b.assert_read_models_match(db)
+        b.assert_queue_empty(db)
+        assert b.verse_ids(db, "audio", v) >= {A.verse("EXO", 1, 1), A.verse("EXO", 1, 2)}
+
+
+def test_two_sql_drains_at_once_take_different_versions(db, dsn):
+    """A drain never waits for another's batch, nor comes back empty while
+    versions it could refresh are queued: it takes the next ones."""
+    A, _, v = small_world(db)
+    others = [b.audio_version(db, "A") for _ in range(2)]
+    b.drain(db)
+    db.execute("UPDATE progress_refresh_settings SET value = '1' WHERE key = 'drain_batch_size'")
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    for other in others:
+        b.media_file(db, other, chapter=A.chapter("EXO", 1))
+    gate = Gate(db)
+    with connect(dsn) as first, connect(dsn) as second:
+        thread, result = start_held_sql_drain(gate, first)
+        second.execute("SET lock_timeout = '1s'")
+        assert second.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall() == [("audio", others[0])]
+        assert second.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall() == [("audio", others[1])]
+        # what is left is the first drain's: nothing to wait for, nothing taken twice
+        assert second.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall() == []
+        assert thread.is_alive()
+        gate.open()
+        assert finish(thread, result) == [("audio", v)]
+    assert [r[0] for r in db.execute("SELECT version_id FROM progress_refresh_log ORDER BY id DESC LIMIT 3")] == [
+        v,
+        others[1],
+        others[0],
+    ]
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+
+
 def test_chapter_change_landing_mid_refresh_of_another_chapter(strategy_dsn):
     """A change to one chapter commits while a drain refreshes another chapter of
     the same version (held at the book level by a lock the test holds): the

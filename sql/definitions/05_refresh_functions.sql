@@ -422,6 +422,13 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $
 CREATE OR REPLACE FUNCTION progress_lock_version(p_kind text, p_version uuid) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text)) $$;
 
+-- Marks a version picked for a refresh until the transaction ends, if no
+-- other session has (advisory lock class 5 audio, 6 text; true when marked):
+-- a SQL drain's batch, a worker's claim (see progress_pick_ready). Apart from
+-- the refresh lock above, which a picked version's refresh still takes.
+CREATE OR REPLACE FUNCTION progress_try_pick_version(p_kind text, p_version uuid) RETURNS boolean
+LANGUAGE sql AS $$ SELECT pg_try_advisory_xact_lock(progress_version_lock_key(p_kind) + 4, hashtext(p_version::text)) $$;
+
 -- Language entities whose best version a refresh of these versions can move:
 -- where each version lives now, and where it is currently the best. Looked
 -- up by index, never scanned (see progress_install_chapter_refresh).

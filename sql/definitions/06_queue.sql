@@ -33,29 +33,58 @@ LANGUAGE sql STABLE AS $$
      WHERE q.lease_until >= now()
 $$;
 
+-- The entries ready to be refreshed: unclaimed, past their lease, or claimed
+-- by a holder that is gone (progress_claim_holders), and past their backoff.
+-- A gone holder is matched with the claim time too, so an entry another
+-- worker took over meanwhile is seen as held again when its row is re-checked
+-- under a row lock. A migrate or a rebuild holds the lock tried here
+-- throughout: nothing is ready meanwhile. (A view, so the callers' plans
+-- include it: they are made once per session, see drain_progress_refresh_queue.
+-- A migration changing a queue column's type drops it first.)
+CREATE OR REPLACE VIEW progress_refresh_queue_ready AS
+SELECT q.* FROM progress_refresh_queue q
+ WHERE pg_try_advisory_xact_lock_shared(7370214001)
+   AND (q.lease_until IS NULL OR q.lease_until < now()
+        OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
+                                     WHERE h.holder_alive IS FALSE))
+   AND (q.not_before IS NULL OR q.not_before <= now());
+
 -- Up to p_limit ready entries (oldest first, optionally of some kinds),
--- locked for this transaction; entries other sessions hold are skipped, never
--- waited for. Ready: unclaimed, past its lease, or claimed by a holder that
--- is gone (progress_claim_holders). A gone holder is matched with the claim
--- time too, so an entry another worker took over meanwhile is seen as held
--- again when its row is re-checked. (Planned once per session: its callers
--- plan generically, see drain_progress_refresh_queue.)
+-- their rows locked for this transaction: a worker's claim, which marks them
+-- and commits at once. Entries whose row another session holds, or which a
+-- SQL drain has picked (progress_pick_ready), are skipped, never waited for.
+-- Rows are locked as they are taken, in queue order.
 CREATE OR REPLACE FUNCTION progress_lock_ready(p_limit int, p_kinds text[] DEFAULT NULL)
 RETURNS SETOF progress_refresh_queue
 LANGUAGE plpgsql AS $$
 BEGIN
     RETURN QUERY
-    SELECT q.* FROM progress_refresh_queue q
-     -- A migrate holds this lock throughout: nothing is claimed meanwhile.
-     WHERE pg_try_advisory_xact_lock_shared(7370214001)
-       AND (q.lease_until IS NULL OR q.lease_until < now()
-            OR (q.id, q.claimed_at) IN (SELECT h.id, h.claimed_at FROM progress_claim_holders() h
-                                         WHERE h.holder_alive IS FALSE))
-       AND (p_kinds IS NULL OR q.kind = ANY (p_kinds))
-       AND (q.not_before IS NULL OR q.not_before <= now())
-     ORDER BY q.enqueued_at, q.id
-     LIMIT p_limit
-       FOR UPDATE SKIP LOCKED;
+    SELECT r.* FROM (SELECT q.* FROM progress_refresh_queue_ready q
+                      WHERE (p_kinds IS NULL OR q.kind = ANY (p_kinds))
+                      ORDER BY q.enqueued_at, q.id
+                        FOR UPDATE SKIP LOCKED) r
+     WHERE progress_try_pick_version(r.kind, r.version_id)
+     LIMIT p_limit;
+END
+$$;
+
+-- Up to p_limit ready entries (oldest first) for a refresh in this
+-- transaction, a SQL drain's. The queue rows are not locked: a writer
+-- queuing another change to one of these versions goes on at once, rather
+-- than wait for the whole batch (seconds for whole versions, the whole
+-- refresh under the matview strategy); its change moves the entry's
+-- generation, which keeps the entry queued (progress_settle_picked). Each
+-- version is marked picked instead (progress_try_pick_version): other drains
+-- and workers' claims skip it until this transaction ends. Marks are tried in
+-- queue order after sorting, so only the entries taken are marked.
+CREATE OR REPLACE FUNCTION progress_pick_ready(p_limit int)
+RETURNS SETOF progress_refresh_queue
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    SELECT r.* FROM (SELECT q.* FROM progress_refresh_queue_ready q ORDER BY q.enqueued_at, q.id OFFSET 0) r
+     WHERE progress_try_pick_version(r.kind, r.version_id)
+     LIMIT p_limit;
 END
 $$;
 
@@ -100,14 +129,23 @@ BEGIN
 END
 $$;
 
--- A locked entry refreshed in the transaction that locked it
--- (progress_lock_ready) leaves the queue, and its version the dead letters.
+-- A picked entry refreshed in this transaction (progress_pick_ready) leaves
+-- the queue, and its version the dead letters, unless a change arrived since
+-- it was picked: its generation moved, or a writer holds its row (a change
+-- not committed yet, which moves the generation when it is). Such an entry
+-- stays queued for the next refresh; settling never waits for a writer.
 DROP FUNCTION IF EXISTS progress_settle_locked(progress_refresh_queue);
-CREATE OR REPLACE FUNCTION progress_settle_locked(p_entry progress_refresh_queue, p_refreshed_whole boolean)
+DROP FUNCTION IF EXISTS progress_settle_locked(progress_refresh_queue, boolean);
+CREATE OR REPLACE FUNCTION progress_settle_picked(p_entry progress_refresh_queue, p_refreshed_whole boolean)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM progress_refresh_queue WHERE id = p_entry.id;
-    PERFORM progress_forgive_dead_letter(p_entry.kind, p_entry.version_id, p_refreshed_whole);
+    DELETE FROM progress_refresh_queue q
+     WHERE q.id = (SELECT s.id FROM progress_refresh_queue s
+                    WHERE s.id = p_entry.id AND s.generation = p_entry.generation
+                      FOR UPDATE SKIP LOCKED);
+    IF FOUND THEN
+        PERFORM progress_forgive_dead_letter(p_entry.kind, p_entry.version_id, p_refreshed_whole);
+    END IF;
 END
 $$;
 
@@ -247,7 +285,7 @@ $$;
 -- a chapter-scoped refresh goes straight to the chapter refresh, the
 -- cheapest path there is: the SQL drain's hot path. Such a caller has checked
 -- the storage strategy in this transaction (the SQL drain, which a migrate
--- cannot overtake: progress_lock_ready) or leaves it to this function
+-- cannot overtake: progress_refresh_queue_ready) or leaves it to this function
 -- (progress_refresh_claimed). Each function call on this path costs about as
 -- much as a level's work, so the kind is switched here rather than through
 -- progress_refresh_version_levels, which does the same for the other paths.
@@ -358,7 +396,14 @@ DECLARE
     entry progress_refresh_queue;
     started timestamptz;
 BEGIN
-    entries := ARRAY(SELECT q FROM progress_lock_ready(2147483647) AS q);
+    -- One refresh of everything at a time: another drain's covers what this
+    -- one would (as far as it had seen), and what arrived since stays queued.
+    IF NOT pg_try_advisory_xact_lock(5, 0) THEN
+        RETURN;
+    END IF;
+    -- Nothing locked, not even the versions: however long the refresh, a
+    -- writer queuing a change never waits for it (progress_settle_picked).
+    entries := ARRAY(SELECT q FROM progress_refresh_queue_ready q);
     IF cardinality(entries) = 0 THEN
         RETURN;
     END IF;
@@ -366,7 +411,7 @@ BEGIN
     PERFORM progress_refresh_matviews(true);
     FOREACH entry IN ARRAY entries LOOP
         PERFORM progress_log_refresh(entry.kind, entry.version_id, NULL, entry.enqueued_at, started);
-        PERFORM progress_settle_locked(entry, true);
+        PERFORM progress_settle_picked(entry, true);
         kind := entry.kind;
         version_id := entry.version_id;
         RETURN NEXT;
@@ -475,11 +520,12 @@ DECLARE
     index_ddl text[];
     ddl text;
 BEGIN
-    -- One rebuild at a time, and no SQL drain claiming meanwhile (they take
-    -- this lock shared, see progress_lock_ready): a drain batch holds rows of
-    -- several versions and a rebuild writes every version's, so the two
-    -- would lock rows in opposite orders and deadlock. Drains under way
-    -- finish first; what is queued meanwhile waits for the rebuild.
+    -- One rebuild at a time, and no drain or worker claiming meanwhile (they
+    -- take this lock shared, see progress_refresh_queue_ready): a drain
+    -- batch holds rows of several versions and a rebuild writes every
+    -- version's, so the two would lock rows in opposite orders and
+    -- deadlock. Drains under way finish first; what is queued meanwhile
+    -- waits for the rebuild.
     PERFORM pg_advisory_xact_lock(7370214001);
     before := progress_queue_snapshot();
     -- A rebuild trusts nothing stored: the bible versions' counts, the

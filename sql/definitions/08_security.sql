@@ -45,7 +45,8 @@ DECLARE
                                    'progress_refresh_settings', 'progress_bible_version_counts',
                                    'progress_read_model_definitions', 'progress_schema_migrations',
                                    'progress_refresh_log', 'progress_mapped_audio_versions',
-                                   'progress_range_file_chapters', 'progress_range_versions_to_relist'];
+                                   'progress_range_file_chapters', 'progress_range_versions_to_relist',
+                                   'progress_refresh_queue_ready'];
     -- Only those standing (a take-over grants on its read models when it swaps them in).
     read_models text[] := ARRAY(SELECT stored_name FROM progress_read_model_definitions
                                  WHERE to_regclass(quote_ident(stored_name)) IS NOT NULL);

@@ -54,8 +54,9 @@ $$;
 -- those refreshed; call until it returns no rows. Failed versions are retried
 -- later with backoff; language entities are refreshed once, at the end of the
 -- batch, in sorted order, so concurrent drains never deadlock. The batch is
--- locked, refreshed and settled in this one transaction (see
--- progress_lock_ready): other drains and workers skip it meanwhile.
+-- picked, refreshed and settled in this one transaction: its versions are
+-- locked (other drains and workers skip them meanwhile), its queue rows are
+-- not (writers never wait for it, see progress_pick_ready).
 --
 -- Every statement under a refresh is planned once per session (a generic
 -- plan; the functions it calls inherit the setting): they are key lookups
@@ -87,9 +88,9 @@ BEGIN
         RETURN QUERY SELECT * FROM progress_drain_matviews();
         RETURN;
     END IF;
-    -- Locked here, outside the block below: a rolled-back block would let
-    -- its row locks go.
-    batch := ARRAY(SELECT q FROM progress_lock_ready(progress_setting('drain_batch_size')::int) AS q);
+    -- Picked here, outside the block below: a rolled-back block would let
+    -- its version locks go.
+    batch := ARRAY(SELECT q FROM progress_pick_ready(progress_setting('drain_batch_size')::int) AS q);
     BEGIN
         FOREACH entry IN ARRAY batch LOOP
             IF entry.kind = 'audio' THEN
@@ -103,7 +104,7 @@ BEGIN
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, false) AS r;
             EXIT WHEN cancelled;  -- recorded; the rest stay queued for the next call
             CONTINUE WHEN failure IS NOT NULL;  -- recorded; the rest go on
-            PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
+            PERFORM progress_settle_picked(entry, entry.chapter_ids IS NULL);
             refreshed := refreshed || entry;
         END LOOP;
         -- (Called by name, not through progress_refresh_language_entities: one call fewer.)
@@ -129,7 +130,7 @@ BEGIN
               FROM progress_refresh_held(entry.kind, entry.version_id, entry.chapter_ids, entry.enqueued_at, true) AS r;
             EXIT WHEN cancelled;
             CONTINUE WHEN failure IS NOT NULL;
-            PERFORM progress_settle_locked(entry, entry.chapter_ids IS NULL);
+            PERFORM progress_settle_picked(entry, entry.chapter_ids IS NULL);
             refreshed := refreshed || entry;
         END LOOP;
     END;
