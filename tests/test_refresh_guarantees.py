@@ -941,3 +941,34 @@ def test_a_mapping_written_while_its_file_changes_is_not_lost(dsn, change):
         b.assert_read_models_match(db)
         owner = other if change == "moved to another version" else v
         assert A.verse("GEN", 2, 1) in b.verse_ids(db, "audio", owner)
+
+
+def test_a_range_added_while_its_verses_are_reordered_is_listed_again(db, dsn):
+    """A range file whose writer holds its version's entry while a structure
+    change waits for it was listed by the verses' order before the change: the
+    change, seeing it once it waited, has its chapters listed again, so a later
+    change to one of the chapters it now reaches keeps it."""
+    A = b.bible(db, "A", {"GEN": [3, 2], "EXO": [2, 3]})
+    v = b.audio_version(db, "A", b.language(db))
+    other = b.media_file(db, v, chapter=A.chapter("GEN", 1))
+    b.drain(db)
+    with connect(dsn) as writer, connect(dsn) as editor:
+        writer.execute("BEGIN")
+        b.media_file(writer, v, start=A.verse("GEN", 1, 3), end=A.verse("GEN", 2, 2))
+        # EXO 1:1 moves inside the range: the editor's structure change waits for v's entry
+        thread, result = run_in_thread(
+            lambda: editor.execute(
+                "UPDATE verses SET global_order = %s WHERE id = %s", [b.order_of(1, 1, 500), A.verse("EXO", 1, 1)]
+            )
+        )
+        wait_for(db, editor.info.backend_pid, lambda event: event[0] == "Lock")
+        writer.execute("COMMIT")
+        finish(thread, result)
+    b.drain(db)
+    b.assert_read_models_match(db)
+
+    b.mapping(db, other, A.verse("EXO", 1, 2))  # a change scoped to EXO 1 alone
+    assert b.chapter_scopes(db) == {("audio", v): [A.chapter("EXO", 1)]}
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert b.verse_ids(db, "audio", v) >= {A.verse("EXO", 1, 1), A.verse("EXO", 1, 2)}

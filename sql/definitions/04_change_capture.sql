@@ -484,14 +484,9 @@ CREATE OR REPLACE FUNCTION progress_enqueue_structure_change(p_bible_versions te
 RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
-    -- Versions with a range starting or ending in the bible versions: its
-    -- chapters may have moved (progress_range_file_chapters).
-    ranged uuid[] := ARRAY(
-        SELECT DISTINCT mf.audio_version_id FROM media_files mf
-          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
-         WHERE s.bible_version_id = ANY (p_bible_versions) AND mf.audio_version_id IS NOT NULL);
+    ranged uuid[];
 BEGIN
-    PERFORM progress_enqueue_versions('audio', ranged || ARRAY(
+    PERFORM progress_enqueue_versions('audio', ARRAY(
         SELECT av.id FROM audio_versions av
          WHERE av.bible_version_id = ANY (p_bible_versions) AND av.deleted_at IS NULL
         UNION
@@ -501,6 +496,18 @@ BEGIN
           JOIN media_files_verses mfv ON mfv.verse_id = v.id
           JOIN media_files mf ON mf.id = mfv.media_file_id
          WHERE v.chapter_id = ANY (p_chapters)));
+    -- Versions with a range starting or ending in the bible versions: its
+    -- chapters may have moved (progress_range_file_chapters). Looked for
+    -- after the upsert above, which waits for writers holding these versions'
+    -- entries: a range such a writer added, listed by the verses' order
+    -- before this change, is seen and listed again.
+    ranged := ARRAY(
+        SELECT DISTINCT mf.audio_version_id FROM media_files mf
+          JOIN progress_verse_structure s ON s.verse_id IN (mf.start_verse_id, mf.end_verse_id)
+         WHERE s.bible_version_id = ANY (p_bible_versions) AND mf.audio_version_id IS NOT NULL);
+    IF cardinality(ranged) > 0 THEN
+        PERFORM progress_enqueue_versions('audio', ranged);
+    END IF;
     -- Versions whose stored coverage reaches into the chapters (unreadable
     -- before a matview's first refresh, and then there is nothing stored).
     -- During a take-over these names may still hold the previous design's
@@ -528,27 +535,7 @@ BEGIN
 END
 $$;
 
--- The stored verse counts of bible versions (progress_bible_version_counts)
--- moved by verses added and removed, given as the chapter of each: one
--- relative update per bible version, which concurrent writers apply in turn.
--- A verse whose chapter is gone in the same statement (a cascade from its
--- chapter or book) is left to that chapter's or book's trigger, which recounts.
-CREATE OR REPLACE FUNCTION progress_count_verse_changes(p_removed text[], p_added text[])
-RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
-LANGUAGE sql AS $$
-    INSERT INTO progress_bible_version_counts AS k (bible_version_id, total_verses)
-    SELECT b.bible_version_id, sum(x.delta)
-      FROM (SELECT r, -1 FROM unnest(p_removed) AS r
-            UNION ALL
-            SELECT a, 1 FROM unnest(p_added) AS a) AS x (chapter_id, delta)
-      JOIN chapters c ON c.id = x.chapter_id
-      JOIN books b ON b.id = c.book_id
-     WHERE b.bible_version_id IS NOT NULL
-     GROUP BY b.bible_version_id
-    HAVING sum(x.delta) <> 0
-     ORDER BY 1
-    ON CONFLICT (bible_version_id) DO UPDATE SET total_verses = k.total_verses + EXCLUDED.total_verses
-$$;
+DROP FUNCTION IF EXISTS progress_count_verse_changes(text[], text[]);
 
 -- Structure triggers reduce the touched rows to (bible versions, chapters);
 -- on update only rows whose relevant columns changed count, on both sides.
@@ -606,34 +593,34 @@ BEGIN
 END
 $$;
 
+-- Verses recount their bible versions too, rather than move the counts by
+-- the verses added and removed: one statement can write verses and their
+-- chapters or books (a data-modifying WITH), and the chapters' or books'
+-- trigger, firing first, has already counted those verses.
 CREATE OR REPLACE FUNCTION progress_capture_verses() RETURNS trigger
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE plpgsql AS $$
 DECLARE
     touched_chapters text[];
+    touched_bibles text[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM new_rows;
-        PERFORM progress_count_verse_changes('{}', ARRAY(SELECT n.chapter_id FROM new_rows n));
     ELSIF TG_OP = 'DELETE' THEN
         SELECT array_agg(DISTINCT chapter_id) INTO touched_chapters FROM old_rows;
-        PERFORM progress_count_verse_changes(ARRAY(SELECT o.chapter_id FROM old_rows o), '{}');
     ELSE
         SELECT array_agg(DISTINCT t.chapter_id) INTO touched_chapters
           FROM old_rows o FULL JOIN new_rows n ON n.id = o.id
          CROSS JOIN LATERAL (VALUES (o.chapter_id), (n.chapter_id)) AS t (chapter_id)
          WHERE (o.id, o.chapter_id, o.global_order) IS DISTINCT FROM (n.id, n.chapter_id, n.global_order);
-        PERFORM progress_count_verse_changes(
-            ARRAY(SELECT o.chapter_id FROM old_rows o LEFT JOIN new_rows n ON n.id = o.id
-                   WHERE o.chapter_id IS DISTINCT FROM n.chapter_id),
-            ARRAY(SELECT n.chapter_id FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
-                   WHERE n.chapter_id IS DISTINCT FROM o.chapter_id));
     END IF;
     IF touched_chapters IS NOT NULL THEN
-        PERFORM progress_enqueue_structure_change(
-            ARRAY(SELECT DISTINCT b.bible_version_id FROM chapters c JOIN books b ON b.id = c.book_id
-                   WHERE c.id = ANY (touched_chapters)),
-            touched_chapters);
+        -- (A verse whose chapter is gone in the same statement, a cascade from
+        -- its chapter or book, is counted by that chapter's or book's trigger.)
+        touched_bibles := ARRAY(SELECT DISTINCT b.bible_version_id FROM chapters c JOIN books b ON b.id = c.book_id
+                                 WHERE c.id = ANY (touched_chapters));
+        PERFORM progress_recount_bible_versions(touched_bibles);
+        PERFORM progress_enqueue_structure_change(touched_bibles, touched_chapters);
     END IF;
     RETURN NULL;
 END
