@@ -972,3 +972,49 @@ def test_a_range_added_while_its_verses_are_reordered_is_listed_again(db, dsn):
     b.drain(db)
     b.assert_read_models_match(db)
     assert b.verse_ids(db, "audio", v) >= {A.verse("EXO", 1, 1), A.verse("EXO", 1, 2)}
+
+
+def test_a_dead_letter_written_during_a_rebuild_outlives_it(db, dsn):
+    """A worker's last attempt fails on the locks of a concurrent rebuild while a
+    change the rebuild has not seen is queued: the rebuild clears the dead
+    letters it started with, not that one, so the change is not lost."""
+    A = b.bible(db, "A", {"GEN": [3, 3]})
+    v = b.text_version(db, "A", b.language(db))
+    b.verse_texts(db, v, [A.verse("GEN", 1, 1)])
+    b.drain(db)
+    db.execute("UPDATE progress_refresh_settings SET value = '1' WHERE key = 'max_attempts'")
+    db.execute(
+        """CREATE FUNCTION test_hold_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF current_setting('application_name') = 'test_rebuild' THEN
+                   PERFORM pg_advisory_lock(%(key)s);
+                   PERFORM pg_advisory_unlock(%(key)s);
+               END IF;
+               RETURN NULL;
+           END $$;
+           CREATE TRIGGER test_hold_rebuild BEFORE INSERT ON mv_text_version_progress_summary
+               FOR EACH STATEMENT EXECUTE FUNCTION test_hold_rebuild();"""
+        % {"key": GATE_KEY}
+    )
+    b.verse_texts(db, v, [A.verse("GEN", 1, 2)])
+    with connect(dsn) as worker, connect(dsn) as writer, connect(dsn) as rebuilder:
+        gateway.configure_refresh_session(worker, "500ms", "300s")
+        [claim] = gateway.claim_batch(worker, "test-worker", 10, 300)
+        rebuilder.execute("SET application_name = 'test_rebuild'")
+        db.execute("SELECT pg_advisory_lock(%s)", [GATE_KEY])
+        thread, result = run_in_thread(
+            lambda: rebuilder.execute("SELECT refresh_progress_materialized_views_concurrently()")
+        )
+        # the rebuild has written the verse rows and waits at the summary
+        wait_for(db, rebuilder.info.backend_pid, lambda event: event == ("Lock", "advisory"))
+        b.verse_texts(writer, v, [A.verse("GEN", 2, 1)])  # after the rebuild's snapshot
+        outcome = gateway.refresh_claimed(worker, claim, "test-worker")
+        assert outcome.error is not None and "lock timeout" in outcome.error
+        db.execute("SELECT pg_advisory_unlock(%s)", [GATE_KEY])
+        finish(thread, result)
+
+    assert [r[0] for r in db.execute("SELECT version_id FROM progress_refresh_dead_letter")] == [v]
+    gateway.requeue_dead_letters(db)
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verse("GEN", 2, 1) in b.verse_ids(db, "text", v)

@@ -462,21 +462,33 @@ $$;
 -- never waited for: that writer may be waiting for the rows the rebuild
 -- wrote (a deadlock); it stays queued and is refreshed again, which is only
 -- work.
+-- So do the dead letters of before the rebuild: one written meanwhile (a
+-- worker's last attempt failing on the rebuild's locks) holds a change the
+-- rebuild may not have seen, and stays.
 CREATE OR REPLACE FUNCTION progress_settle_after_rebuild(p_before jsonb) RETURNS void
 SECURITY DEFINER SET search_path FROM CURRENT
 LANGUAGE sql AS $$
     DELETE FROM progress_refresh_queue
      WHERE id IN (SELECT q.id FROM progress_refresh_queue q
-                    JOIN jsonb_to_recordset(p_before) AS b (id bigint, generation bigint)
+                    JOIN jsonb_to_recordset(p_before -> 'queue') AS b (id bigint, generation bigint)
                       ON q.id = b.id AND q.generation = b.generation
                    WHERE q.lease_until IS NULL
                      FOR UPDATE OF q SKIP LOCKED);
-    DELETE FROM progress_refresh_dead_letter;
+    DELETE FROM progress_refresh_dead_letter d
+     USING jsonb_to_recordset(p_before -> 'dead_letters') AS b (kind text, version_id uuid, attempts int,
+                                                                 failed_at timestamptz)
+     WHERE (d.kind, d.version_id, d.attempts, d.failed_at) = (b.kind, b.version_id, b.attempts, b.failed_at);
 $$;
 
+-- The queue entries and dead letters as a rebuild starts (see above).
 CREATE OR REPLACE FUNCTION progress_queue_snapshot() RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'generation', generation)), '[]')
-      FROM progress_refresh_queue
+    SELECT jsonb_build_object(
+        'queue', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'generation', generation)), '[]')
+                    FROM progress_refresh_queue),
+        'dead_letters', (SELECT coalesce(jsonb_agg(jsonb_build_object('kind', kind, 'version_id', version_id,
+                                                                      'attempts', attempts, 'failed_at', failed_at)),
+                                         '[]')
+                           FROM progress_refresh_dead_letter))
 $$;
 
 -- Drops every index of a table, its key included, and returns the statements
