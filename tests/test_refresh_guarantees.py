@@ -1018,3 +1018,22 @@ def test_a_dead_letter_written_during_a_rebuild_outlives_it(db, dsn):
     b.drain(db)
     b.assert_read_models_match(db)
     assert A.verse("GEN", 2, 1) in b.verse_ids(db, "text", v)
+
+
+def test_the_safe_rebuild_after_sql_drains_alone_keeps_readers_reading(db, dsn):
+    """Read models filled by SQL drains alone (pg_cron, no rebuild) count as
+    populated: the safe rebuild then goes concurrent, and a reader whose
+    snapshot is older than the rebuild still reads every row."""
+    A = b.bible(db, "A", {"GEN": [3, 2]})
+    le = b.language(db)
+    for _ in range(3):
+        b.media_file(db, b.audio_version(db, "A", le), chapter=A.chapter("GEN", 1))
+    b.drain(db)
+    with connect(dsn) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM audio_versions")  # the snapshot, no read model touched
+        db.execute("SELECT refresh_progress_materialized_views_safe()")
+        [(rows,)] = reader.execute("SELECT count(*) FROM mv_audio_version_progress_summary").fetchall()
+        reader.execute("COMMIT")
+    assert rows == 3
+    b.assert_read_models_match(db)

@@ -78,8 +78,12 @@ DECLARE
     audio_entities uuid[] := '{}';
     text_entities uuid[] := '{}';
 BEGIN
-    -- The last call of a drain finds nothing: it says so at once.
+    -- The last call of a drain finds nothing: it says so at once. Read
+    -- models filled by drains alone (pg_cron's) are recorded populated then,
+    -- as the Python drains do, so the safe rebuild goes concurrent (once
+    -- recorded, this is one settings lookup).
     IF NOT EXISTS (SELECT FROM progress_refresh_queue) THEN
+        PERFORM progress_mark_populated_if_complete();
         RETURN;
     END IF;
     PERFORM progress_commit_refresh_lazily();
