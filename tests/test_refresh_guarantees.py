@@ -1037,3 +1037,41 @@ def test_the_safe_rebuild_after_sql_drains_alone_keeps_readers_reading(db, dsn):
         reader.execute("COMMIT")
     assert rows == 3
     b.assert_read_models_match(db)
+
+
+def test_a_sql_drain_cancelled_on_request_leaves_its_batch_queued_as_it_was(db, dsn):
+    """pg_cancel_backend of a drain is no failure of the version it was
+    refreshing: the call fails, its work is rolled back, and the entry stays
+    queued untouched, ready for the next drain (no attempt, no backoff)."""
+    A, _, v = small_world(db)
+    gate = Gate(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    with connect(dsn) as refresher:
+        thread, result = start_held_sql_drain(gate, refresher)
+        db.execute("SELECT pg_cancel_backend(%s)", [refresher.info.backend_pid])
+        gate.open()
+        thread.join(30)
+        assert isinstance(result.get("error"), psycopg.errors.QueryCanceled)
+    assert b.fetch(db, "SELECT attempts, not_before, last_error FROM progress_refresh_queue") == [(0, None, None)]
+    assert b.drain(db) == [("audio", v)]
+    b.assert_read_models_match(db)
+
+
+def test_a_worker_cancelled_on_request_gives_its_claim_back_uncounted(db, dsn):
+    A, _, v = small_world(db)
+    gate = Gate(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    with connect(dsn) as worker:
+        gateway.configure_refresh_session(worker, "5s", "300s")
+        [claim] = gateway.claim_batch(worker, "test-worker", 10, 300)
+        gate.arm(worker)
+        gate.close()
+        thread, result = run_in_thread(lambda: gateway.refresh_claimed(worker, claim, "test-worker"))
+        gate.wait_until_held(worker)
+        db.execute("SELECT pg_cancel_backend(%s)", [worker.info.backend_pid])
+        gate.open()
+        outcome = finish(thread, result)
+    assert outcome.error is not None and "cancelled on request" in outcome.error
+    assert b.fetch(db, "SELECT attempts, not_before, claimed_by FROM progress_refresh_queue") == [(0, None, None)]
+    assert b.drain(db) == [("audio", v)]
+    b.assert_read_models_match(db)

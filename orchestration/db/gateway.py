@@ -4,6 +4,7 @@ functions decide how."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,6 +109,7 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
     queue entry in another (a refresh never waits for a queue row: see
     progress_refresh_claimed). A claim another worker took over is skipped."""
     outcome = VersionOutcome(claim.kind, claim.version_id)
+    started = time.monotonic()
     try:
         with conn.transaction():
             rows = conn.execute(
@@ -117,7 +119,13 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
     except psycopg.Error as exc:
         if connection_lost(conn, exc):
             raise  # not this version's fault: its claim is taken over with the rest
-        # Errors PL/pgSQL cannot catch (statement timeout, cancel) end up here.
+        if isinstance(exc, psycopg.errors.QueryCanceled) and not _timed_out(conn, time.monotonic() - started):
+            # Cancelled on request (pg_cancel_backend): no failure of the version.
+            with conn.transaction():
+                conn.execute("SELECT progress_release_claim(%s, %s, %s)", [claim.kind, claim.version_id, worker])
+            outcome.error = "cancelled on request: queued again, not counted as a failed attempt"
+            return outcome
+        # Errors PL/pgSQL cannot catch (statement timeout) end up here.
         outcome.error = " ".join(str(exc).split())
         record_failure(conn, claim.kind, claim.version_id, outcome.error, worker)
         return outcome
@@ -138,6 +146,14 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
                 [claim.kind, claim.version_id, claim.generation, worker],
             )
     return outcome
+
+
+def _timed_out(conn: psycopg.Connection, seconds: float) -> bool:
+    """Whether a statement that ran this long was cancelled by the session's
+    statement_timeout (as progress_statement_timed_out tells it in SQL)."""
+    row = conn.execute("SELECT extract(epoch FROM current_setting('statement_timeout')::interval)").fetchone()
+    timeout = float(row[0]) if row else 0.0
+    return 0 < timeout <= seconds
 
 
 def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str) -> None:

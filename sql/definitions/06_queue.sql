@@ -185,6 +185,16 @@ BEGIN
 END
 $$;
 
+-- A worker's claim given back untouched, ready at once, no attempt counted:
+-- its refresh was cancelled on request, not failed.
+CREATE OR REPLACE FUNCTION progress_release_claim(p_kind text, p_version uuid, p_worker text)
+RETURNS void SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql AS $$
+    UPDATE progress_refresh_queue
+       SET claimed_by = NULL, lease_until = NULL, claimed_at = NULL, holder_pid = NULL, holder_backend_start = NULL
+     WHERE kind = p_kind AND version_id = p_version AND claimed_by = p_worker
+$$;
+
 -- Failed: one more attempt counted, the error kept, an exponential backoff;
 -- past the attempt limit the entry moves to the dead letter table. With
 -- p_worker, only that worker's claim (see progress_finish).
@@ -273,13 +283,25 @@ BEGIN
 END
 $$;
 
--- Refreshes a version the caller holds (claimed, or locked by the SQL drain)
+-- Whether this statement has run past the session's statement_timeout: a
+-- cancel then came from the timeout, otherwise someone asked for it
+-- (pg_cancel_backend, a client giving up). Told by time, not by the message,
+-- which the server may word in another language.
+CREATE OR REPLACE FUNCTION progress_statement_timed_out() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT current_setting('statement_timeout') NOT IN ('0', '')
+       AND clock_timestamp() - statement_timestamp() >= current_setting('statement_timeout')::interval
+$$;
+
+-- Refreshes a version the caller holds (claimed, or picked by the SQL drain)
 -- and logs it. A failure rolls back this version only and is recorded
--- (error); the caller goes on with the rest. A cancel (the caller's
--- statement_timeout, as pg_cron jobs and API calls set) is recorded the same
--- way, and `cancelled` tells the caller to stop: otherwise a version slower
--- than the timeout would cancel every drain before anything is recorded, and
--- hold up the versions behind it for good.
+-- (error); the caller goes on with the rest. A statement timeout (the
+-- caller's, as pg_cron jobs and API calls set) is recorded the same way, and
+-- `cancelled` tells the caller to stop: otherwise a version slower than the
+-- timeout would cancel every drain before anything is recorded, and hold up
+-- the versions behind it for good. A cancel someone asked for is no failure
+-- of the version: it ends the call, whose work is rolled back and stays
+-- queued as it was, its attempts not counted.
 --
 -- Without language entities (the caller refreshes them once for its batch),
 -- a chapter-scoped refresh goes straight to the chapter refresh, the
@@ -310,8 +332,11 @@ BEGIN
             done := ARRAY(SELECT c FROM progress_refresh_chapters_text(p_version, p_chapters) AS c);
         END IF;
     EXCEPTION WHEN OTHERS OR query_canceled THEN
-        error := SQLERRM;
         cancelled := SQLSTATE = '57014';  -- query_canceled: OTHERS leaves it out
+        IF cancelled AND NOT progress_statement_timed_out() THEN
+            RAISE;
+        END IF;
+        error := SQLERRM;
         PERFORM progress_record_failure(p_kind, p_version, error);
         RETURN;
     END;
