@@ -984,17 +984,16 @@ def test_a_dead_letter_written_during_a_rebuild_outlives_it(db, dsn):
     b.drain(db)
     db.execute("UPDATE progress_refresh_settings SET value = '1' WHERE key = 'max_attempts'")
     db.execute(
-        """CREATE FUNCTION test_hold_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
+        f"""CREATE FUNCTION test_hold_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN
                IF current_setting('application_name') = 'test_rebuild' THEN
-                   PERFORM pg_advisory_lock(%(key)s);
-                   PERFORM pg_advisory_unlock(%(key)s);
+                   PERFORM pg_advisory_lock({GATE_KEY});
+                   PERFORM pg_advisory_unlock({GATE_KEY});
                END IF;
                RETURN NULL;
            END $$;
            CREATE TRIGGER test_hold_rebuild BEFORE INSERT ON mv_text_version_progress_summary
                FOR EACH STATEMENT EXECUTE FUNCTION test_hold_rebuild();"""
-        % {"key": GATE_KEY}
     )
     b.verse_texts(db, v, [A.verse("GEN", 1, 2)])
     with connect(dsn) as worker, connect(dsn) as writer, connect(dsn) as rebuilder:
