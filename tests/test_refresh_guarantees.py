@@ -278,6 +278,32 @@ def test_a_writer_never_waits_for_a_running_sql_drain(strategy_dsn):
         assert b.verse_ids(db, "audio", v) >= {A.verse("EXO", 1, 1), A.verse("EXO", 1, 2)}
 
 
+def test_a_writer_holding_a_language_never_deadlocks_with_a_sql_drain(db, dsn):
+    """A writer's transaction changes one version (which locks its language for
+    the best version) and then writes another version of that language, which a
+    SQL drain is refreshing and which waits for the language: the writer goes on
+    (the drain holds no queue row), and the drain finishes after its commit."""
+    A = b.bible(db, "A", {"GEN": [3, 3]})
+    le = b.language(db)
+    v1, v2 = b.audio_version(db, "A", le), b.audio_version(db, "A", le)
+    b.drain(db)
+    b.media_file(db, v2, chapter=A.chapter("GEN", 1))
+    with connect(dsn) as writer, connect(dsn) as refresher:
+        writer.execute("BEGIN")
+        writer.execute("UPDATE audio_versions SET created_at = now() WHERE id = %s", [v1])
+        thread, result = run_in_thread(
+            lambda: refresher.execute("SELECT * FROM drain_progress_refresh_queue()").fetchall()
+        )
+        wait_for(db, refresher.info.backend_pid, lambda event: event == ("Lock", "advisory"))
+        writer.execute("SET LOCAL lock_timeout = '2s'")
+        b.media_file(writer, v2, chapter=A.chapter("GEN", 2))
+        writer.execute("COMMIT")
+        assert finish(thread, result) == [("audio", v2)]
+    b.drain(db)
+    b.assert_read_models_match(db)
+    b.assert_queue_empty(db)
+
+
 def test_two_sql_drains_at_once_take_different_versions(db, dsn):
     """A drain never waits for another's batch, nor comes back empty while
     versions it could refresh are queued: it takes the next ones."""
