@@ -288,7 +288,7 @@ $$;
 -- (pg_cancel_backend, a client giving up). Told by time, not by the message,
 -- which the server may word in another language.
 CREATE OR REPLACE FUNCTION progress_statement_timed_out() RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql VOLATILE AS $$
     SELECT current_setting('statement_timeout') NOT IN ('0', '')
        AND clock_timestamp() - statement_timestamp() >= current_setting('statement_timeout')::interval
 $$;
