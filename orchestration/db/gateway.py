@@ -150,10 +150,9 @@ def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> Vers
 
 def _timed_out(conn: psycopg.Connection, seconds: float) -> bool:
     """Whether a statement that ran this long was cancelled by the session's
-    statement_timeout (as progress_statement_timed_out tells it in SQL)."""
-    row = conn.execute("SELECT extract(epoch FROM current_setting('statement_timeout')::interval)").fetchone()
-    timeout = float(row[0]) if row else 0.0
-    return 0 < timeout <= seconds
+    statement_timeout rather than on request."""
+    row = conn.execute("SELECT progress_statement_timed_out(make_interval(secs => %s))", [seconds]).fetchone()
+    return bool(row and row[0])
 
 
 def record_failure(conn: psycopg.Connection, kind: str, version_id: uuid.UUID, error: str, worker: str) -> None:

@@ -283,14 +283,17 @@ BEGIN
 END
 $$;
 
--- Whether this statement has run past the session's statement_timeout: a
--- cancel then came from the timeout, otherwise someone asked for it
--- (pg_cancel_backend, a client giving up). Told by time, not by the message,
--- which the server may word in another language.
-CREATE OR REPLACE FUNCTION progress_statement_timed_out() RETURNS boolean
-LANGUAGE sql VOLATILE AS $$
+-- Whether a statement that ran p_elapsed (by default: this one, so far) ran
+-- past the session's statement_timeout: a cancel then came from the timeout,
+-- otherwise someone asked for it (pg_cancel_backend, a client giving up).
+-- Told by time, not by the message, which the server may word in another
+-- language. (A worker asks it about its statement after the cancel.)
+DROP FUNCTION IF EXISTS progress_statement_timed_out();
+CREATE OR REPLACE FUNCTION progress_statement_timed_out(
+    p_elapsed interval DEFAULT clock_timestamp() - statement_timestamp())
+RETURNS boolean LANGUAGE sql VOLATILE AS $$
     SELECT current_setting('statement_timeout') NOT IN ('0', '')
-       AND clock_timestamp() - statement_timestamp() >= current_setting('statement_timeout')::interval
+       AND p_elapsed >= current_setting('statement_timeout')::interval
 $$;
 
 -- Refreshes a version the caller holds (claimed, or picked by the SQL drain)
