@@ -479,7 +479,8 @@ def config_command(as_json: bool) -> None:
 
     def render() -> None:
         table = Table(title="effective settings")
-        for column in ("setting", "value", "from"):
+        table.add_column("setting", no_wrap=True)  # names are copied whole
+        for column in ("value", "from"):
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(row["setting"], row["value"], row["source"])

@@ -430,3 +430,16 @@ def test_a_package_upgraded_without_migrate_says_to_migrate(dsn: str) -> None:
     )
     assert run_cli("migrate", dsn=dsn).returncode == 0
     assert run_cli("status", dsn=dsn).returncode == 0
+
+
+def test_config_fits_80_columns_with_every_setting_named_whole(dsn: str) -> None:
+    """A setting's name is what a user copies (into a variable's name, a
+    settings row): at 80 columns it stays on one line; values fold."""
+    from orchestration import settings
+
+    result = run_cli("config", dsn=dsn, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in (s.name for s in settings.SETTINGS):
+        assert any(line.startswith(f"│ {name} ") for line in lines), name
