@@ -1045,6 +1045,51 @@ def test_a_dead_letter_written_during_a_rebuild_outlives_it(db, dsn):
     assert A.verse("GEN", 2, 1) in b.verse_ids(db, "text", v)
 
 
+def _waits_or_done(db: psycopg.Connection, pid: int, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+        if row and row[0] == "Lock":
+            return
+        time.sleep(0.01)
+    assert not thread.is_alive(), f"backend {pid} neither waited nor finished"
+
+
+@pytest.mark.parametrize("entry", ["worker", "refresh --version"])
+def test_a_full_rebuild_and_a_refresh_under_way_never_deadlock(db, dsn, entry):
+    """A full rebuild empties every read model in one statement. A refresh
+    starting meanwhile reads where its version is the best (one read model)
+    before it writes the others: were it to hold that read while waiting for
+    the rebuild, and the rebuild then wait for it, PostgreSQL would cancel one
+    of the two. Both succeed: a worker gives its claim back to the rebuild
+    (uncounted), refresh --version waits for the rebuild and then refreshes."""
+    A, _, v = small_world(db)
+    b.media_file(db, v, chapter=A.chapter("GEN", 2))
+    with connect(dsn) as blocker, connect(dsn) as refresher, connect(dsn) as rebuilder:
+        gateway.configure_refresh_session(refresher, "5s", "300s")
+        claims = gateway.claim_batch(refresher, "test-worker", 10, 300) if entry == "worker" else []
+        # A reader holds the first read model the rebuild empties: the
+        # rebuild waits there, having locked none of them yet.
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT count(*) FROM mv_audio_verse_coverage")
+        rebuild, rebuilt = run_in_thread(lambda: rebuilder.execute("SELECT refresh_progress_materialized_views_full()"))
+        wait_for(db, rebuilder.info.backend_pid, lambda event: event == ("Lock", "relation"))
+        if entry == "worker":
+            refresh, refreshed = run_in_thread(lambda: gateway.refresh_claimed(refresher, claims[0], "test-worker"))
+        else:
+            refresh, refreshed = run_in_thread(lambda: gateway.refresh_version(refresher, "audio", v))
+        _waits_or_done(db, refresher.info.backend_pid, refresh)
+        blocker.execute("COMMIT")
+        finish(rebuild, rebuilt)
+        outcome = finish(refresh, refreshed)
+    assert outcome.error is None
+    assert b.fetch(db, "SELECT count(*) FROM progress_refresh_dead_letter") == [(0,)]
+    assert b.fetch(db, "SELECT attempts FROM progress_refresh_queue") in ([], [(0,)])
+    b.drain(db)
+    b.assert_read_models_match(db)
+    assert A.verse("GEN", 2, 1) in b.verse_ids(db, "audio", v)
+
+
 def test_the_safe_rebuild_after_sql_drains_alone_keeps_readers_reading(db, dsn):
     """Read models filled by SQL drains alone (pg_cron, no rebuild) count as
     populated: the safe rebuild then goes concurrent, and a reader whose

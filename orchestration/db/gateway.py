@@ -42,7 +42,8 @@ class VersionOutcome:
     version_id: uuid.UUID
     counts: list[ReadModelCounts] = field(default_factory=list)
     error: str | None = None
-    skipped: bool = False  # the claim was lost to another worker: not refreshed here
+    # not refreshed here: the claim was lost to another worker, or given back to a full rebuild
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -107,7 +108,8 @@ def claim_batch(
 def refresh_claimed(conn: psycopg.Connection, claim: Claim, worker: str) -> VersionOutcome:
     """Refreshes one claimed version in a transaction of its own, then settles its
     queue entry in another (a refresh never waits for a queue row: see
-    progress_refresh_claimed). A claim another worker took over is skipped."""
+    progress_refresh_claimed). A claim another worker took over is skipped, and
+    so is one a full rebuild under way refreshes anyway (given back, uncounted)."""
     outcome = VersionOutcome(claim.kind, claim.version_id)
     started = time.monotonic()
     try:

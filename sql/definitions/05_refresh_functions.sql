@@ -422,6 +422,15 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT CASE p_kind WHEN 'audio' THEN 1 ELSE 2 END $
 CREATE OR REPLACE FUNCTION progress_lock_version(p_kind text, p_version uuid) RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(progress_version_lock_key(p_kind), hashtext(p_version::text)) $$;
 
+-- A full rebuild empties every read model in one statement (TRUNCATE), so it
+-- must not overlap a refresh that has read one read model (where its version
+-- is the best) and waits to write another: the two would deadlock. A full
+-- rebuild holds this lock exclusively; a worker's or a caller's refresh takes
+-- it shared before touching a read model. A SQL drain needs none: it holds
+-- the rebuild's own lock shared throughout (progress_refresh_queue_ready).
+CREATE OR REPLACE FUNCTION progress_full_rebuild_lock_key() RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$ SELECT 7370214002::bigint $$;
+
 -- Marks a version picked for a refresh until the transaction ends, if no
 -- other session has (advisory lock class 5 audio, 6 text; true when marked):
 -- a SQL drain's batch, a worker's claim (see progress_pick_ready). Apart from

@@ -369,6 +369,14 @@ DECLARE
     scope text[];
     first_enqueued_at timestamptz;
 BEGIN
+    -- A full rebuild under way (or waiting for the refreshes under way)
+    -- refreshes this version too: the claim is given back, uncounted, rather
+    -- than wait the rebuild out. Its entry is settled by the rebuild, or is
+    -- ready again after it.
+    IF NOT pg_try_advisory_xact_lock_shared(progress_full_rebuild_lock_key()) THEN
+        PERFORM progress_release_claim(p_kind, p_version, p_worker);
+        RETURN;
+    END IF;
     PERFORM progress_commit_refresh_lazily();
     -- The scope recorded by the claim (NULL: the whole version). Chapters
     -- changed since bumped the generation and stay queued for the next claim.
@@ -567,6 +575,10 @@ BEGIN
     -- deadlock. Drains under way finish first; what is queued meanwhile
     -- waits for the rebuild.
     PERFORM pg_advisory_xact_lock(7370214001);
+    IF NOT p_concurrently THEN
+        -- Before anything is locked: refreshes under way end first.
+        PERFORM pg_advisory_xact_lock(progress_full_rebuild_lock_key());
+    END IF;
     before := progress_queue_snapshot();
     -- A rebuild trusts nothing stored: the bible versions' counts, the
     -- versions with mapped files and the ranges' chapters too.

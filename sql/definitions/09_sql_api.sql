@@ -34,6 +34,8 @@ DECLARE
     done progress_refresh_count[];
     started timestamptz := clock_timestamp();
 BEGIN
+    -- Waits for a full rebuild under way (see progress_full_rebuild_lock_key).
+    PERFORM pg_advisory_xact_lock_shared(progress_full_rebuild_lock_key());
     PERFORM progress_check_version(kind, version_id);
     PERFORM progress_commit_refresh_lazily();
     -- The entry is locked before anything else, as in progress_refresh_claimed.
