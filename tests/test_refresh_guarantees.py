@@ -741,7 +741,9 @@ def test_a_version_leaving_its_language_while_its_best_version_is_refreshed_is_n
         drain_thread = threading.Thread(target=b.drain, args=(first_drain,))
         drain_thread.start()
         deadline = time.monotonic() + 30
-        while not db.execute("SELECT FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchall():
+        while not db.execute(
+            "SELECT FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+        ).fetchall():
             assert time.monotonic() < deadline, "the first drain never reached the entity"
             time.sleep(0.02)
         if leaves == "soft-deleted":

@@ -111,7 +111,9 @@ def test_killed_refresh_leaves_versions_old_or_new_and_the_rest_queued(db, dsn) 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             queued = {v for (v,) in db.execute("SELECT version_id FROM progress_refresh_queue")}
-            hanging = db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'").fetchone()[0]
+            hanging = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'"
+            ).fetchone()[0]
             if queued == set(versions[3:]) and hanging:
                 break
             time.sleep(0.05)
