@@ -59,10 +59,14 @@ def _create_template(server_dsn: str, name: str, strategy: str) -> str:
 
 
 class Copies:
-    """Fresh copies of a template database, made a few ahead in the background.
-    A copy takes about 0.4 s, nearly all of it waiting for the disk, and copies
-    made side by side hardly slow each other: made while the tests before run,
-    they are ready when a test starts instead of adding to every test's setup."""
+    """Fresh copies of a template database, made a few ahead in the background
+    and dropped in the background. A copy takes about 0.4 s, nearly all of it
+    waiting for the disk, and a drop forces a checkpoint: done while other
+    tests run, neither adds to every test's setup and teardown.
+
+    Tests marked `quiet_server` run with nothing of this under way: a copy made
+    or dropped meanwhile is a transaction that holds back the server's
+    snapshot horizon, which the refresh log's readers wait for."""
 
     AHEAD = 3
 
@@ -74,30 +78,44 @@ class Copies:
         self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drops-of-{template}")
         self._dropping: list[Future[None]] = []
 
-    def take(self) -> str:
-        """The name of a copy for one test only."""
-        while len(self._coming) <= self.AHEAD:
-            self._coming.append(self._maker.submit(_create_database, self.server_dsn, self.template))
-        coming = self._coming.popleft()
-        try:
-            return coming.result()
-        except psycopg.Error:  # the server went away meanwhile (a test restarted it): copy now
-            return _create_database(self.server_dsn, self.template)
+    def take(self, quiet: bool = False) -> str:
+        """The name of a copy for one test only. Quiet: once nothing is under way, and nothing is started."""
+        if quiet:
+            self._settle()
+        else:
+            while len(self._coming) <= self.AHEAD:
+                self._coming.append(self._maker.submit(_create_database, self.server_dsn, self.template))
+        if self._coming:
+            with contextlib.suppress(psycopg.Error):  # the server went away meanwhile (a test restarted it)
+                return self._coming.popleft().result()
+        return _create_database(self.server_dsn, self.template)
 
-    def give_back(self, name: str) -> None:
-        """Drops a test's copy in the background (as long as making one, beside the copies being made)."""
-        self._dropping.append(self._dropper.submit(_drop_database, self.server_dsn, name))
+    def give_back(self, name: str, quiet: bool = False) -> None:
+        """Drops a test's copy: in the background, or at once when quiet."""
+        self._dropping = [dropping for dropping in self._dropping if not dropping.done()]
+        if quiet:
+            _drop_database(self.server_dsn, name)
+        else:
+            self._dropping.append(self._dropper.submit(_drop_database, self.server_dsn, name))
+
+    def _settle(self) -> None:
+        for work in [*self._coming, *self._dropping]:
+            with contextlib.suppress(psycopg.Error):
+                work.result()
+        self._dropping = []
 
     def close(self) -> None:
         """Drops every copy, taken or not; the template can then be dropped."""
+        self._settle()
         while self._coming:
             with contextlib.suppress(psycopg.Error):
-                self.give_back(self._coming.popleft().result())
+                _drop_database(self.server_dsn, self._coming.popleft().result())
         self._maker.shutdown()
-        for dropping in self._dropping:
-            with contextlib.suppress(psycopg.Error):  # a test's server gone: nothing left to drop
-                dropping.result()
         self._dropper.shutdown()
+
+
+def _quiet(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("quiet_server") is not None
 
 
 @pytest.fixture(scope="session")
@@ -142,20 +160,20 @@ def _drop_database(server_dsn: str, name: str) -> None:
 
 
 @pytest.fixture
-def dsn(server_dsn: str, template_copies: Copies) -> Iterator[str]:
+def dsn(request: pytest.FixtureRequest, server_dsn: str, template_copies: Copies) -> Iterator[str]:
     """URL of a fresh, migrated database for this test only."""
-    name = template_copies.take()
+    name = template_copies.take(_quiet(request))
     yield database_dsn(server_dsn, name)
-    template_copies.give_back(name)
+    template_copies.give_back(name, _quiet(request))
 
 
 @pytest.fixture(params=["table", "matview"])
 def strategy_dsn(request: pytest.FixtureRequest, server_dsn: str) -> Iterator[str]:
     """URL of a fresh database migrated with each storage strategy in turn."""
     copies: Copies = request.getfixturevalue("template_copies" if request.param == "table" else "matview_copies")
-    name = copies.take()
+    name = copies.take(_quiet(request))
     yield database_dsn(server_dsn, name)
-    copies.give_back(name)
+    copies.give_back(name, _quiet(request))
 
 
 @pytest.fixture
@@ -166,15 +184,15 @@ def strategy_db(strategy_dsn: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
-def matview_db(server_dsn: str, matview_copies: Copies) -> Iterator[psycopg.Connection]:
+def matview_db(request: pytest.FixtureRequest, server_dsn: str, matview_copies: Copies) -> Iterator[psycopg.Connection]:
     """Autocommit connection to a fresh database migrated with the matview strategy, populated."""
-    name = matview_copies.take()
+    name = matview_copies.take(_quiet(request))
     try:
         with connect(database_dsn(server_dsn, name)) as conn:
             conn.execute("SELECT refresh_progress_materialized_views_full()")
             yield conn
     finally:
-        matview_copies.give_back(name)
+        matview_copies.give_back(name, _quiet(request))
 
 
 @pytest.fixture

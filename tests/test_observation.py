@@ -20,6 +20,9 @@ from orchestration.read_models import of_kind
 from orchestration.refresh import RefreshPolicy, drain_queue
 from orchestration.resources import PostgresResource
 
+# They read the refresh log up to the server's snapshot horizon (see conftest.Copies).
+pytestmark = pytest.mark.quiet_server
+
 TEXT_READ_MODELS = {model.name for model in of_kind("text")}
 
 

@@ -15,6 +15,9 @@ from orchestration.db import gateway
 from orchestration.db.connection import connect
 from orchestration.refresh import RefreshPolicy, drain_queue
 
+# They read the refresh log up to the server's snapshot horizon (see conftest.Copies).
+pytestmark = pytest.mark.quiet_server
+
 
 def log(conn: psycopg.Connection) -> list[dict]:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
