@@ -768,8 +768,9 @@ class Runner:
             work.with_triggers(enabled, work.bulk_insert)
             work.with_triggers(enabled, work.single_inserts)
         # A rep takes about a second; the single-row figure's noise (commit
-        # latency) needs more of them than the refresh figures.
-        reps = max(self.reps, 9)
+        # latency) needs more of them than the refresh figures. A quick run
+        # (--repeat 1, one sample a figure) takes one here too.
+        reps = 1 if self.reps == 1 else max(self.reps, 9)
         for rep in range(reps):
             for enabled in (True, False) if rep % 2 == 0 else (False, True):
                 for metric, timed in ((bulk, work.bulk_insert), (single, work.single_inserts)):

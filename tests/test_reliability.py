@@ -182,7 +182,7 @@ def _drainer(dsn: str, stop: threading.Event, errors: list[BaseException], use_s
 
 # Long enough for every writer/drainer interleaving to occur many times over;
 # a soak sets PROGRESS_CONCURRENCY_SECONDS higher.
-CONCURRENCY_SECONDS = float(os.environ.get("PROGRESS_CONCURRENCY_SECONDS", "30"))
+CONCURRENCY_SECONDS = float(os.environ.get("PROGRESS_CONCURRENCY_SECONDS", "20"))
 
 
 def test_concurrent_writers_and_two_drains_neither_deadlock_nor_corrupt(db, dsn) -> None:
