@@ -10,6 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ClassVar
 
 import psycopg
 import pytest
@@ -69,8 +70,10 @@ class Copies:
     snapshot horizon, which the refresh log's readers wait for."""
 
     AHEAD = 3
+    every: ClassVar[list[Copies]] = []  # a quiet test waits for all of them
 
     def __init__(self, server_dsn: str, template: str) -> None:
+        Copies.every.append(self)
         self.server_dsn = server_dsn
         self.template = template
         self._maker = ThreadPoolExecutor(max_workers=self.AHEAD, thread_name_prefix=f"copies-of-{template}")
@@ -81,7 +84,8 @@ class Copies:
     def take(self, quiet: bool = False) -> str:
         """The name of a copy for one test only. Quiet: once nothing is under way, and nothing is started."""
         if quiet:
-            self._settle()
+            for copies in Copies.every:
+                copies._settle()
         else:
             while len(self._coming) <= self.AHEAD:
                 self._coming.append(self._maker.submit(_create_database, self.server_dsn, self.template))
@@ -112,6 +116,7 @@ class Copies:
                 _drop_database(self.server_dsn, self._coming.popleft().result())
         self._maker.shutdown()
         self._dropper.shutdown()
+        Copies.every.remove(self)
 
 
 def _quiet(request: pytest.FixtureRequest) -> bool:
